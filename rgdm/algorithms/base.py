@@ -1,0 +1,73 @@
+"""What every training algorithm sees, and the small interface the engine drives it through."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from rgdm.algorithms.rgdm import weighted_denoising_loss
+from rgdm.batch import Batch
+from rgdm.diffusion.sampling import EpsModel
+from rgdm.rewards.scorer import Scorer
+
+PriorFn = Callable[[int, torch.Generator, torch.Tensor | None], Batch]
+
+
+@dataclass
+class TrainingContext:
+    """The trained model, its EMA and frozen reference copies, the data, and the reward."""
+
+    model: EpsModel
+    ema: EpsModel
+    reference: EpsModel | None
+    data: Batch
+    scorer: Scorer | None
+    batch_size: int
+    prior: PriorFn
+    targets: list[int] | None = None
+
+    def draw_targets(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
+        """Uniform targets from ``targets`` for conditional training, ``None`` otherwise."""
+        if not self.targets:
+            return None
+        choices = torch.as_tensor(self.targets, dtype=torch.long)
+        return choices[torch.randint(len(choices), (n,), generator=generator, device=generator.device).cpu()]
+
+    def require_scorer(self, algorithm: str) -> Scorer:
+        if self.scorer is None:
+            raise ValueError(f"algorithm {algorithm!r} needs a reward; pass --reward NAME or FILE.py:FUNC")
+        return self.scorer
+
+
+class Algorithm(ABC):
+    """One training objective: it draws its own batches and returns a loss each step.
+
+    ``setup`` runs once on a fresh start (it may spend reward calls); anything it or later steps
+    compute that a resumed run must not recompute goes in ``state_tensors`` for exact resume.
+    """
+
+    name: str
+
+    def setup(self, ctx: TrainingContext, generator: torch.Generator) -> None:  # noqa: B027 - optional hook
+        """Optional work before the first step (scoring data, say)."""
+
+    @abstractmethod
+    def loss(self, ctx: TrainingContext, step: int, generator: torch.Generator
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss for training step ``step`` and scalar statistics to log."""
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:  # noqa: B027 - optional hook
+        """Restore what ``state_tensors`` saved."""
+
+
+def anchor_loss(ctx: TrainingContext, weight: float, generator: torch.Generator) -> torch.Tensor:
+    """The KL anchor ``lambda * L_DSM(data)`` on unweighted data, keeping the model near ``p_ref``."""
+    if weight == 0:
+        return torch.zeros((), device=ctx.data.x.device)
+    return weight * weighted_denoising_loss(ctx.model, ctx.data.sample(ctx.batch_size, generator), generator)

@@ -1,0 +1,77 @@
+"""Reward-guided sampling (DESIGN.md §1.4): the pay-off transition applied while sampling.
+
+Both are transitions for ``rgdm.diffusion.sample`` and work with or without RGDM training:
+
+* ``CandidateSelection`` (black-box rewards): draw ``K`` candidates of ``p_theta(x_s | x_t)``, value
+  each by the reward of its Tweedie estimate, keep one with probability ``softmax(v / tau)``. The
+  network's noise prediction at the kept candidate is reused by the next step, so guidance costs
+  ``K`` evaluations a step instead of ``K + 1``.
+* ``GradientStep`` (differentiable rewards): draw ``x_s``, then move it along the gradient of the
+  value, ``sigma^2 grad V / tau`` (the mean shift of the soft-optimal transition), clipped to the
+  exploration radius.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rgdm.algorithms.rgdm import explore, payoff_weights
+from rgdm.batch import Batch
+from rgdm.diffusion.process import sum_per_sample
+from rgdm.diffusion.sampling import StepContext, TransitionResult, ancestral_transition
+from rgdm.rewards.scorer import Scorer
+
+
+@dataclass
+class CandidateSelection:
+    scorer: Scorer
+    candidates: int = 8
+    temperature: float = 0.1
+    radius: float | None = None
+
+    def __call__(self, ctx: StepContext) -> TransitionResult:
+        if float(ctx.step.std.max()) == 0.0:
+            return ancestral_transition(ctx)
+        diffusion, k, n = ctx.model.diffusion, self.candidates, ctx.x.shape[0]
+        proposals = explore(diffusion, ctx.step.mean, ctx.step.std, k, self.radius, ctx.mask, ctx.generator)
+        tiled = Batch(ctx.x, ctx.mask, ctx.cond).repeat(k)
+        s = ctx.s.repeat(k)
+        eps = None
+        x0_hat = proposals
+        if int(ctx.s[0]) > 0:
+            eps = ctx.model(proposals, s, tiled.cond, tiled.mask)
+            x0_hat = diffusion.x0_from_eps(proposals, s, eps)
+        values = self.scorer(x0_hat, tiled.mask, tiled.cond).values
+        weights = payoff_weights(values.view(k, n), self.temperature, dim=0)
+        device = ctx.generator.device if ctx.generator is not None else weights.device
+        choice = torch.multinomial(weights.T.to(device), 1, generator=ctx.generator).squeeze(1).to(weights.device)
+        rows = choice * n + torch.arange(n, device=weights.device)
+        return TransitionResult(proposals[rows], None if eps is None else eps[rows])
+
+
+@dataclass
+class GradientStep:
+    scorer: Scorer
+    temperature: float = 0.1
+    radius: float = 0.5
+
+    def __call__(self, ctx: StepContext) -> TransitionResult:
+        drawn = ancestral_transition(ctx).x
+        if float(ctx.step.std.max()) == 0.0:
+            return TransitionResult(drawn)
+        diffusion = ctx.model.diffusion
+        with torch.enable_grad():
+            x = drawn.detach().requires_grad_(True)
+            x0_hat = x
+            if int(ctx.s[0]) > 0:
+                x0_hat = diffusion.x0_from_eps(x, ctx.s, ctx.model(x, ctx.s, ctx.cond, ctx.mask))
+            value = self.scorer.differentiable(x0_hat, ctx.cond).sum()
+            (grad,) = torch.autograd.grad(value, x)
+        variance = ctx.step.std**2
+        shift = diffusion.project(variance * grad / self.temperature, ctx.mask)
+        limit = self.radius * ctx.step.std.flatten(1)[:, 0] * diffusion.dof(x, ctx.mask).sqrt()
+        norm = sum_per_sample(shift**2, ctx.mask).sqrt()
+        scale = (limit / norm.clamp(min=1e-12)).clamp(max=1.0).view(-1, *([1] * (x.dim() - 1)))
+        return TransitionResult(drawn + scale * shift)

@@ -1,0 +1,160 @@
+"""The RGDM loss: fit the model to the pay-off distribution ``p* ∝ p_ref exp(r / tau)``.
+
+Minimising ``KL(p* || p_theta)`` is a weighted log-likelihood, and the diffusion ELBO turns it into a
+weighted denoising loss (DESIGN.md §1.2). Every estimator below produces self-normalised weights
+``w ∝ exp(r / tau)`` and minimises that one loss:
+
+* data and model pay-off: the weights sit on whole samples (``weighted_denoising_loss``);
+* step-wise guided exploration: the weights sit on ``K`` candidate transitions ``x_{t-1}^k`` inside
+  the exploration radius, valued by the reward of their Tweedie estimate (``stepwise_loss``).
+
+Losses use the noise-prediction parametrisation with Ho et al.'s "simple" weighting: the transition
+loss ``||mu_theta - x_{t-1}^k||^2 / (2 sigma_t^2)`` equals ``c_t ||eps_theta - eps_k||^2`` with a
+per-step constant ``c_t``, which is dropped exactly as in plain DDPM training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rgdm.batch import Batch
+from rgdm.diffusion.process import GaussianDiffusion, sum_per_sample
+from rgdm.diffusion.sampling import EpsModel
+from rgdm.rewards.scorer import Scorer
+
+
+def payoff_weights(rewards: torch.Tensor, temperature: float, dim: int = 0) -> torch.Tensor:
+    """Self-normalised pay-off weights ``softmax(r / tau)`` along ``dim``."""
+    return torch.softmax(rewards / temperature, dim=dim)
+
+
+def effective_sample_size(weights: torch.Tensor) -> float:
+    """Kish's effective sample size ``(sum w)^2 / sum w^2`` of importance weights."""
+    return float(weights.sum() ** 2 / (weights**2).sum())
+
+
+def denoising_loss(model: EpsModel, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+    """Per-sample denoising loss ``||eps_theta(x_t, t) - eps||^2 / d`` at uniform ``t`` in 1..T."""
+    diffusion = model.diffusion
+    t = torch.randint(1, diffusion.timesteps + 1, (len(batch),), generator=generator,
+                      device=generator.device).to(batch.x.device)
+    noise = diffusion.noise_like(batch.x, batch.mask, generator)
+    xt = diffusion.q_sample(batch.x, t, noise)
+    error = model(xt, t, batch.cond, batch.mask) - noise
+    return sum_per_sample(error**2, batch.mask) / diffusion.dof(batch.x, batch.mask)
+
+
+def weighted_denoising_loss(model: EpsModel, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+    """The weighted log-likelihood bound: ``sum_i w_i L_i / sum_i w_i`` (plain mean without weights)."""
+    losses = denoising_loss(model, batch, generator)
+    if batch.weight is None:
+        return losses.mean()
+    return (batch.weight * losses).sum() / batch.weight.sum()
+
+
+def explore(
+    diffusion: GaussianDiffusion,
+    center: torch.Tensor,
+    std: torch.Tensor,
+    candidates: int,
+    radius: float | None,
+    mask: torch.Tensor | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """``K`` candidates ``center + std z_k`` inside the feasible set ``||z_k|| <= radius sqrt(d)``.
+
+    Draws come in antithetic pairs ``(z, -z)`` so their mean is exactly the centre, and any draw
+    outside the ball is pulled back radially onto it (``radius=None``: no limit, each candidate is
+    a plain draw of the transition). Returns shape ``(K * batch, ...)``, copy-major.
+    """
+    if candidates < 2 or candidates % 2:
+        raise ValueError(f"the number of candidates must be even and at least 2, got {candidates}")
+    half = center.repeat(candidates // 2, *([1] * (center.dim() - 1)))
+    mask_half = None if mask is None else mask.repeat(candidates // 2, 1)
+    z = diffusion.noise_like(half, mask_half, generator)
+    if radius is not None:
+        limit = radius * diffusion.dof(half, mask_half).sqrt()
+        norm = sum_per_sample(z**2, mask_half).sqrt()
+        z = z * (limit / norm.clamp(min=1e-12)).clamp(max=1.0).view(-1, *([1] * (z.dim() - 1)))
+    z = torch.cat([z, -z])
+    return center.repeat(candidates, *([1] * (center.dim() - 1))) + std.repeat(
+        candidates, *([1] * (std.dim() - 1))) * z
+
+
+@dataclass
+class StepwiseStats:
+    mean_value: float
+    value_spread: float
+    effective_candidates: float
+
+
+def tweedie_values(
+    value_model: EpsModel, scorer: Scorer, x: torch.Tensor, s: torch.Tensor, batch: Batch
+) -> torch.Tensor:
+    """``r(x0_hat(x_s))`` with ``x0_hat`` from ``value_model``; at ``s = 0`` the state is the sample."""
+    with torch.no_grad():
+        diffusion = value_model.diffusion
+        rows = s > 0
+        x0_hat = x.clone()
+        if rows.any():
+            pick = batch.select(rows)
+            eps = value_model(x[rows], s[rows], pick.cond, pick.mask)
+            x0_hat[rows] = diffusion.x0_from_eps(x[rows], s[rows], eps)
+        return scorer(x0_hat, batch.mask, batch.cond).values
+
+
+def stepwise_loss(
+    model: EpsModel,
+    value_model: EpsModel,
+    scorer: Scorer,
+    batch: Batch,
+    generator: torch.Generator,
+    *,
+    candidates: int,
+    radius: float,
+    temperature: float,
+    center: str = "posterior",
+) -> tuple[torch.Tensor, StepwiseStats]:
+    """Step-wise guided exploration (DESIGN.md §1.3, item 3).
+
+    For each ``(x_0, t)`` build ``x_t``; around the transition centre ``m`` (the posterior mean of
+    ``q(x_{t-1} | x_t, x_0)``, or the reference model's mean) draw ``K`` feasible candidates, weight
+    them by ``softmax(r(x0_hat(x_{t-1}^k)) / tau)`` and regress ``mu_theta(x_t, t)`` on them. Since
+    ``mu`` is affine in ``eps`` (``mu = a_t x_t - c_t eps``), candidate ``k`` corresponds to the noise
+    ``eps_k = eps_m - (x_{t-1}^k - m) / c_t``, and ``sum_k w_k ||eps_theta - eps_k||^2`` equals
+    ``||eps_theta - sum_k w_k eps_k||^2`` up to a constant, which is what is minimised. With a
+    constant reward the antithetic candidates average back to ``m`` and this is the plain
+    denoising loss exactly.
+    """
+    diffusion = model.diffusion
+    n = len(batch)
+    t = torch.randint(1, diffusion.timesteps + 1, (n,), generator=generator,
+                      device=generator.device).to(batch.x.device)
+    noise = diffusion.noise_like(batch.x, batch.mask, generator)
+    xt = diffusion.q_sample(batch.x, t, noise)
+    if center == "posterior":
+        eps_center = noise
+    elif center == "reference":
+        with torch.no_grad():
+            eps_center = value_model(xt, t, batch.cond, batch.mask)
+    else:
+        raise ValueError(f"center must be 'posterior' or 'reference', got {center!r}")
+    step = diffusion.reverse_step(xt, t, t - 1, eps_center, eta=1.0)
+    proposals = explore(diffusion, step.mean, step.std, candidates, radius, batch.mask, generator)
+    repeated = batch.repeat(candidates)
+    values = tweedie_values(value_model, scorer, proposals, (t - 1).repeat(candidates), repeated)
+    weights = payoff_weights(values.view(candidates, n), temperature, dim=0)
+    # c_t = beta_t / (sqrt(alpha_t) sqrt(1 - abar_t)): how far mu moves per unit of eps.
+    betas = diffusion.schedule.betas
+    c_t = diffusion.schedule.at(betas / ((1 - betas).sqrt() * (1 - diffusion.schedule.alpha_bar).sqrt()
+                                         .clamp(min=1e-12)), t, xt)
+    offsets = (proposals - step.mean.repeat(candidates, *([1] * (xt.dim() - 1)))).view(candidates, *xt.shape)
+    shift = (weights.view(candidates, n, *([1] * (xt.dim() - 1))) * offsets).sum(0)
+    target = eps_center - shift / c_t
+    error = model(xt, t, batch.cond, batch.mask) - target
+    loss = (sum_per_sample(error**2, batch.mask) / diffusion.dof(xt, batch.mask)).mean()
+    ess = (1.0 / (weights**2).sum(0)).mean()
+    stats = StepwiseStats(float(values.mean()), float(values.view(candidates, n).std(0).mean()), float(ess))
+    return loss, stats

@@ -1,0 +1,264 @@
+"""The ``rgdm`` command line: train, finetune, sample, evaluate, bench, demo, checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rgdm.batch import Batch
+from rgdm.engine import (
+    ConfigError,
+    Trainer,
+    TrainingInterrupted,
+    generate,
+    load_config,
+    load_trained,
+    make_scorer,
+    make_transition,
+)
+from rgdm.engine.builder import seeded_generator
+from rgdm.engine.checkpoint import CheckpointError, read_json, write_json
+from rgdm.engine.config import RewardConfig
+from rgdm.engine.registry import resolve_model, shipped_models
+from rgdm.rewards import BudgetExhausted, RewardCounter, RewardPluginError
+
+PRESETS = Path(__file__).resolve().parent / "configs"
+
+
+class UsageError(ValueError):
+    """A command-line mistake; printed as one line, exit code 2."""
+
+
+def preset_or_path(name: str) -> Path:
+    """A config path, or the name of a shipped preset (``rgdm/configs/NAME.yaml``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    preset = PRESETS / f"{name}.yaml"
+    if preset.is_file():
+        return preset
+    presets = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+    raise ConfigError(f"config {name!r} is neither a file nor a preset; presets: {presets}")
+
+
+def fresh_run_dir(out: str) -> Path:
+    path = Path(out)
+    if (path / "config.yaml").exists():
+        raise UsageError(f"{path} already holds a run; continue it with --resume {path} or choose a new --out")
+    return path
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    config = load_config(preset_or_path(args.config), args.set)
+    run_dir = Trainer(config, fresh_run_dir(args.out)).fit(progress=not args.quiet)
+    print(f"trained {config.train.steps} steps; final weights in {run_dir / 'final.safetensors'}")
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    if args.resume:
+        trainer = Trainer.resume(args.resume)
+        print(f"resuming {args.resume} at step {trainer.step} of {trainer.config.train.steps}")
+    else:
+        if not (args.checkpoint and args.reward and args.out):
+            raise UsageError("finetune needs --checkpoint, --reward and --out (or --resume DIR)")
+        domain_name = read_json(resolve_model(args.checkpoint) / "model.json")["domain"]["name"]
+        overrides = [f"init={args.checkpoint}", f"reward.name={args.reward}"]
+        flags = {"algorithm.name": args.algorithm, "algorithm.temperature": args.temperature,
+                 "train.steps": args.steps, "train.checkpoint_every": args.checkpoint_every,
+                 "train.seed": args.seed, "algorithm.targets": args.targets}
+        overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
+        config = load_config(preset_or_path(args.config or f"finetune-{domain_name}"), overrides + args.set)
+        trainer = Trainer(config, fresh_run_dir(args.out))
+    run_dir = trainer.fit(progress=not args.quiet)
+    print(f"fine-tuned with {trainer.config.algorithm.name}: {trainer.counter.calls} reward calls; "
+          f"final weights in {run_dir / 'final.safetensors'}")
+
+
+def write_samples(model: Any, samples: Batch, out: Path, meta: dict[str, Any]) -> list[Path]:
+    """``samples.npz`` (array ``samples``, plus ``mask`` and ``targets``), ``sample.json``, a PNG."""
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {"samples": samples.x.numpy()}
+    if samples.mask is not None:
+        arrays["mask"] = samples.mask.numpy()
+    if samples.cond is not None:
+        arrays["targets"] = samples.cond.numpy()
+    np.savez(out / "samples.npz", **arrays)
+    write_json(out / "sample.json", meta)
+    files = [out / "samples.npz", out / "sample.json", model.domain.plot({"samples": samples}, out / "samples.png")]
+    return files + model.domain.save_samples(samples, out)
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    model = load_trained(args.checkpoint)
+    target = None if args.target is None else model.domain.parse_target(args.target)
+    counter = RewardCounter()
+    scorer = make_scorer(RewardConfig(name=args.reward), model.domain, counter)
+    transition = make_transition(args.guidance, scorer, args.temperature, args.candidates, args.radius)
+    samples = generate(model, args.n, seeded_generator(args.seed), target=target, steps=args.steps,
+                       eta=args.eta, transition=transition, progress=not args.quiet)
+    meta = {"checkpoint": str(args.checkpoint), "n": args.n, "seed": args.seed, "target": target,
+            "steps": args.steps, "eta": args.eta, "guidance": args.guidance, "reward": args.reward,
+            "temperature": args.temperature, "candidates": args.candidates,
+            "network_evaluations": model.eps_model.evaluations, **counter.as_dict()}
+    files = write_samples(model, samples, Path(args.out), meta)
+    print(f"wrote {args.n} samples: " + ", ".join(str(f) for f in files))
+
+
+def load_samples(folder: Path) -> tuple[Batch, dict[str, Any]]:
+    path = folder / "samples.npz"
+    if not path.is_file():
+        raise UsageError(f"{folder} has no samples.npz; write one with: rgdm sample --out {folder}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            x = torch.as_tensor(data["samples"])
+            mask = torch.as_tensor(data["mask"]) if "mask" in data else None
+            cond = torch.as_tensor(data["targets"]) if "targets" in data else None
+    except (ValueError, OSError, KeyError) as error:
+        raise UsageError(f"{path} is not a readable samples file with an array 'samples': {error}") from None
+    meta = read_json(folder / "sample.json") if (folder / "sample.json").is_file() else {}
+    return Batch(x, mask, cond), meta
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    samples, meta = load_samples(Path(args.dir))
+    checkpoint = args.checkpoint or meta.get("checkpoint")
+    if checkpoint is None:
+        raise UsageError("no sample.json names the model; pass --checkpoint NAME|DIR")
+    model = load_trained(checkpoint)
+    training = model.meta.get("training", {})
+    reward_name = args.reward or training.get("reward") or meta.get("reward")
+    temperature = args.temperature or training.get("temperature")
+    named = model.domain.rewards()
+    if reward_name is not None and reward_name not in named:
+        raise UsageError(f"evaluate measures with a domain reward ({', '.join(sorted(named))}); "
+                         f"got {reward_name!r}")
+    reward = None if reward_name is None else named[reward_name]
+    metrics = model.domain.evaluate(samples, reward, temperature if reward else None, seeded_generator(args.seed))
+    metrics |= {"reward": reward_name, "temperature": temperature, "checkpoint": str(checkpoint)}
+    text = json.dumps(metrics, indent=2)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+    print(text)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from rgdm.benchmarks.toy import run_toy_benchmark
+
+    result = run_toy_benchmark(quick=args.quick, seeds=args.seeds, progress=not args.quiet)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(json.dumps({name: {k: m[k] for k in ("mean_reward", "energy_distance", "reward_calls")}
+                      for name, m in result["methods"].items()}, indent=2))
+    print(f"target: {result['target']}; full results in {args.json}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from rgdm.benchmarks.demo import run_toy_demo
+
+    metrics = run_toy_demo(Path(args.out), progress=not args.quiet)
+    print(json.dumps(metrics, indent=2))
+    print(f"demo written to {args.out}: metrics.json, samples.npz, demo.png")
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> None:
+    for name in shipped_models():
+        meta = read_json(resolve_model(name) / "model.json")
+        training = meta.get("training", {})
+        print(f"{name}: domain {meta['domain']['name']}, {training.get('algorithm')} "
+              f"{training.get('steps')} steps")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rgdm", description=__doc__)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model from a config (pre-training)")
+    train.add_argument("--config", required=True, help="YAML file or preset name (e.g. toy-ring-pretrain)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    train.add_argument("--out", required=True, help="run folder")
+    train.set_defaults(func=cmd_train)
+
+    finetune = commands.add_parser("finetune", help="RGDM fine-tuning of a trained model with a reward")
+    finetune.add_argument("--checkpoint", help="shipped name or run folder to start from")
+    finetune.add_argument("--reward", help="domain reward name, FILE.py:FUNC or module:FUNC")
+    finetune.add_argument("--algorithm", choices=["rgdm-data", "rgdm-model", "rgdm-stepwise"])
+    finetune.add_argument("--temperature", type=float, help="tau of exp(r / tau)")
+    finetune.add_argument("--steps", type=int)
+    finetune.add_argument("--checkpoint-every", type=int)
+    finetune.add_argument("--seed", type=int)
+    finetune.add_argument("--targets", help="conditional targets, e.g. [0,1,2]: the network learns each")
+    finetune.add_argument("--config", help="YAML file or preset (default: finetune-DOMAIN)")
+    finetune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    finetune.add_argument("--out", help="run folder")
+    finetune.add_argument("--resume", metavar="DIR", help="continue an interrupted run exactly")
+    finetune.set_defaults(func=cmd_finetune)
+
+    sample = commands.add_parser("sample", help="draw samples from a trained model")
+    sample.add_argument("--checkpoint", required=True, help="shipped name or run folder")
+    sample.add_argument("-n", type=int, default=1000, help="number of samples")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--target", help="condition (class index) for a conditional model")
+    sample.add_argument("--steps", type=int, help="DDIM steps (default: every step, DDPM)")
+    sample.add_argument("--eta", type=float, default=1.0, help="DDIM eta (1: ancestral, 0: deterministic)")
+    sample.add_argument("--guidance", choices=["none", "select", "gradient"], default="none",
+                        help="reward-guided sampling: select among candidates, or a gradient step")
+    sample.add_argument("--reward", help="reward for guidance")
+    sample.add_argument("--temperature", type=float, default=0.1)
+    sample.add_argument("--candidates", type=int, default=8)
+    sample.add_argument("--radius", type=float, default=0.5, help="exploration radius of gradient steps")
+    sample.add_argument("--out", required=True)
+    sample.set_defaults(func=cmd_sample)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a folder written by rgdm sample")
+    evaluate.add_argument("dir")
+    evaluate.add_argument("--checkpoint", help="model the samples came from (default: from sample.json)")
+    evaluate.add_argument("--reward", help="domain reward to measure (default: the model's training reward)")
+    evaluate.add_argument("--temperature", type=float, help="tau of the exact pay-off distribution")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--json", help="write the metrics here")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    bench = commands.add_parser("bench", help="benchmarks with JSON output")
+    bench.add_argument("suite", choices=["toy"])
+    bench.add_argument("--json", required=True)
+    bench.add_argument("--quick", action="store_true", help="smaller budgets, every method (< 10 min)")
+    bench.add_argument("--seeds", type=int, default=3)
+    bench.set_defaults(func=cmd_bench)
+
+    demo = commands.add_parser("demo", help="the main job on the embedded default: toy ring RGDM")
+    demo.add_argument("domain", nargs="?", default="toy", choices=["toy"])
+    demo.add_argument("--out", default="rgdm-demo")
+    demo.set_defaults(func=cmd_demo)
+
+    checkpoints = commands.add_parser("checkpoints", help="list the shipped checkpoints")
+    checkpoints.set_defaults(func=cmd_checkpoints)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except TrainingInterrupted as stop:
+        print(f"rgdm: {stop}", file=sys.stderr)
+        return 130
+    except (UsageError, ConfigError, CheckpointError, RewardPluginError, BudgetExhausted, ValueError) as error:
+        print(f"rgdm: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

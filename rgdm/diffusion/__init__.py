@@ -1,0 +1,30 @@
+"""Domain-agnostic diffusion maths: schedules, the Gaussian process, and samplers."""
+
+from rgdm.diffusion.process import GaussianDiffusion, ReverseStep, identity_projection, sum_per_sample
+from rgdm.diffusion.sampling import (
+    EpsModel,
+    SampleOutput,
+    StepContext,
+    Transition,
+    TransitionResult,
+    ancestral_transition,
+    sample,
+    timestep_pairs,
+)
+from rgdm.diffusion.schedule import NoiseSchedule
+
+__all__ = [
+    "EpsModel",
+    "GaussianDiffusion",
+    "NoiseSchedule",
+    "ReverseStep",
+    "SampleOutput",
+    "StepContext",
+    "Transition",
+    "TransitionResult",
+    "ancestral_transition",
+    "identity_projection",
+    "sample",
+    "sum_per_sample",
+    "timestep_pairs",
+]

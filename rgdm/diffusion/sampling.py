@@ -1,0 +1,141 @@
+"""DDPM and DDIM sampling with a pluggable transition (where reward guidance hooks in).
+
+One loop serves both samplers: DDPM is every step with ``eta = 1``; DDIM is a strided subset of
+steps, usually with ``eta = 0``. At each step a *transition* turns the reverse Gaussian into the next
+state. The default draws from it; guided transitions (``rgdm.algorithms.guided_sampling``) choose
+among candidates or nudge the draw.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from rgdm.diffusion.process import GaussianDiffusion, ReverseStep, expand_mask
+
+
+class EpsModel:
+    """A noise-prediction network bound to a diffusion, with masking, projection and an NFE count.
+
+    The wrapped network is called as ``net(x_t, t / T, cond, mask)`` and predicts the noise.
+    ``evaluations`` counts network evaluations per sample row, the budget unit of comparisons.
+    """
+
+    def __init__(self, net: nn.Module, diffusion: GaussianDiffusion) -> None:
+        self.net = net
+        self.diffusion = diffusion
+        self.evaluations = 0
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        self.evaluations += x.shape[0]
+        eps = self.net(x, t.to(x.dtype) / self.diffusion.timesteps, cond, mask)
+        m = expand_mask(mask, eps)
+        if m is not None:
+            eps = eps * m
+        return self.diffusion.project(eps, mask)
+
+
+@dataclass
+class StepContext:
+    """Everything a transition may use to choose ``x_s`` from the reverse step at ``t``."""
+
+    model: EpsModel
+    x: torch.Tensor
+    t: torch.Tensor
+    s: torch.Tensor
+    step: ReverseStep
+    cond: torch.Tensor | None
+    mask: torch.Tensor | None
+    generator: torch.Generator | None
+
+
+@dataclass
+class TransitionResult:
+    """The next state, and optionally the network's noise prediction there (saves one evaluation)."""
+
+    x: torch.Tensor
+    eps: torch.Tensor | None = None
+
+
+class Transition(Protocol):
+    def __call__(self, ctx: StepContext) -> TransitionResult: ...
+
+
+def ancestral_transition(ctx: StepContext) -> TransitionResult:
+    """Draw ``x_s ~ N(mean, std^2 I)``: plain DDPM/DDIM sampling."""
+    noise = ctx.model.diffusion.noise_like(ctx.x, ctx.mask, ctx.generator)
+    return TransitionResult(ctx.step.mean + ctx.step.std * noise)
+
+
+@dataclass
+class Trajectory:
+    """The states ``x_T, ..., x_0`` of a sampling run and their timesteps, for policy gradients."""
+
+    states: list[torch.Tensor] = field(default_factory=list)
+    timesteps: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SampleOutput:
+    x0: torch.Tensor
+    trajectory: Trajectory | None = None
+
+
+def timestep_pairs(timesteps: int, steps: int | None = None) -> list[tuple[int, int]]:
+    """``(t, s)`` pairs from ``T`` down to 0: every step, or ``steps`` evenly strided ones (DDIM)."""
+    steps = timesteps if steps is None else steps
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"sampling steps must be in 1..{timesteps}, got {steps}")
+    grid = torch.linspace(timesteps, 0, steps + 1).round().long().tolist()
+    return list(itertools.pairwise(grid))
+
+
+@torch.no_grad()
+def sample(
+    model: EpsModel,
+    shape: Sequence[int],
+    *,
+    steps: int | None = None,
+    eta: float = 1.0,
+    cond: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    transition: Transition = ancestral_transition,
+    record: bool = False,
+    progress: bool = False,
+    device: torch.device | str = "cpu",
+) -> SampleOutput:
+    """Run the reverse process from pure noise to ``x_0``.
+
+    ``record=True`` keeps every state (DDPO re-scores the steps with ``gaussian_log_prob``);
+    ``progress`` shows a progress bar over the steps.
+    """
+    diffusion = model.diffusion
+    x = diffusion.noise_like(torch.zeros(tuple(shape), device=device), mask, generator)
+    trajectory = Trajectory(states=[x], timesteps=[diffusion.timesteps]) if record else None
+    eps = None
+    pairs = timestep_pairs(diffusion.timesteps, steps)
+    for t_int, s_int in tqdm(pairs, desc="sampling", disable=not progress, leave=False):
+        t = torch.full((x.shape[0],), t_int, device=x.device, dtype=torch.long)
+        s = torch.full_like(t, s_int)
+        if eps is None:
+            eps = model(x, t, cond, mask)
+        step = diffusion.reverse_step(x, t, s, eps, eta)
+        result = transition(StepContext(model, x, t, s, step, cond, mask, generator))
+        if trajectory is not None:
+            trajectory.states.append(result.x)
+            trajectory.timesteps.append(s_int)
+        x, eps = result.x, result.eps
+    return SampleOutput(x0=x, trajectory=trajectory)

@@ -1,0 +1,88 @@
+"""The protocol through which a domain plugs into the engine.
+
+A domain knows what a sample *is*: its data, its network, how a tensor becomes an object a reward
+can score, its named rewards, its metrics and how to save and draw samples. Algorithms never import
+a domain; the engine hands them a ``Batch`` of data, an ``EpsModel`` and a ``Scorer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from rgdm.batch import Batch
+from rgdm.diffusion.process import Projection
+from rgdm.rewards.base import RewardFn, TensorRewardFn
+
+
+@dataclass(frozen=True)
+class NamedReward:
+    """A reward a domain ships: the black-box function, and a differentiable form if it has one.
+
+    ``max_value`` (per target, or overall) lets the domain draw exact pay-off samples by rejection.
+    """
+
+    fn: RewardFn
+    description: str
+    gradient_fn: TensorRewardFn | None = None
+    max_value: float | None = None
+
+
+class Domain(Protocol):
+    """What the engine needs from a domain."""
+
+    name: str
+    #: Number of discrete targets (classes) a conditional network accepts; 0 if none.
+    num_targets: int
+    #: Projection onto the sample space and the dimensions it removes (see ``GaussianDiffusion``).
+    project: Projection
+    dof_offset: int
+
+    def config(self) -> dict[str, Any]:
+        """The options that rebuild this domain (saved with checkpoints)."""
+        ...
+
+    def build_network(self, options: dict[str, Any]) -> nn.Module:
+        """A fresh denoiser ``net(x_t, t / T, cond, mask) -> eps``."""
+        ...
+
+    def dataset(self, split: str = "train") -> Batch:
+        """The domain's data as one batch."""
+        ...
+
+    def prior_batch(self, n: int, generator: torch.Generator, cond: torch.Tensor | None = None) -> Batch:
+        """An all-zero batch of ``n`` samples with masks drawn as the domain does (atom counts)."""
+        ...
+
+    def decode(self, x: torch.Tensor, mask: torch.Tensor | None) -> Sequence[Any]:
+        """Tensors to the objects rewards score (arrays, molecules, point clouds)."""
+        ...
+
+    def rewards(self) -> dict[str, NamedReward]:
+        """The domain's named rewards."""
+        ...
+
+    def parse_target(self, text: str) -> int:
+        """A user's target (``--target``) as a class index."""
+        ...
+
+    def evaluate(self, samples: Batch, reward: NamedReward | None, temperature: float | None,
+                 generator: torch.Generator) -> dict[str, Any]:
+        """Quality and reward metrics of samples (the measuring side of §4)."""
+        ...
+
+    def save_samples(self, samples: Batch, out_dir: Path) -> list[Path]:
+        """Write samples in the domain's file formats; returns the files written."""
+        ...
+
+    def plot(self, panels: dict[str, Batch], path: Path) -> Path:
+        """A PNG with one panel per named batch of samples."""
+        ...
+
+
+DomainFactory = Callable[[dict[str, Any]], Domain]

@@ -1,0 +1,85 @@
+"""Assembling the pieces a config names: domain, diffusion, network, reward scorer, algorithm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rgdm.algorithms import Algorithm, DataPayoff, ModelPayoff, Pretrain, StepwiseExploration
+from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule
+from rgdm.domains import Domain, build_domain
+from rgdm.engine.checkpoint import CheckpointError, load_model
+from rgdm.engine.config import AlgorithmConfig, DiffusionConfig, RewardConfig
+from rgdm.engine.registry import resolve_model
+from rgdm.rewards import BlackBoxReward, RewardCounter, Scorer, load_reward_function
+
+
+def make_diffusion(config: DiffusionConfig, domain: Domain) -> GaussianDiffusion:
+    return GaussianDiffusion(NoiseSchedule.create(config.schedule, config.timesteps),
+                             project=domain.project, dof_offset=domain.dof_offset)
+
+
+def make_scorer(config: RewardConfig, domain: Domain, counter: RewardCounter) -> Scorer | None:
+    """The reward named in the config: a domain reward, or a user plugin ``FILE.py:FUNC``."""
+    if config.name is None:
+        return None
+    named = domain.rewards()
+    gradient_fn = None
+    if config.name in named:
+        fn, gradient_fn = named[config.name].fn, named[config.name].gradient_fn
+    elif ":" in config.name:
+        fn = load_reward_function(config.name)
+    else:
+        raise ValueError(f"unknown reward {config.name!r} for domain {domain.name!r}; use one of "
+                         f"{', '.join(sorted(named))}, or a plugin 'path/to/file.py:function'")
+    reward = BlackBoxReward(fn, name=config.name, floor=config.floor, counter=counter)
+    return Scorer(reward, domain.decode, counter, gradient_fn)
+
+
+def make_algorithm(config: AlgorithmConfig, total_steps: int) -> Algorithm:
+    if config.name == "pretrain":
+        return Pretrain()
+    if config.name == "rgdm-data":
+        return DataPayoff(config.temperature, config.anchor, config.scored_size)
+    if config.name == "rgdm-model":
+        return ModelPayoff(config.temperature, total_steps, config.rounds, config.buffer_size,
+                           config.sample_steps, config.anchor)
+    return StepwiseExploration(config.temperature, config.candidates, config.radius, config.anchor,
+                               config.center, config.value_model)
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready to sample: its domain, diffusion, network (EMA weights) and metadata."""
+
+    domain: Domain
+    diffusion: GaussianDiffusion
+    net: nn.Module
+    meta: dict[str, Any]
+
+    @property
+    def eps_model(self) -> EpsModel:
+        return EpsModel(self.net, self.diffusion)
+
+
+def load_trained(name_or_dir: str | Path, device: str = "cpu") -> LoadedModel:
+    """Load a finished run or shipped checkpoint by name or folder."""
+    folder = resolve_model(name_or_dir)
+    state, meta = load_model(folder)
+    domain = build_domain(meta["domain"])
+    diffusion = make_diffusion(DiffusionConfig.model_validate(meta["diffusion"]), domain)
+    net = domain.build_network(meta["network"])
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"weights in {folder} do not fit the network described by its model.json: "
+                              f"{error}") from None
+    return LoadedModel(domain, diffusion, net.to(device).eval(), meta)
+
+
+def seeded_generator(seed: int, device: str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)

@@ -1,0 +1,143 @@
+"""Run configuration: YAML files and ``section.key=value`` overrides, validated with pydantic.
+
+Every section forbids unknown keys, so a typo is an error that names the key and the valid ones,
+not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names each problem and how to fix it."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DiffusionConfig(Section):
+    schedule: Literal["linear", "cosine", "polynomial"] = "cosine"
+    timesteps: int = Field(1000, ge=2, le=100_000)
+
+
+class TrainConfig(Section):
+    steps: int = Field(5000, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0, le=1)
+    lr_decay: Literal["none", "cosine"] = "none"
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    checkpoint_every: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(50, ge=1)
+    seed: int = 0
+    device: str = "cpu"
+
+
+class AlgorithmConfig(Section):
+    """The training objective and its hyper-parameters (each used by the algorithms noted)."""
+
+    name: Literal["pretrain", "rgdm-data", "rgdm-model", "rgdm-stepwise"] = "pretrain"
+    temperature: float = Field(0.3, gt=0)
+    anchor: float = Field(0.0, ge=0)
+    targets: list[int] | None = None
+    scored_size: int | None = Field(None, ge=1, description="rgdm-data: data rows scored")
+    rounds: int = Field(4, ge=1, description="rgdm-model: tempering rounds")
+    buffer_size: int = Field(4096, ge=1, description="rgdm-model: samples per round")
+    sample_steps: int | None = Field(None, ge=1, description="rgdm-model: DDIM steps for buffers")
+    candidates: int = Field(8, ge=2, description="rgdm-stepwise: K")
+    radius: float = Field(0.5, gt=0, description="rgdm-stepwise: exploration radius rho")
+    center: Literal["posterior", "reference"] = "posterior"
+    value_model: Literal["frozen", "ema"] = "frozen"
+
+    @model_validator(mode="after")
+    def _even_candidates(self) -> AlgorithmConfig:
+        if self.candidates % 2:
+            raise ValueError(f"candidates must be even (antithetic pairs), got {self.candidates}")
+        return self
+
+
+class RewardConfig(Section):
+    name: str | None = Field(None, description="a domain reward name, FILE.py:FUNC or module:FUNC")
+    floor: float = 0.0
+
+
+class RunConfig(Section):
+    domain: dict[str, Any] = Field(default_factory=lambda: {"name": "toy"})
+    network: dict[str, Any] = Field(default_factory=dict)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    init: str | None = Field(None, description="checkpoint name or folder to start from")
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "config"
+    if error["type"] == "extra_forbidden":
+        section: Any = model
+        for part in error["loc"][:-1]:
+            section = section.model_fields[part].annotation
+        known = list(getattr(section, "model_fields", {}))
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"{where}: unknown key; {hint}valid keys: {', '.join(known)}"
+    return f"{where}: {error['msg']} (got {error.get('input')!r})"
+
+
+def parse_config(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        problems = "\n  ".join(_describe(e, RunConfig) for e in error.errors())
+        raise ConfigError(f"invalid config:\n  {problems}") from None
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Set ``section.key=value`` in nested ``data``; the value is parsed as YAML (``1e-3``, ``[1, 2]``)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} must look like section.key=value, e.g. train.steps=500")
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({error})") from None
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or start from defaults) and apply ``overrides`` in order."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, not a "
+                              f"{type(loaded).__name__}")
+        data = loaded or {}
+    for override in overrides or []:
+        apply_override(data, override)
+    return parse_config(data)
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,58 @@
+"""Sampling a trained model, plainly or with reward guidance, in batches with a progress bar."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from rgdm.algorithms import CandidateSelection, GradientStep
+from rgdm.batch import Batch
+from rgdm.diffusion import Transition, ancestral_transition, sample
+from rgdm.engine.builder import LoadedModel
+from rgdm.rewards import Scorer
+
+Guidance = Literal["none", "select", "gradient"]
+
+
+def make_transition(guidance: Guidance, scorer: Scorer | None, temperature: float, candidates: int,
+                    radius: float) -> Transition:
+    if guidance == "none":
+        return ancestral_transition
+    if scorer is None:
+        raise ValueError(f"guidance {guidance!r} needs a reward (--reward NAME or FILE.py:FUNC)")
+    if guidance == "select":
+        return CandidateSelection(scorer, candidates=candidates, temperature=temperature)
+    if guidance == "gradient":
+        return GradientStep(scorer, temperature=temperature, radius=radius)
+    raise ValueError(f"unknown guidance {guidance!r}; choose none, select or gradient")
+
+
+def generate(
+    model: LoadedModel,
+    n: int,
+    generator: torch.Generator,
+    *,
+    target: int | None = None,
+    steps: int | None = None,
+    eta: float = 1.0,
+    transition: Transition = ancestral_transition,
+    batch_size: int = 4096,
+    device: str = "cpu",
+    progress: bool = False,
+) -> Batch:
+    """``n`` samples (with masks and targets as the domain draws them), ``batch_size`` at a time."""
+    if target is not None and not 0 <= target < model.domain.num_targets:
+        raise ValueError(f"target {target} is out of range 0..{model.domain.num_targets - 1}")
+    parts = []
+    for start in range(0, n, batch_size):
+        size = min(batch_size, n - start)
+        cond = None if target is None else torch.full((size,), target, dtype=torch.long)
+        prior = model.domain.prior_batch(size, generator, cond).to(device)
+        x = sample(model.eps_model, prior.x.shape, steps=steps, eta=eta, cond=prior.cond, mask=prior.mask,
+                   generator=generator, transition=transition, progress=progress, device=device).x0
+        parts.append(Batch(x.cpu(), None if prior.mask is None else prior.mask.cpu(),
+                           None if prior.cond is None else prior.cond.cpu()))
+    return Batch(torch.cat([p.x for p in parts]),
+                 None if parts[0].mask is None else torch.cat([p.mask for p in parts]),
+                 None if parts[0].cond is None else torch.cat([p.cond for p in parts]))

@@ -1,0 +1,210 @@
+"""The training loop: EMA, periodic atomic checkpoints, exact resume, logs and a progress bar.
+
+All randomness of a run flows from one ``torch.Generator`` seeded by ``train.seed``; its state is
+checkpointed with the weights, the optimizer, the EMA, the algorithm's buffers and the reward
+counter, so a resumed run on CPU repeats the uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from rgdm.algorithms import TrainingContext
+from rgdm.diffusion import EpsModel
+from rgdm.domains import build_domain
+from rgdm.engine.builder import LoadedModel, load_trained, make_algorithm, make_diffusion, make_scorer
+from rgdm.engine.checkpoint import (
+    CheckpointError,
+    flatten_state,
+    load_checkpoint,
+    save_checkpoint,
+    save_model,
+    unflatten_state,
+    write_json,
+)
+from rgdm.engine.config import DiffusionConfig, RunConfig, dump_config, load_config
+from rgdm.engine.logging import RunLogger
+from rgdm.rewards import RewardCounter
+
+StepCallback = Callable[["Trainer", int], None]
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised after SIGINT/SIGTERM once the current step's checkpoint is safely written."""
+
+
+def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{key}": value for key, value in state.items()}
+
+
+def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    start = len(prefix) + 1
+    return {key[start:]: value for key, value in tensors.items() if key.startswith(prefix + ".")}
+
+
+class Trainer:
+    """Trains one run folder from a ``RunConfig``; ``config.init`` names the model to fine-tune."""
+
+    def __init__(self, config: RunConfig, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.device = config.train.device
+        parent: LoadedModel | None = None
+        if config.init is not None and not (self.run_dir / "config.yaml").exists():
+            parent = load_trained(config.init, self.device)
+            config = config.model_copy(update={"domain": parent.meta["domain"],
+                                               "network": parent.meta["network"],
+                                               "diffusion": DiffusionConfig.model_validate(
+                                                   parent.meta["diffusion"])})
+        self.config = config
+        self.domain = build_domain(config.domain)
+        self.diffusion = make_diffusion(config.diffusion, self.domain)
+        self.net = parent.net if parent is not None else self.domain.build_network(config.network)
+        self.net = self.net.to(self.device).train()
+        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(config.train.ema_decay),
+                                 use_buffers=True)
+        reference = None
+        if config.init is not None:
+            reference_net = copy.deepcopy(self.net).eval().requires_grad_(False)
+            reference = EpsModel(reference_net, self.diffusion)
+        self.counter = RewardCounter()
+        self.algorithm = make_algorithm(config.algorithm, config.train.steps)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.train.lr, weight_decay=0.0)
+        self.scheduler = None
+        if config.train.lr_decay == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.train.steps)
+        self.generator = torch.Generator().manual_seed(config.train.seed)
+        data = self.domain.dataset("train").to(self.device)
+        self.context = TrainingContext(
+            model=EpsModel(self.net, self.diffusion),
+            ema=EpsModel(self.ema.module, self.diffusion),
+            reference=reference,
+            data=data,
+            scorer=make_scorer(config.reward, self.domain, self.counter),
+            batch_size=config.train.batch_size,
+            prior=self.domain.prior_batch,
+            targets=config.algorithm.targets,
+        )
+        self.step = 0
+        self._stop_signal: int | None = None
+
+    @classmethod
+    def resume(cls, run_dir: str | Path) -> Trainer:
+        """Rebuild a run from its ``config.yaml`` and load its newest intact checkpoint."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.yaml").is_file():
+            raise CheckpointError(f"{run_dir} has no config.yaml: it is not an rgdm run folder")
+        trainer = cls(load_config(run_dir / "config.yaml"), run_dir)
+        trainer._load(*load_checkpoint(run_dir))
+        return trainer
+
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors: dict[str, torch.Tensor] = {}
+        tensors |= _prefixed("model", self.net.state_dict())
+        tensors |= _prefixed("ema", self.ema.state_dict())
+        if self.context.reference is not None:
+            tensors |= _prefixed("reference", self.context.reference.net.state_dict())
+        tensors |= _prefixed("algorithm", self.algorithm.state_tensors())
+        tensors["rng.generator"] = self.generator.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        optimizer_layout = flatten_state("optimizer", self.optimizer.state_dict(), tensors)
+        scheduler = None if self.scheduler is None else self.scheduler.state_dict()
+        meta = {"optimizer": optimizer_layout, "scheduler": scheduler, "counter": {"calls": self.counter.calls,
+                                                          "invalid": self.counter.invalid,
+                                                          "failures": dict(self.counter.failures)}}
+        return tensors, meta
+
+    def _load(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.net.load_state_dict(_unprefixed("model", tensors))
+        self.ema.load_state_dict(_unprefixed("ema", tensors))
+        if self.context.reference is not None:
+            self.context.reference.net.load_state_dict(_unprefixed("reference", tensors))
+        self.algorithm.load_state_tensors(_unprefixed("algorithm", tensors))
+        self.generator.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.optimizer.load_state_dict(unflatten_state(meta["optimizer"], tensors))
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(meta["scheduler"])
+        counter = meta["counter"]
+        self.counter.calls, self.counter.invalid = counter["calls"], counter["invalid"]
+        self.counter.failures.clear()
+        self.counter.failures.update(counter["failures"])
+        self.step = int(meta["step"])
+
+    def save_checkpoint(self) -> Path:
+        tensors, meta = self._state()
+        return save_checkpoint(self.run_dir, self.step, tensors, meta, keep=self.config.train.keep_checkpoints)
+
+    def model_meta(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "domain": self.domain.config(),
+            "network": config.network,
+            "diffusion": config.diffusion.model_dump(),
+            "targets": config.algorithm.targets,
+            "parent": config.init,
+            "training": {"algorithm": config.algorithm.name, "steps": self.step, "seed": config.train.seed,
+                         "reward": config.reward.name, "temperature": config.algorithm.temperature,
+                         "reward_calls": self.counter.calls},
+        }
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self._stop_signal = signum
+
+    def fit(self, on_step: StepCallback | None = None, progress: bool = True) -> Path:
+        """Train to ``train.steps``; returns the run folder holding ``final.safetensors``."""
+        train = self.config.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fresh = not (self.run_dir / "checkpoints").exists()
+        if fresh:
+            (self.run_dir / "config.yaml").write_text(dump_config(self.config))
+            self.algorithm.setup(self.context, self.generator)
+            self.save_checkpoint()
+        logger = RunLogger(self.run_dir, resume_step=None if fresh else self.step)
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            bar = tqdm(total=train.steps, initial=self.step, desc=self.config.algorithm.name,
+                       disable=not progress, dynamic_ncols=True)
+            while self.step < train.steps:
+                loss, stats = self.algorithm.loss(self.context, self.step, self.generator)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if train.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), train.grad_clip)
+                self.optimizer.step()
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                self.ema.update_parameters(self.net)
+                self.step += 1
+                bar.update(1)
+                if self.step % train.log_every == 0 or self.step == train.steps:
+                    metrics = {"loss": loss.item(), **stats, **self.counter.as_dict()}
+                    logger.log(self.step, metrics)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", reward_calls=self.counter.calls)
+                if on_step is not None:
+                    on_step(self, self.step)
+                if self.step % train.checkpoint_every == 0 or self.step == train.steps:
+                    self.save_checkpoint()
+                if self._stop_signal is not None:
+                    self.save_checkpoint()
+                    raise TrainingInterrupted(
+                        f"stopped by signal {self._stop_signal} at step {self.step}; checkpoint saved. "
+                        f"Continue with: rgdm finetune --resume {self.run_dir}")
+            bar.close()
+        finally:
+            logger.close()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        save_model(self.run_dir, self.ema.module.state_dict(), self.model_meta())
+        write_json(self.run_dir / "reward_counter.json", self.counter.as_dict())
+        return self.run_dir
