@@ -139,8 +139,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if reward_name is not None and reward_name not in named:
         raise UsageError(f"evaluate measures with a domain reward ({', '.join(sorted(named))}); "
                          f"got {reward_name!r}")
-    reward = None if reward_name is None else named[reward_name]
-    metrics = model.domain.evaluate(samples, reward, temperature if reward else None, seeded_generator(args.seed))
+    metrics = model.domain.evaluate(samples, reward_name, temperature if reward_name else None,
+                                    seeded_generator(args.seed))
     metrics |= {"reward": reward_name, "temperature": temperature, "checkpoint": str(checkpoint)}
     text = json.dumps(metrics, indent=2)
     if args.json:

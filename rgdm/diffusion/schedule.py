@@ -16,9 +16,12 @@ ScheduleName = Literal["linear", "cosine", "polynomial"]
 
 
 def linear_alpha_bar(timesteps: int, beta_start: float = 1e-4, beta_end: float = 2e-2) -> torch.Tensor:
-    """DDPM's linear betas (Ho et al., 2020), rescaled so any ``T`` spans the same noise range."""
+    """DDPM's linear betas (Ho et al., 2020), rescaled so any ``T`` spans the same noise range.
+
+    Betas are clipped at 0.999 so that very short schedules (``T <= 20``) stay valid.
+    """
     scale = 1000.0 / timesteps
-    betas = torch.linspace(scale * beta_start, scale * beta_end, timesteps, dtype=torch.float64)
+    betas = torch.linspace(scale * beta_start, scale * beta_end, timesteps, dtype=torch.float64).clamp(max=0.999)
     return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1.0 - betas, 0)])
 
 

@@ -71,9 +71,9 @@ class Domain(Protocol):
         """A user's target (``--target``) as a class index."""
         ...
 
-    def evaluate(self, samples: Batch, reward: NamedReward | None, temperature: float | None,
+    def evaluate(self, samples: Batch, reward: str | None, temperature: float | None,
                  generator: torch.Generator) -> dict[str, Any]:
-        """Quality and reward metrics of samples (the measuring side of §4)."""
+        """Quality metrics of samples, and with a named reward its mean (the measuring side of §4)."""
         ...
 
     def save_samples(self, samples: Batch, out_dir: Path) -> list[Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,9 @@ class LoadedModel:
     net: nn.Module
     meta: dict[str, Any]
 
-    @property
+    @cached_property
     def eps_model(self) -> EpsModel:
+        """The network bound to its diffusion; one instance, so its evaluation count accumulates."""
         return EpsModel(self.net, self.diffusion)
 
 

@@ -7,11 +7,28 @@ not a silently ignored setting.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string; this loader reads it as a float, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+"
+               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF))$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def _parse_yaml(text: str) -> object:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: builds plain data only
 
 
 class ConfigError(ValueError):
@@ -45,7 +62,7 @@ class AlgorithmConfig(Section):
     """The training objective and its hyper-parameters (each used by the algorithms noted)."""
 
     name: Literal["pretrain", "rgdm-data", "rgdm-model", "rgdm-stepwise"] = "pretrain"
-    temperature: float = Field(0.3, gt=0)
+    temperature: float = Field(0.3, gt=0, allow_inf_nan=False)
     anchor: float = Field(0.0, ge=0)
     targets: list[int] | None = None
     scored_size: int | None = Field(None, ge=1, description="rgdm-data: data rows scored")
@@ -53,7 +70,7 @@ class AlgorithmConfig(Section):
     buffer_size: int = Field(4096, ge=1, description="rgdm-model: samples per round")
     sample_steps: int | None = Field(None, ge=1, description="rgdm-model: DDIM steps for buffers")
     candidates: int = Field(8, ge=2, description="rgdm-stepwise: K")
-    radius: float = Field(0.5, gt=0, description="rgdm-stepwise: exploration radius rho")
+    radius: float = Field(0.5, gt=0, allow_inf_nan=False, description="rgdm-stepwise: exploration radius rho")
     center: Literal["posterior", "reference"] = "posterior"
     value_model: Literal["frozen", "ema"] = "frozen"
 
@@ -77,6 +94,12 @@ class RunConfig(Section):
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     init: str | None = Field(None, description="checkpoint name or folder to start from")
+
+    @model_validator(mode="after")
+    def _domain_named(self) -> RunConfig:
+        if "name" not in self.domain:
+            raise ValueError("domain.name is required (e.g. domain.name=toy)")
+        return self
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
@@ -106,8 +129,8 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     if not sep or not key:
         raise ConfigError(f"override {override!r} must look like section.key=value, e.g. train.steps=500")
     try:
-        value = yaml.safe_load(raw) if raw else None
-    except yaml.YAMLError as error:
+        value = _parse_yaml(raw) if raw else None
+    except (yaml.YAMLError, ValueError) as error:
         raise ConfigError(f"override {override!r}: value is not valid YAML ({error})") from None
     node = data
     *parents, leaf = key.split(".")
@@ -127,8 +150,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
+            loaded = _parse_yaml(path.read_text())
+        except (yaml.YAMLError, ValueError) as error:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, not a "

@@ -67,7 +67,12 @@ class Trainer:
         self.config = config
         self.domain = build_domain(config.domain)
         self.diffusion = make_diffusion(config.diffusion, self.domain)
-        self.net = parent.net if parent is not None else self.domain.build_network(config.network)
+        if parent is not None:
+            self.net = parent.net
+        else:
+            with torch.random.fork_rng():
+                torch.manual_seed(config.train.seed)
+                self.net = self.domain.build_network(config.network)
         self.net = self.net.to(self.device).train()
         self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(config.train.ema_decay),
                                  use_buffers=True)

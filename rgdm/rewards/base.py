@@ -71,13 +71,17 @@ class RewardCounter:
 
 
 def accepts_targets(fn: Callable[..., Any]) -> bool:
-    """Whether ``fn`` takes a second positional argument (the targets)."""
+    """Whether ``fn`` takes the targets: a second positional parameter named ``targets`` or without
+    a default (so ``fn(samples, scale=2.0)`` keeps its default), or ``*args``."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return False
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+    if len(positional) >= 2:
+        second = positional[1]
+        return second.name == "targets" or second.default is second.empty
+    return any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
 class BlackBoxReward:
@@ -124,6 +128,8 @@ class BlackBoxReward:
             ]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         try:
+            if out is None or isinstance(out, str | bytes):
+                raise TypeError("expected one float per sample")
             values = np.asarray(out, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError) as error:
             self._fail("bad_type", n, f"returned {type(out).__name__}, not a sequence of floats ({error})")

@@ -68,8 +68,9 @@ def load_reward_function(spec: str) -> Callable[..., Any]:
     else:
         try:
             module = importlib.import_module(target)
-        except ImportError as error:
-            raise RewardPluginError(f"cannot import module {target!r} for reward {spec!r}: {error}") from error
+        except Exception as error:
+            raise RewardPluginError(f"importing module {target!r} for reward {spec!r} failed: "
+                                    f"{type(error).__name__}: {error}") from error
     fn = getattr(module, attr, None)
     if fn is None:
         public = sorted(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))

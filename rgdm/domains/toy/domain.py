@@ -25,17 +25,21 @@ def _mean_distance(x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> torch
     return total / (len(x) * len(y))
 
 
-def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
+def energy_distance(x: torch.Tensor, y: torch.Tensor, y_spread: float | None = None) -> float:
     """Energy distance ``2E|X-Y| - E|X-X'| - E|Y-Y'|`` (V-statistic), written on ``torch.cdist``.
 
+    ``y_spread`` is ``E|Y-Y'|`` if already known (a fixed reference set compared many times).
     Hand-written because it is a few lines here; the libraries that offer it in n dimensions
     (``dcor``) pull in numba for no gain.
     """
     x, y = x.double(), y.double()
-    return float(2 * _mean_distance(x, y) - _mean_distance(x, x) - _mean_distance(y, y))
+    if y_spread is None:
+        y_spread = float(_mean_distance(y, y))
+    return float(2 * _mean_distance(x, y) - _mean_distance(x, x)) - y_spread
 
 
 REFERENCE_SIZE = 20_000
+REFERENCE_SEED = 2023
 FLOOR_REPEATS = 10
 
 
@@ -68,6 +72,7 @@ class ToyDomain:
         self.num_targets = self.mixture.num_modes
         self._rewards = toy_rewards(self.mixture)
         self._data: Batch | None = None
+        self._references: dict[tuple[str, float, int | None], tuple[torch.Tensor, float]] = {}
 
     def config(self) -> dict[str, Any]:
         return self.options.model_dump()
@@ -105,34 +110,49 @@ class ToyDomain:
                      target: int | None = None) -> torch.Tensor:
         return exact_payoff_samples(self.mixture, reward, temperature, n, generator, target)
 
-    def evaluate(self, samples: Batch, reward: NamedReward | None, temperature: float | None,
+    def _exact_reference(self, reward_name: str, temperature: float, target: int | None
+                         ) -> tuple[torch.Tensor, float]:
+        """A fixed large exact pay-off set and its spread ``E|Y-Y'|``, computed once per problem."""
+        key = (reward_name, temperature, target)
+        if key not in self._references:
+            generator = torch.Generator().manual_seed(REFERENCE_SEED)
+            reference = self.exact_payoff(self._rewards[reward_name], temperature, REFERENCE_SIZE, generator,
+                                          target)
+            self._references[key] = (reference, float(_mean_distance(reference.double(), reference.double())))
+        return self._references[key]
+
+    def evaluate(self, samples: Batch, reward: str | None, temperature: float | None,
                  generator: torch.Generator) -> dict[str, Any]:
         """Mode shares, and with a reward its mean and the distance to the exact pay-off distribution.
 
-        The distance is measured against a large exact reference set (``REFERENCE_SIZE`` samples).
-        ``noise_floor`` is what a perfect sampler scores: the mean distance of ``FLOOR_REPEATS``
-        independent exact sets of the same size as ``samples`` to that reference.
+        The distance is measured against a fixed large exact reference set (``REFERENCE_SIZE``
+        samples). ``noise_floor`` is what a perfect sampler scores: the mean distance of
+        ``FLOOR_REPEATS`` independent exact sets of the same size as ``samples`` to that reference.
         """
         x = samples.x.float()
         shares = torch.bincount(self.mixture.nearest_mode(x), minlength=self.num_targets) / len(x)
         metrics: dict[str, Any] = {"n": len(x), "mode_shares": [round(float(s), 4) for s in shares]}
         if reward is None:
             return metrics
+        if reward not in self._rewards:
+            raise ValueError(f"unknown toy reward {reward!r}; choose one of {', '.join(sorted(self._rewards))}")
+        named = self._rewards[reward]
         targets = None if samples.cond is None else samples.cond.tolist()
-        metrics["mean_reward"] = float(np.mean(reward.fn(x.numpy(), targets)))
+        metrics["mean_reward"] = float(np.mean(named.fn(x.numpy(), targets)))
         if temperature is None:
             return metrics
         groups = [None] if samples.cond is None else sorted(set(targets))
         distances, floors, payoff_rewards = [], [], []
         for target in groups:
             rows = x if target is None else x[samples.cond == target]
-            reference = self.exact_payoff(reward, temperature, REFERENCE_SIZE, generator, target)
-            distances.append(energy_distance(rows, reference))
+            reference, spread = self._exact_reference(reward, temperature, target)
+            distances.append(energy_distance(rows, reference, spread))
             floors.append(np.mean([
-                energy_distance(self.exact_payoff(reward, temperature, len(rows), generator, target), reference)
+                energy_distance(self.exact_payoff(named, temperature, len(rows), generator, target), reference,
+                                spread)
                 for _ in range(FLOOR_REPEATS)]))
             payoff_targets = None if target is None else [target] * len(reference)
-            payoff_rewards.append(float(np.mean(reward.fn(reference.numpy(), payoff_targets))))
+            payoff_rewards.append(float(np.mean(named.fn(reference.numpy(), payoff_targets))))
         metrics |= {
             "payoff_mean_reward": float(np.mean(payoff_rewards)),
             "energy_distance": float(np.mean(distances)),

@@ -1,0 +1,1 @@
+"""Benchmarks and demos driven by the CLI (``rgdm bench``, ``rgdm demo``); results are JSON."""

@@ -1,0 +1,155 @@
+"""Training loop, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from rgdm.engine import Trainer, TrainingInterrupted, load_config, load_trained
+from rgdm.engine.checkpoint import (
+    CheckpointError,
+    checkpoint_paths,
+    flatten_state,
+    load_checkpoint,
+    load_tensors,
+    save_tensors,
+    unflatten_state,
+)
+
+TINY = ["domain.name=toy", "domain.train_size=512", "network.width=32", "network.depth=1", "diffusion.timesteps=20",
+        "train.batch_size=32", "train.log_every=1", "train.lr=1e-3"]
+
+
+def tiny_config(*overrides: str):
+    return load_config(None, [*TINY, *overrides])
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("pretrained")
+    Trainer(tiny_config("train.steps=30", "train.checkpoint_every=10"), run).fit(progress=False)
+    return run
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_folder_holds_final_weights_config_logs_and_checkpoints(pretrained_dir):
+    assert (pretrained_dir / "final.safetensors").is_file()
+    assert (pretrained_dir / "config.yaml").is_file()
+    assert len(losses(pretrained_dir)) == 30
+    assert any((pretrained_dir / "tb").iterdir())
+    assert [p.name for p in checkpoint_paths(pretrained_dir)] == ["step-00000030.json", "step-00000020.json"]
+
+
+def test_model_round_trip_gives_identical_outputs(pretrained_dir, tmp_path):
+    model = load_trained(pretrained_dir)
+    x, t = torch.randn(8, 2), torch.rand(8)
+    again = load_trained(pretrained_dir)
+    torch.testing.assert_close(model.net(x, t), again.net(x, t), rtol=0, atol=0)
+    assert model.meta["training"]["steps"] == 30
+
+
+def test_optimizer_state_round_trips_through_flat_tensors():
+    net = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(net.parameters())
+    net(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    tensors: dict[str, torch.Tensor] = {}
+    layout = json.loads(json.dumps(flatten_state("optimizer", optimizer.state_dict(), tensors)))
+    restored = unflatten_state(layout, tensors)
+    fresh = torch.optim.AdamW(net.parameters())
+    fresh.load_state_dict(restored)
+    for a, b in zip(fresh.state_dict()["state"].values(), optimizer.state_dict()["state"].values(), strict=True):
+        for key in a:
+            torch.testing.assert_close(a[key], b[key])
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def crash_at(step: int):
+    def on_step(trainer: Trainer, current: int) -> None:
+        if current == step:
+            raise Crash(f"simulated crash at step {step}")
+    return on_step
+
+
+@pytest.mark.parametrize("algorithm", ["pretrain", "rgdm-data", "rgdm-model", "rgdm-stepwise"])
+def test_resume_after_a_crash_is_bit_exact(pretrained_dir, tmp_path, algorithm):
+    overrides = ["train.steps=12", "train.checkpoint_every=4", f"algorithm.name={algorithm}",
+                 "algorithm.rounds=3", "algorithm.buffer_size=64", "algorithm.sample_steps=5",
+                 "algorithm.scored_size=128"]
+    if algorithm != "pretrain":
+        overrides += [f"init={pretrained_dir}", "reward.name=region", "train.batch_size=8"]
+    Trainer(tiny_config(*overrides), tmp_path / "straight").fit(progress=False)
+
+    with pytest.raises(Crash):
+        Trainer(tiny_config(*overrides), tmp_path / "crashed").fit(on_step=crash_at(7), progress=False)
+    resumed = Trainer.resume(tmp_path / "crashed")
+    assert resumed.step == 4
+    resumed.fit(progress=False)
+
+    straight = load_tensors(tmp_path / "straight" / "final.safetensors")
+    again = load_tensors(tmp_path / "crashed" / "final.safetensors")
+    for name in straight:
+        assert torch.equal(straight[name], again[name]), name
+    assert losses(tmp_path / "straight") == losses(tmp_path / "crashed")
+    assert resumed.counter.calls == json.loads((tmp_path / "straight" / "reward_counter.json").read_text())[
+        "reward_calls"]
+
+
+def test_sigint_writes_a_checkpoint_and_resume_finishes_exactly(tmp_path):
+    overrides = ["train.steps=10", "train.checkpoint_every=100"]
+    Trainer(tiny_config(*overrides), tmp_path / "straight").fit(progress=False)
+
+    def interrupt(trainer: Trainer, step: int) -> None:
+        if step == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        Trainer(tiny_config(*overrides), tmp_path / "stopped").fit(on_step=interrupt, progress=False)
+    resumed = Trainer.resume(tmp_path / "stopped")
+    assert resumed.step == 6
+    resumed.fit(progress=False)
+    a = load_tensors(tmp_path / "straight" / "final.safetensors")
+    b = load_tensors(tmp_path / "stopped" / "final.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_corrupt_checkpoint_is_skipped_for_the_previous_one(pretrained_dir, tmp_path, caplog):
+    run = tmp_path / "run"
+    Trainer(tiny_config("train.steps=8", "train.checkpoint_every=4"), run).fit(progress=False)
+    newest = run / "checkpoints" / "step-00000008.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])
+    _, meta = load_checkpoint(run)
+    assert meta["step"] == 4
+    assert "step-00000008" in caplog.text
+    assert newest.exists(), "a corrupt checkpoint is reported, never deleted"
+
+    (run / "checkpoints" / "step-00000004.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(run)
+
+
+def test_tensor_files_carry_a_checksum(tmp_path):
+    path = tmp_path / "w.safetensors"
+    digest = save_tensors(path, {"a": torch.arange(4.0)})
+    assert torch.equal(load_tensors(path, digest)["a"], torch.arange(4.0))
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_tensors(path, digest)
+
+
+def test_resume_of_a_folder_without_a_run_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="not an rgdm run folder"):
+        Trainer.resume(tmp_path)

@@ -1,0 +1,213 @@
+"""The RGDM loss and its estimators: reductions, weights, the exploration radius, guidance."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from rgdm.algorithms import (
+    CandidateSelection,
+    DataPayoff,
+    GradientStep,
+    ModelPayoff,
+    StepwiseExploration,
+    TrainingContext,
+)
+from rgdm.algorithms.rgdm import (
+    denoising_loss,
+    explore,
+    payoff_weights,
+    stepwise_loss,
+)
+from rgdm.batch import Batch
+from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, sample
+from rgdm.domains.toy.network import MLPDenoiser
+from rgdm.rewards import BlackBoxReward, RewardCounter, Scorer
+
+
+def make_model(dim: int = 2, timesteps: int = 50, seed: int = 0) -> EpsModel:
+    torch.manual_seed(seed)
+    net = MLPDenoiser(dim, num_targets=3, width=32, depth=2)
+    for p in net.parameters():  # the zero-initialised output layer would hide differences
+        nn.init.normal_(p, std=0.1)
+    return EpsModel(net, GaussianDiffusion(NoiseSchedule.create("linear", timesteps)))
+
+
+def make_scorer(fn, counter: RewardCounter | None = None) -> Scorer:
+    counter = counter or RewardCounter()
+    return Scorer(BlackBoxReward(fn, counter=counter), lambda x, mask: x.numpy(), counter)
+
+
+def constant_reward(samples):
+    return [0.7] * len(samples)
+
+
+def right_half(samples):
+    return (samples[:, 0] > 0).astype(float)
+
+
+def test_stepwise_loss_is_plain_denoising_loss_for_a_constant_reward():
+    model = make_model()
+    batch = Batch(torch.randn(64, 2))
+    expected = denoising_loss(model, batch, torch.Generator().manual_seed(3)).mean()
+    loss, stats = stepwise_loss(model, model, make_scorer(constant_reward), batch, torch.Generator().manual_seed(3),
+                                candidates=8, radius=0.5, temperature=0.3)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert stats.effective_candidates == pytest.approx(8.0)
+
+    grads = []
+    for compute in (lambda: denoising_loss(model, batch, torch.Generator().manual_seed(3)).mean(),
+                    lambda: stepwise_loss(model, model, make_scorer(constant_reward), batch,
+                                          torch.Generator().manual_seed(3), candidates=8, radius=0.5,
+                                          temperature=0.3)[0]):
+        model.net.zero_grad()
+        compute().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.net.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_weighted_loss_reduces_to_denoising_for_uniform_data_weights():
+    model = make_model()
+    x = torch.randn(32, 2)
+    plain = denoising_loss(model, Batch(x), torch.Generator().manual_seed(1)).mean()
+    from rgdm.algorithms.rgdm import weighted_denoising_loss
+
+    weighted = weighted_denoising_loss(model, Batch(x, weight=torch.full((32,), 5.0)), torch.Generator().manual_seed(1))
+    torch.testing.assert_close(plain, weighted)
+
+
+def test_payoff_weights_follow_exp_reward_over_temperature():
+    rewards = torch.tensor([0.0, 1.0, 2.0, -1.0])
+    weights = payoff_weights(rewards, temperature=0.5)
+    expected = torch.exp(rewards / 0.5) / torch.exp(rewards / 0.5).sum()
+    torch.testing.assert_close(weights, expected)
+    assert weights[2] / weights[1] == pytest.approx(math.exp(2.0))
+
+
+def test_data_payoff_resamples_in_proportion_to_exp_reward():
+    """rgdm-data draws data rows with frequency proportional to exp(r / tau)."""
+    x = torch.tensor([[-1.0, 0.0], [1.0, 0.0]]).repeat(50, 1)
+    model = make_model()
+    context = TrainingContext(model=model, ema=model, reference=None, data=Batch(x),
+                              scorer=make_scorer(right_half), batch_size=20_000, prior=None)
+    algorithm = DataPayoff(temperature=0.5)
+    generator = torch.Generator().manual_seed(0)
+    algorithm.setup(context, generator)
+    rewards = torch.as_tensor(right_half(x[algorithm.rows].numpy()), dtype=torch.float32)
+    torch.testing.assert_close(algorithm.weights[0], torch.softmax(rewards / 0.5, 0))
+    drawn = torch.multinomial(algorithm.weights[0], 20_000, replacement=True, generator=generator)
+    share_right = (x[algorithm.rows[drawn], 0] > 0).float().mean()
+    assert share_right == pytest.approx(math.exp(2) / (1 + math.exp(2)), abs=0.015)
+
+
+def test_model_payoff_tempers_to_exactly_one_over_tau_across_rounds():
+    model = make_model(timesteps=10)
+    counter = RewardCounter()
+    context = TrainingContext(model=model, ema=model, reference=None, data=Batch(torch.zeros(4, 2)),
+                              scorer=make_scorer(right_half, counter), batch_size=8,
+                              prior=lambda n, g, cond: Batch(torch.zeros(n, 2), cond=cond))
+    algorithm = ModelPayoff(temperature=0.25, total_steps=8, rounds=4, buffer_size=16, sample_steps=5)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(8):
+        algorithm.loss(context, step, generator)
+    assert counter.calls == 4 * 16
+    rewards = torch.as_tensor(right_half(algorithm.buffer.x.numpy()), dtype=torch.float32)
+    torch.testing.assert_close(algorithm.weights, torch.softmax(rewards / (0.25 * 4), 0))
+
+
+@pytest.mark.parametrize("radius", [0.1, 0.5, 2.0])
+def test_candidates_stay_inside_the_exploration_radius(radius):
+    diffusion = GaussianDiffusion(NoiseSchedule.create("linear", 10))
+    center = torch.randn(5, 16)
+    std = torch.rand(5, 1) + 0.1
+    candidates = explore(diffusion, center, std, 8, radius, None, torch.Generator().manual_seed(0))
+    offsets = (candidates - center.repeat(8, 1)) / std.repeat(8, 1)
+    assert (offsets.norm(dim=1) <= radius * math.sqrt(16) * (1 + 1e-5)).all()
+    # antithetic pairs average back to the centre exactly
+    torch.testing.assert_close(candidates.view(8, 5, 16).mean(0), center)
+
+
+def test_exploration_radius_counts_only_unmasked_nodes():
+    diffusion = GaussianDiffusion(NoiseSchedule.create("linear", 10))
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    center = torch.zeros(2, 4, 3)
+    candidates = explore(diffusion, center, torch.ones(2, 1, 1), 4, 0.3, mask, torch.Generator().manual_seed(0))
+    candidates = candidates.view(4, 2, 4, 3)
+    assert (candidates[:, 0, 2:] == 0).all()
+    assert (candidates[:, 0].flatten(1).norm(dim=1) <= 0.3 * math.sqrt(6) * (1 + 1e-5)).all()
+    assert (candidates[:, 1].flatten(1).norm(dim=1) <= 0.3 * math.sqrt(12) * (1 + 1e-5)).all()
+
+
+@pytest.fixture(scope="module")
+def pretrained_gaussian() -> EpsModel:
+    """A small model of N(0, I) in 2-D, trained briefly: the reference for the fine-tuning tests."""
+    torch.manual_seed(0)
+    model = EpsModel(MLPDenoiser(2, width=64, depth=2), GaussianDiffusion(NoiseSchedule.create("linear", 40)))
+    optimizer = torch.optim.Adam(model.net.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    data = Batch(torch.randn(4000, 2, generator=generator))
+    for _ in range(400):
+        loss = denoising_loss(model, data.sample(256, generator), generator).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model
+
+
+@pytest.mark.parametrize("algorithm", [
+    DataPayoff(temperature=0.3),
+    ModelPayoff(temperature=0.3, total_steps=150, rounds=2, buffer_size=1000, sample_steps=20),
+    StepwiseExploration(temperature=0.3, candidates=8, radius=1.0),
+], ids=lambda a: a.name)
+def test_every_rgdm_variant_raises_the_reward(pretrained_gaussian, algorithm):
+    reference = pretrained_gaussian
+    model = EpsModel(copy.deepcopy(reference.net), reference.diffusion)
+    generator = torch.Generator().manual_seed(1)
+    context = TrainingContext(model=model, ema=model, reference=reference,
+                              data=Batch(torch.randn(4000, 2, generator=generator)),
+                              scorer=make_scorer(right_half), batch_size=128,
+                              prior=lambda n, g, cond: Batch(torch.zeros(n, 2), cond=cond))
+    optimizer = torch.optim.Adam(model.net.parameters(), lr=1e-3)
+    algorithm.setup(context, generator)
+    for step in range(150):
+        loss, _ = algorithm.loss(context, step, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    before = sample(reference, (2000, 2), generator=torch.Generator().manual_seed(2)).x0
+    after = sample(model, (2000, 2), generator=torch.Generator().manual_seed(2)).x0
+    assert right_half(after.numpy()).mean() > right_half(before.numpy()).mean() + 0.08
+
+
+def test_candidate_selection_raises_the_reward_of_samples(pretrained_gaussian):
+    model = pretrained_gaussian
+    generator = torch.Generator().manual_seed(0)
+    plain = sample(model, (400, 2), generator=generator).x0
+    counter = RewardCounter()
+    guided = sample(model, (400, 2), generator=generator,
+                    transition=CandidateSelection(make_scorer(right_half, counter), candidates=8,
+                                                  temperature=0.05)).x0
+    assert right_half(guided.numpy()).mean() > right_half(plain.numpy()).mean() + 0.2
+    assert counter.calls == 8 * 400 * 39  # the last step is deterministic and costs nothing
+
+
+def test_gradient_step_moves_samples_up_the_reward_within_the_radius(pretrained_gaussian):
+    model = pretrained_gaussian
+    counter = RewardCounter()
+    scorer = Scorer(BlackBoxReward(constant_reward, counter=counter), lambda x, m: x.numpy(), counter,
+                    gradient_fn=lambda x, targets: x[:, 0])
+    generator = torch.Generator().manual_seed(0)
+    plain = sample(model, (400, 2), generator=torch.Generator().manual_seed(0)).x0
+    guided = sample(model, (400, 2), generator=generator,
+                    transition=GradientStep(scorer, temperature=0.1, radius=0.5)).x0
+    assert guided[:, 0].mean() > plain[:, 0].mean() + 0.1
+
+
+def test_gradient_guidance_needs_a_differentiable_reward():
+    scorer = make_scorer(right_half)
+    with pytest.raises(ValueError, match="no differentiable form"):
+        scorer.differentiable(torch.zeros(2, 2))
