@@ -150,14 +150,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from rgdm.benchmarks.toy import run_toy_benchmark
+    from rgdm.benchmarks.toy import markdown_table, run_toy_benchmark
 
     result = run_toy_benchmark(quick=args.quick, seeds=args.seeds, progress=not args.quiet)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
-    print(json.dumps({name: {k: m[k] for k in ("mean_reward", "energy_distance", "reward_calls")}
-                      for name, m in result["methods"].items()}, indent=2))
-    print(f"target: {result['target']}; full results in {args.json}")
+    print(markdown_table(result))
+    print(f"full results in {args.json}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -55,7 +55,7 @@ def test_stepwise_loss_is_plain_denoising_loss_for_a_constant_reward():
     batch = Batch(torch.randn(64, 2))
     expected = denoising_loss(model, batch, torch.Generator().manual_seed(3)).mean()
     loss, stats = stepwise_loss(model, model, make_scorer(constant_reward), batch, torch.Generator().manual_seed(3),
-                                candidates=8, radius=0.5, temperature=0.3)
+                                candidates=8, radius=0.5, temperature=0.3, center="posterior")
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     assert stats.effective_candidates == pytest.approx(8.0)
 
@@ -63,11 +63,27 @@ def test_stepwise_loss_is_plain_denoising_loss_for_a_constant_reward():
     for compute in (lambda: denoising_loss(model, batch, torch.Generator().manual_seed(3)).mean(),
                     lambda: stepwise_loss(model, model, make_scorer(constant_reward), batch,
                                           torch.Generator().manual_seed(3), candidates=8, radius=0.5,
-                                          temperature=0.3)[0]):
+                                          temperature=0.3, center="posterior")[0]):
         model.net.zero_grad()
         compute().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.net.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_stepwise_loss_with_the_reference_centre_distils_the_reference_for_a_constant_reward():
+    model, reference = make_model(seed=0), make_model(seed=1)
+    batch = Batch(torch.randn(64, 2))
+    loss, _ = stepwise_loss(model, reference, make_scorer(constant_reward), batch, torch.Generator().manual_seed(3),
+                            candidates=8, radius=0.5, temperature=0.3, center="reference")
+    generator = torch.Generator().manual_seed(3)
+    t = torch.randint(1, 51, (64,), generator=generator)
+    xt = model.diffusion.q_sample(batch.x, t, model.diffusion.noise_like(batch.x, None, generator))
+    expected = ((model(xt, t) - reference(xt, t)) ** 2).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    same, _ = stepwise_loss(reference, reference, make_scorer(constant_reward), batch,
+                            torch.Generator().manual_seed(3), candidates=8, radius=0.5, temperature=0.3,
+                            center="reference")
+    assert float(same) == pytest.approx(0.0, abs=1e-10)
 
 
 def test_weighted_loss_reduces_to_denoising_for_uniform_data_weights():

@@ -126,7 +126,7 @@ class StepwiseExploration(Algorithm):
     name = "rgdm-stepwise"
 
     def __init__(self, temperature: float, candidates: int = 8, radius: float = 0.5, anchor: float = 0.0,
-                 center: str = "posterior", value_model: str = "frozen") -> None:
+                 center: str = "reference", value_model: str = "frozen") -> None:
         if value_model not in ("frozen", "ema"):
             raise ValueError(f"value_model must be 'frozen' or 'ema', got {value_model!r}")
         self.temperature = temperature

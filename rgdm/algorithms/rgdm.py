@@ -115,7 +115,7 @@ def stepwise_loss(
     candidates: int,
     radius: float,
     temperature: float,
-    center: str = "posterior",
+    center: str,
 ) -> tuple[torch.Tensor, StepwiseStats]:
     """Step-wise guided exploration (DESIGN.md §1.3, item 3).
 
@@ -125,8 +125,10 @@ def stepwise_loss(
     ``mu`` is affine in ``eps`` (``mu = a_t x_t - c_t eps``), candidate ``k`` corresponds to the noise
     ``eps_k = eps_m - (x_{t-1}^k - m) / c_t``, and ``sum_k w_k ||eps_theta - eps_k||^2`` equals
     ``||eps_theta - sum_k w_k eps_k||^2`` up to a constant, which is what is minimised. With a
-    constant reward the antithetic candidates average back to ``m`` and this is the plain
-    denoising loss exactly.
+    constant reward the antithetic candidates average back to ``m``: with the posterior centre this
+    is the plain denoising loss exactly, with the reference centre it is distillation of the
+    reference. Both have the same expected target; the reference centre has far less variance (the
+    data noise ``eps`` drops out of the target), which is why it is the default.
     """
     diffusion = model.diffusion
     n = len(batch)

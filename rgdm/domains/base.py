@@ -51,6 +51,10 @@ class Domain(Protocol):
         """A fresh denoiser ``net(x_t, t / T, cond, mask) -> eps``."""
         ...
 
+    def build_regressor(self, options: dict[str, Any]) -> nn.Module:
+        """A fresh noise-aware scalar network ``f(x_t, t / T, cond, mask) -> (batch,)`` (guidance)."""
+        ...
+
     def dataset(self, split: str = "train") -> Batch:
         """The domain's data as one batch."""
         ...

@@ -71,7 +71,7 @@ class AlgorithmConfig(Section):
     sample_steps: int | None = Field(None, ge=1, description="rgdm-model: DDIM steps for buffers")
     candidates: int = Field(8, ge=2, description="rgdm-stepwise: K")
     radius: float = Field(0.5, gt=0, allow_inf_nan=False, description="rgdm-stepwise: exploration radius rho")
-    center: Literal["posterior", "reference"] = "posterior"
+    center: Literal["posterior", "reference"] = "reference"
     value_model: Literal["frozen", "ema"] = "frozen"
 
     @model_validator(mode="after")

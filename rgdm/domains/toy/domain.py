@@ -15,7 +15,7 @@ from rgdm.batch import Batch
 from rgdm.diffusion.process import identity_projection
 from rgdm.domains.base import NamedReward
 from rgdm.domains.toy.mixtures import MIXTURES
-from rgdm.domains.toy.network import MLPDenoiser
+from rgdm.domains.toy.network import MLPDenoiser, MLPRegressor
 from rgdm.domains.toy.rewards import exact_payoff_samples, toy_rewards
 
 
@@ -80,6 +80,10 @@ class ToyDomain:
     def build_network(self, options: dict[str, Any]) -> nn.Module:
         net = NetworkOptions.model_validate(options)
         return MLPDenoiser(self.mixture.dim, self.num_targets, width=net.width, depth=net.depth)
+
+    def build_regressor(self, options: dict[str, Any]) -> nn.Module:
+        net = NetworkOptions.model_validate(options)
+        return MLPRegressor(self.mixture.dim, self.num_targets, width=net.width, depth=net.depth)
 
     def dataset(self, split: str = "train") -> Batch:
         if self._data is None:

@@ -34,7 +34,7 @@ class MLPDenoiser(nn.Module):
     """
 
     def __init__(self, dim: int, num_targets: int = 0, width: int = 256, depth: int = 4,
-                 time_features: int = 64) -> None:
+                 time_features: int = 64, out_features: int | None = None) -> None:
         super().__init__()
         self.num_targets = num_targets
         self.time_features = time_features
@@ -42,7 +42,7 @@ class MLPDenoiser(nn.Module):
         self.time = nn.Sequential(nn.Linear(time_features, width), nn.SiLU(), nn.Linear(width, width))
         self.target = nn.Embedding(num_targets + 1, width)
         self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(depth)])
-        self.output = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
+        self.output = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, out_features or dim))
         nn.init.zeros_(self.output[-1].weight)
         nn.init.zeros_(self.output[-1].bias)
 
@@ -52,3 +52,14 @@ class MLPDenoiser(nn.Module):
             cond = torch.full((x.shape[0],), self.num_targets, device=x.device, dtype=torch.long)
         h = self.input(x) + self.time(sinusoidal_embedding(t, self.time_features)) + self.target(cond.long())
         return self.output(self.blocks(h))
+
+
+class MLPRegressor(MLPDenoiser):
+    """A noise-aware scalar head ``f(x_t, t, c)`` (classifier guidance's regressor), same trunk."""
+
+    def __init__(self, dim: int, num_targets: int = 0, width: int = 256, depth: int = 4) -> None:
+        super().__init__(dim, num_targets, width, depth, out_features=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x, t, cond, mask).squeeze(-1)
