@@ -102,10 +102,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     scorer = make_scorer(RewardConfig(name=args.reward), model.domain, counter)
     transition = make_transition(args.guidance, scorer, args.temperature, args.candidates, args.radius)
     samples = generate(model, args.n, seeded_generator(args.seed), target=target, steps=args.steps,
-                       eta=args.eta, transition=transition, progress=not args.quiet)
+                       eta=args.eta, transition=transition, cfg_scale=args.cfg_scale, progress=not args.quiet)
     meta = {"checkpoint": str(args.checkpoint), "n": args.n, "seed": args.seed, "target": target,
             "steps": args.steps, "eta": args.eta, "guidance": args.guidance, "reward": args.reward,
-            "temperature": args.temperature, "candidates": args.candidates,
+            "temperature": args.temperature, "candidates": args.candidates, "cfg_scale": args.cfg_scale,
             "network_evaluations": model.eps_model.evaluations, **counter.as_dict()}
     files = write_samples(model, samples, Path(args.out), meta)
     print(f"wrote {args.n} samples: " + ", ".join(str(f) for f in files))
@@ -150,13 +150,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from rgdm.benchmarks.toy import markdown_table, run_toy_benchmark
+    from rgdm.benchmarks.toy import markdown_table, plot_curves, run_toy_benchmark
 
-    result = run_toy_benchmark(quick=args.quick, seeds=args.seeds, progress=not args.quiet)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2))
-    print(markdown_table(result))
-    print(f"full results in {args.json}")
+    methods = args.methods.split(",") if args.methods else None
+    result = run_toy_benchmark(quick=args.quick, seeds=args.seeds, progress=not args.quiet, methods=methods)
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    picture = plot_curves(result, path.with_suffix(".png"))
+    print(markdown_table(result) + "\n\n" + markdown_table(result["rare_mode"]))
+    print(f"results in {path}, reward-against-calls plot in {picture}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -190,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = commands.add_parser("finetune", help="RGDM fine-tuning of a trained model with a reward")
     finetune.add_argument("--checkpoint", help="shipped name or run folder to start from")
     finetune.add_argument("--reward", help="domain reward name, FILE.py:FUNC or module:FUNC")
-    finetune.add_argument("--algorithm", choices=["rgdm-data", "rgdm-model", "rgdm-stepwise"])
+    finetune.add_argument("--algorithm", choices=["rgdm-data", "rgdm-model", "rgdm-stepwise", "cfg", "rwr", "ddpo"],
+                          help="an RGDM estimator (default rgdm-data for toys) or a training peer")
     finetune.add_argument("--temperature", type=float, help="tau of exp(r / tau)")
     finetune.add_argument("--steps", type=int)
     finetune.add_argument("--checkpoint-every", type=int)
@@ -215,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=float, default=0.1)
     sample.add_argument("--candidates", type=int, default=8)
     sample.add_argument("--radius", type=float, default=0.5, help="exploration radius of gradient steps")
+    sample.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (models trained with cfg)")
     sample.add_argument("--out", required=True)
     sample.set_defaults(func=cmd_sample)
 
@@ -230,8 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks with JSON output")
     bench.add_argument("suite", choices=["toy"])
     bench.add_argument("--json", required=True)
-    bench.add_argument("--quick", action="store_true", help="smaller budgets, every method (< 10 min)")
-    bench.add_argument("--seeds", type=int, default=3)
+    bench.add_argument("--quick", action="store_true", help="smaller budgets, one seed, every method (< 10 min)")
+    bench.add_argument("--seeds", type=int, help="seeds per method (default 3, or 1 with --quick)")
+    bench.add_argument("--methods", help="comma-separated subset, e.g. pretrained,rgdm-data")
     bench.set_defaults(func=cmd_bench)
 
     demo = commands.add_parser("demo", help="the main job on the embedded default: toy ring RGDM")

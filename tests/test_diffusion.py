@@ -28,15 +28,6 @@ SCHEDULES = ("linear", "cosine", "polynomial")
 F64 = torch.float64
 
 
-@pytest.fixture
-def single_thread():
-    """Small tensors run faster on one thread (and do not stall on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_diffusion(name: str = "cosine", timesteps: int = 100, dof_offset: int = 0) -> GaussianDiffusion:
     return GaussianDiffusion(NoiseSchedule.create(name, timesteps), dof_offset=dof_offset)
 
@@ -446,7 +437,7 @@ def sampler_moments(
     [("cosine", None, 1.0, 0.04), ("linear", None, 1.0, 0.07), ("cosine", 25, 0.0, 0.07)],
 )
 def test_exact_eps_sampling_reproduces_gaussian(
-    name: str, steps: int | None, eta: float, bias: float, single_thread: None
+    name: str, steps: int | None, eta: float, bias: float
 ) -> None:
     mu, s, n = 1.5, 0.5, 4000
     diffusion = make_diffusion(name, 100)

@@ -1,17 +1,32 @@
-"""Training objectives and guided samplers; they see tensors, never a domain."""
+"""Training objectives and samplers: RGDM's estimators and the peers, on tensors, never a domain."""
 
 from rgdm.algorithms.base import Algorithm, TrainingContext
+from rgdm.algorithms.best_of_n import best_of_n
+from rgdm.algorithms.cfg import ConditionalFinetune, GuidedEpsModel, reward_classes
+from rgdm.algorithms.classifier_guidance import ClassifierGuidance, train_regressor
+from rgdm.algorithms.ddpo import DDPO
 from rgdm.algorithms.guided_sampling import CandidateSelection, GradientStep
 from rgdm.algorithms.payoff import DataPayoff, ModelPayoff, StepwiseExploration
 from rgdm.algorithms.pretrain import Pretrain
+from rgdm.algorithms.rwr import RWR
+from rgdm.algorithms.svdd import svdd
 
 __all__ = [
+    "DDPO",
+    "RWR",
     "Algorithm",
     "CandidateSelection",
+    "ClassifierGuidance",
+    "ConditionalFinetune",
     "DataPayoff",
     "GradientStep",
+    "GuidedEpsModel",
     "ModelPayoff",
     "Pretrain",
     "StepwiseExploration",
     "TrainingContext",
+    "best_of_n",
+    "reward_classes",
+    "svdd",
+    "train_regressor",
 ]

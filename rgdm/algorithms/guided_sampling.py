@@ -3,7 +3,8 @@
 Both are transitions for ``rgdm.diffusion.sample`` and work with or without RGDM training:
 
 * ``CandidateSelection`` (black-box rewards): draw ``K`` candidates of ``p_theta(x_s | x_t)``, value
-  each by the reward of its Tweedie estimate, keep one with probability ``softmax(v / tau)``. The
+  each by the reward of its Tweedie estimate, keep one with probability ``softmax(v / tau)``
+  (``tau = 0``: the best one, which is SVDD's greedy decoding). The
   network's noise prediction at the kept candidate is reused by the next step, so guidance costs
   ``K`` evaluations a step instead of ``K + 1``.
 * ``GradientStep`` (differentiable rewards): draw ``x_s``, then move it along the gradient of the
@@ -43,11 +44,15 @@ class CandidateSelection:
         if int(ctx.s[0]) > 0:
             eps = ctx.model(proposals, s, tiled.cond, tiled.mask)
             x0_hat = diffusion.x0_from_eps(proposals, s, eps)
-        values = self.scorer(x0_hat, tiled.mask, tiled.cond).values
-        weights = payoff_weights(values.view(k, n), self.temperature, dim=0)
-        device = ctx.generator.device if ctx.generator is not None else weights.device
-        choice = torch.multinomial(weights.T.to(device), 1, generator=ctx.generator).squeeze(1).to(weights.device)
-        rows = choice * n + torch.arange(n, device=weights.device)
+        values = self.scorer(x0_hat, tiled.mask, tiled.cond).values.view(k, n)
+        if self.temperature == 0:
+            choice = values.argmax(dim=0)
+        else:
+            weights = payoff_weights(values, self.temperature, dim=0)
+            device = ctx.generator.device if ctx.generator is not None else weights.device
+            choice = torch.multinomial(weights.T.to(device), 1, generator=ctx.generator).squeeze(1)
+        choice = choice.to(values.device)
+        rows = choice * n + torch.arange(n, device=values.device)
         return TransitionResult(proposals[rows], None if eps is None else eps[rows])
 
 

@@ -93,8 +93,11 @@ class ModelPayoff(Algorithm):
         x = sample(ctx.ema, prior.x.shape, steps=self.sample_steps, cond=prior.cond, mask=prior.mask,
                    generator=generator, device=prior.x.device).x0
         self.buffer = Batch(x, prior.mask, prior.cond)
-        rewards = scorer(x, prior.mask, prior.cond).values.cpu()
-        self.weights = payoff_weights(rewards, self.temperature * self.rounds)
+        self.weights = self.round_weights(scorer(x, prior.mask, prior.cond).values.cpu())
+
+    def round_weights(self, rewards: torch.Tensor) -> torch.Tensor:
+        """One round's share of the tempering: ``softmax(r / (R tau))``."""
+        return payoff_weights(rewards, self.temperature * self.rounds)
 
     def loss(self, ctx: TrainingContext, step: int, generator: torch.Generator
              ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -102,7 +105,7 @@ class ModelPayoff(Algorithm):
         if round_index != self.round:
             self._refresh(ctx, generator)
             self.round = round_index
-        batch = self.buffer.sample(ctx.batch_size, generator, self.weights)
+        batch = self.buffer.sample(ctx.batch_size, generator, self.weights).to(ctx.data.x.device)
         loss = weighted_denoising_loss(ctx.model, batch, generator) + anchor_loss(ctx, self.anchor, generator)
         return loss, {"ess": effective_sample_size(self.weights), "round": float(self.round)}
 

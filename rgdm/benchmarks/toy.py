@@ -1,10 +1,12 @@
 """``rgdm bench toy``: every method against the exact pay-off distribution of a Gaussian mixture.
 
-Each method starts from the same pre-trained ring model and is measured on the same scale:
-mean reward and energy distance of its samples to exact pay-off samples (rejection sampling), the
-reward calls it spent (the shared ``RewardCounter``), wall time, and ``calls_to_90pct``: the reward
-calls spent when its evaluated mean reward first reached 90% of the exact pay-off mean reward.
-Measurement uses the reward function directly and never charges the training budget.
+Two tasks, each from its own shipped pre-trained model: ``ring`` (8 equal modes, reward 1 inside
+mode 0's cell, tau 0.3) and ``rare-mode`` (the same with mode 0 holding 1% of the data: exploration,
+not just reweighting). Every method is measured on the same scale: mean reward and energy
+distance of fresh samples to exact pay-off samples, the reward calls it spent (the shared
+``RewardCounter``), its network evaluations, wall time without evaluation, and ``calls_to_90pct``:
+the reward calls spent when its mean reward first reached 90% of the exact pay-off mean reward.
+Measurement calls the reward function directly and never charges a method's budget.
 """
 
 from __future__ import annotations
@@ -12,122 +14,203 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rgdm.algorithms import CandidateSelection
-from rgdm.domains.toy import ToyDomain
+from rgdm.algorithms import ClassifierGuidance, best_of_n, svdd, train_regressor
+from rgdm.algorithms.guided_sampling import CandidateSelection
+from rgdm.batch import Batch
+from rgdm.domains import Domain
 from rgdm.engine import LoadedModel, Trainer, generate, load_config, load_trained, make_scorer
 from rgdm.engine.builder import seeded_generator
 from rgdm.engine.config import RewardConfig
-from rgdm.engine.registry import resolve_model
 from rgdm.rewards import RewardCounter
 
-PRETRAINED = "toy-ring-pretrained"
+FINETUNE_PRESET = Path(__file__).resolve().parent.parent / "configs" / "finetune-toy.yaml"
+BUDGET_MARKS = (1_000, 10_000, 100_000)
 
 
 @dataclass(frozen=True)
 class ToyTask:
-    """A pay-off problem: a mixture, a reward on it, a temperature."""
+    """A pay-off problem: a shipped pre-trained model, a reward on its domain, a temperature."""
 
     name: str
-    mixture: str
-    reward: str
-    temperature: float
     checkpoint: str
+    reward: str = "region"
+    temperature: float = 0.3
 
 
-@dataclass
+TASKS = (ToyTask("ring", "toy-ring-pretrained"), ToyTask("rare-mode", "toy-rare-ring-pretrained"))
+
+
+@dataclass(frozen=True)
 class Budget:
-    """What each method may spend; ``quick`` shrinks everything so every method runs in minutes."""
+    """What each method may spend; ``QUICK`` shrinks it so that every method runs in minutes."""
 
     finetune_steps: int
     eval_every: int
     eval_samples: int
+    curve_steps: int
     data_scored: int
     model_rounds: int
     model_buffer: int
     stepwise_batch: int
-    guided_candidates: int
+    ddpo_trajectories: int
+    candidates: int
+    sampling_steps: int
+    regressor_steps: int
 
 
-FULL = Budget(finetune_steps=3000, eval_every=250, eval_samples=2000, data_scored=8000,
-              model_rounds=3, model_buffer=4096, stepwise_batch=64, guided_candidates=8)
-QUICK = Budget(finetune_steps=1000, eval_every=250, eval_samples=1000, data_scored=4000,
-               model_rounds=2, model_buffer=2048, stepwise_batch=32, guided_candidates=8)
+FULL = Budget(finetune_steps=3000, eval_every=250, eval_samples=2000, curve_steps=100, data_scored=8000,
+              model_rounds=3, model_buffer=4096, stepwise_batch=64, ddpo_trajectories=256, candidates=8,
+              sampling_steps=200, regressor_steps=2000)
+QUICK = Budget(finetune_steps=600, eval_every=150, eval_samples=1000, curve_steps=50, data_scored=4000,
+               model_rounds=2, model_buffer=2048, stepwise_batch=32, ddpo_trajectories=128, candidates=8,
+               sampling_steps=100, regressor_steps=600)
 
-RING = ToyTask("ring", "ring8", "region", 0.3, PRETRAINED)
+
+def training_methods(budget: Budget) -> dict[str, list[str]]:
+    """Fine-tuning methods as overrides of the ``finetune-toy`` preset (RGDM's estimators, then peers).
+
+    ``rgdm-data@1k`` scores only 1000 data rows: the sample-efficient end of the same estimator.
+    rgdm-model and rwr keep a constant learning rate so late rounds still fit their buffer;
+    rgdm-stepwise uses the exploration radius 1.5 found by a sweep over {0.5, 1, 1.25, 1.5, 2} on
+    the ring (README): with a 0/1 reward the Tweedie value under-tilts at small radii and
+    over-tilts unclipped.
+    """
+    rounds = [f"algorithm.rounds={budget.model_rounds}", f"algorithm.buffer_size={budget.model_buffer}",
+              f"algorithm.sample_steps={budget.sampling_steps}", "train.lr_decay=none"]
+    return {
+        "rgdm-data": ["algorithm.name=rgdm-data", f"algorithm.scored_size={budget.data_scored}"],
+        "rgdm-data@1k": ["algorithm.name=rgdm-data", "algorithm.scored_size=1000"],
+        "rgdm-model": ["algorithm.name=rgdm-model", *rounds],
+        "rgdm-stepwise": ["algorithm.name=rgdm-stepwise", f"train.batch_size={budget.stepwise_batch}",
+                          "algorithm.center=reference", "algorithm.radius=1.5"],
+        "cfg": ["algorithm.name=cfg", f"algorithm.scored_size={budget.data_scored}", "algorithm.num_classes=2"],
+        "rwr": ["algorithm.name=rwr", *rounds],
+        "ddpo": ["algorithm.name=ddpo", f"algorithm.trajectories={budget.ddpo_trajectories}",
+                 "algorithm.sample_steps=20", "train.lr=3.0e-4", "train.lr_decay=none"],
+    }
 
 
 @dataclass
 class MethodRun:
-    mean_reward: float
-    energy_distance: float
-    noise_floor: float
+    """One method, one seed: final metrics, budget spent and the reward-against-calls curve."""
+
+    metrics: dict[str, Any]
     reward_calls: int
+    network_evaluations: int
     calls_to_90pct: int | None
     wall_s: float
-    curve: list[tuple[int, float]] = field(default_factory=list)
+    curve: list[tuple[int, float, float]] = field(default_factory=list)
 
 
-def _measure(model: LoadedModel, task: ToyTask, budget: Budget, seed: int, **generate_args: Any
-             ) -> dict[str, Any]:
-    """Draw the evaluation samples and score them against the exact pay-off (never charged)."""
-    generator = seeded_generator(10_000 + seed)
-    samples = generate(model, budget.eval_samples, generator, **generate_args)
-    return model.domain.evaluate(samples, task.reward, task.temperature, generator)
+class Measure:
+    """Evaluation on one task: fresh samples scored against the exact pay-off, never charged."""
+
+    def __init__(self, task: ToyTask, domain: Domain, budget: Budget, goal: float) -> None:
+        self.task, self.domain, self.budget, self.goal = task, domain, budget, goal
+
+    def final(self, model: LoadedModel, seed: int, **generate_args: Any) -> dict[str, Any]:
+        generator = seeded_generator(10_000 + seed)
+        samples = generate(model, self.budget.eval_samples, generator, **generate_args)
+        return self.domain.evaluate(samples, self.task.reward, self.task.temperature, generator)
+
+    def point(self, model: LoadedModel, generator: Any, **generate_args: Any) -> tuple[float, float]:
+        """Mean reward and energy distance on the curve (DDIM ``curve_steps`` for speed)."""
+        samples = generate(model, self.budget.eval_samples, generator, steps=self.budget.curve_steps,
+                           **generate_args)
+        metrics = self.domain.evaluate(samples, self.task.reward, self.task.temperature, generator)
+        return metrics["mean_reward"], metrics["energy_distance"]
+
+    def first_reaching(self, curve: list[tuple[int, float, float]]) -> int | None:
+        return next((calls for calls, reward, _ in curve if reward >= self.goal), None)
 
 
-def _finetune(task: ToyTask, overrides: list[str], budget: Budget, seed: int, goal: float, run_dir: Path,
-              domain: ToyDomain, progress: bool) -> MethodRun:
-    """Fine-tune from the task's checkpoint, logging the reward curve; ``domain`` does the measuring."""
-    overrides = [f"init={task.checkpoint}", f"reward.name={task.reward}", f"train.seed={seed}",
-                 f"train.steps={budget.finetune_steps}", f"algorithm.temperature={task.temperature}",
-                 f"train.checkpoint_every={budget.finetune_steps}", *overrides]
-    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "finetune-toy.yaml", overrides)
+def _finetune(measure: Measure, overrides: list[str], seed: int, run_dir: Path, progress: bool) -> MethodRun:
+    task, budget = measure.task, measure.budget
+    config = load_config(FINETUNE_PRESET, [
+        f"init={task.checkpoint}", f"reward.name={task.reward}", f"train.seed={seed}",
+        f"train.steps={budget.finetune_steps}", f"algorithm.temperature={task.temperature}",
+        f"train.checkpoint_every={budget.finetune_steps}", *overrides])
     trainer = Trainer(config, run_dir)
-    reward_fn = trainer.domain.rewards()[task.reward].fn
+    cfg = config.algorithm.name == "cfg"
     curve_generator = seeded_generator(30_000 + seed)
-    curve: list[tuple[int, float]] = []
+    curve: list[tuple[int, float, float]] = []
     paused = 0.0
+
+    def trained_model() -> tuple[LoadedModel, dict[str, Any]]:
+        meta = {"guidance_condition": getattr(trainer.algorithm, "top_class", None)}
+        model = LoadedModel(measure.domain, trainer.diffusion, trainer.ema.module, meta)
+        return model, {"cfg_scale": 1.0} if cfg else {}
 
     def evaluate(trainer: Trainer, step: int) -> None:
         nonlocal paused
         if step % budget.eval_every and step != config.train.steps:
             return
         start = time.perf_counter()
-        model = LoadedModel(trainer.domain, trainer.diffusion, trainer.ema.module, {})
-        samples = generate(model, budget.eval_samples, curve_generator).x
-        curve.append((trainer.counter.calls, float(reward_fn(samples.numpy()).mean())))
+        model, args = trained_model()
+        curve.append((trainer.counter.calls, *measure.point(model, curve_generator, **args)))
         paused += time.perf_counter() - start
 
     start = time.perf_counter()
     trainer.fit(on_step=evaluate, progress=progress)
     wall = time.perf_counter() - start - paused
-    final = _measure(LoadedModel(domain, trainer.diffusion, trainer.ema.module, {}), task, budget, seed)
-    return MethodRun(final["mean_reward"], final["energy_distance"], final["noise_floor"], trainer.counter.calls,
-                     _first_reaching(curve, goal), wall, curve)
+    context = trainer.context
+    evaluations = sum(m.evaluations for m in {id(m): m for m in (context.model, context.ema, context.reference)
+                                              if m is not None}.values())
+    model, args = trained_model()
+    return MethodRun(measure.final(model, seed, **args), trainer.counter.calls, evaluations,
+                     measure.first_reaching(curve), wall, curve)
 
 
-def _first_reaching(curve: list[tuple[int, float]], goal: float) -> int | None:
-    return next((calls for calls, value in curve if value >= goal), None)
-
-
-def _sampling_only(model: LoadedModel, task: ToyTask, guided: bool, budget: Budget, seed: int,
-                   goal: float) -> MethodRun:
+def _sampling_method(measure: Measure, pretrained: LoadedModel, name: str, seed: int) -> MethodRun:
+    """A training-free method: plain sampling, guided sampling, SVDD, best-of-N or classifier guidance."""
+    task, budget = measure.task, measure.budget
+    model = LoadedModel(pretrained.domain, pretrained.diffusion, pretrained.net, pretrained.meta)
     counter = RewardCounter()
     scorer = make_scorer(RewardConfig(name=task.reward), model.domain, counter)
-    generate_args: dict[str, Any] = {}
-    if guided:
-        generate_args["transition"] = CandidateSelection(scorer, candidates=budget.guided_candidates,
-                                                         temperature=task.temperature)
+    generator = seeded_generator(10_000 + seed)
     start = time.perf_counter()
-    final = _measure(model, task, budget, seed, **generate_args)
+    extra_evaluations = 0
+    steps = {"steps": budget.sampling_steps}
+    if name == "pretrained":
+        samples = generate(model, budget.eval_samples, generator)
+    elif name in ("rgdm-guided-sampling", "svdd"):
+        transition = (CandidateSelection(scorer, budget.candidates, task.temperature)
+                      if name == "rgdm-guided-sampling" else svdd(scorer, budget.candidates))
+        samples = generate(model, budget.eval_samples, generator, transition=transition, **steps)
+    elif name == "best-of-n":
+        def draw(count: int) -> Batch:
+            return generate(model, count, generator, **steps)
+        samples = best_of_n(draw, scorer, budget.eval_samples, budget.candidates, generator)
+    else:
+        samples, extra_evaluations = _classifier_guidance(measure, model, scorer, generator)
     wall = time.perf_counter() - start
-    reached = counter.calls if final["mean_reward"] >= goal else None
-    return MethodRun(final["mean_reward"], final["energy_distance"], final["noise_floor"], counter.calls, reached,
-                     wall, [(counter.calls, final["mean_reward"])])
+    metrics = model.domain.evaluate(samples, task.reward, task.temperature, generator)
+    reached = counter.calls if metrics["mean_reward"] >= measure.goal else None
+    return MethodRun(metrics, counter.calls, model.eps_model.evaluations + extra_evaluations, reached, wall,
+                     [(counter.calls, metrics["mean_reward"], metrics["energy_distance"])])
+
+
+def _classifier_guidance(measure: Measure, model: LoadedModel, scorer: Callable, generator: Any
+                         ) -> tuple[Batch, int]:
+    """Train a noise-aware regressor on scored data, then sample guided by ``grad f / tau``."""
+    budget, domain = measure.budget, model.domain
+    data = domain.dataset().sample(budget.data_scored, generator)
+    rewards = scorer(data.x, data.mask, data.cond).values
+    regressor = domain.build_regressor(model.meta["network"])
+    train_regressor(regressor, model.diffusion, data, rewards, steps=budget.regressor_steps, batch_size=256,
+                    lr=1e-3, generator=generator)
+    guidance = ClassifierGuidance(regressor.eval(), scale=1.0 / measure.task.temperature)
+    samples = generate(model, budget.eval_samples, generator, transition=guidance,
+                       steps=budget.sampling_steps)
+    return samples, guidance.evaluations + budget.regressor_steps * 256
+
+
+SAMPLING_METHODS = ("pretrained", "rgdm-guided-sampling", "svdd", "best-of-n", "classifier-guidance")
 
 
 def _summarise(runs: list[MethodRun], seeds: list[int]) -> dict[str, Any]:
@@ -137,85 +220,111 @@ def _summarise(runs: list[MethodRun], seeds: list[int]) -> dict[str, Any]:
     def spread(values: list[float]) -> float:
         return statistics.stdev(values) if len(values) > 1 else 0.0
 
+    def at_budget(run: MethodRun, calls: int) -> tuple[float, float] | None:
+        within = [(reward, distance) for spent, reward, distance in run.curve if spent <= calls]
+        return within[-1] if within else None
+
     reached = [r.calls_to_90pct for r in runs]
+    budgets = {}
+    for mark in BUDGET_MARKS:
+        points = [at_budget(r, mark) for r in runs]
+        budgets[str(mark)] = None if None in points else {
+            "mean_reward": mean([p[0] for p in points]), "energy_distance": mean([p[1] for p in points])}
     return {
-        "mean_reward": mean([r.mean_reward for r in runs]),
-        "mean_reward_std": spread([r.mean_reward for r in runs]),
-        "energy_distance": mean([r.energy_distance for r in runs]),
-        "energy_distance_std": spread([r.energy_distance for r in runs]),
+        "mean_reward": mean([r.metrics["mean_reward"] for r in runs]),
+        "mean_reward_std": spread([r.metrics["mean_reward"] for r in runs]),
+        "energy_distance": mean([r.metrics["energy_distance"] for r in runs]),
+        "energy_distance_std": spread([r.metrics["energy_distance"] for r in runs]),
+        "noise_floor": mean([r.metrics["noise_floor"] for r in runs]),
         "reward_calls": mean([r.reward_calls for r in runs]),
+        "network_evaluations": mean([r.network_evaluations for r in runs]),
         "calls_to_90pct": None if None in reached else mean([float(c) for c in reached]),
-        "noise_floor": mean([r.noise_floor for r in runs]),
         "wall_s": mean([r.wall_s for r in runs]),
         "seeds": seeds,
-        "per_seed": [{"mean_reward": r.mean_reward, "energy_distance": r.energy_distance,
-                      "reward_calls": r.reward_calls, "calls_to_90pct": r.calls_to_90pct,
-                      "wall_s": r.wall_s, "curve": r.curve} for r in runs],
+        "at_budget": budgets,
+        "per_seed": [{"mean_reward": r.metrics["mean_reward"], "energy_distance": r.metrics["energy_distance"],
+                      "mode_shares": r.metrics["mode_shares"], "reward_calls": r.reward_calls,
+                      "calls_to_90pct": r.calls_to_90pct, "wall_s": r.wall_s, "curve": r.curve} for r in runs],
     }
 
 
-def rgdm_methods(budget: Budget) -> dict[str, list[str]]:
-    """The RGDM fine-tuning variants as overrides of the ``finetune-toy`` preset.
-
-    rgdm-model keeps a constant learning rate so late rounds still fit their buffer; rgdm-stepwise
-    uses the exploration radius 1.5 found by a sweep over {0.5, 1, 1.25, 1.5, 2} on the ring (see
-    README): with a 0/1 reward the Tweedie value under-tilts at small radii and over-tilts unclipped.
-    """
-    return {
-        "rgdm-data": ["algorithm.name=rgdm-data", f"algorithm.scored_size={budget.data_scored}"],
-        "rgdm-model": ["algorithm.name=rgdm-model", f"algorithm.rounds={budget.model_rounds}",
-                       f"algorithm.buffer_size={budget.model_buffer}", "train.lr_decay=none"],
-        "rgdm-stepwise": ["algorithm.name=rgdm-stepwise", f"train.batch_size={budget.stepwise_batch}",
-                          "algorithm.center=reference", "algorithm.radius=1.5"],
-    }
-
-
-def run_toy_benchmark(quick: bool = False, seeds: int = 3, progress: bool = True,
-                      task: ToyTask = RING) -> dict[str, Any]:
-    """Run every method on ``task`` for ``seeds`` seeds; returns the JSON-ready result."""
-    budget = QUICK if quick else FULL
-    seed_list = list(range(seeds))
-    pretrained = load_trained(resolve_model(task.checkpoint))
+def run_task(task: ToyTask, budget: Budget, seeds: list[int], progress: bool,
+             methods: list[str] | None = None) -> dict[str, Any]:
+    """Every method (or ``methods``) on one task for every seed."""
+    pretrained = load_trained(task.checkpoint)
     reward = pretrained.domain.rewards()[task.reward]
     reference = pretrained.domain.exact_payoff(reward, task.temperature, 100_000, seeded_generator(123))
     target_reward = float(reward.fn(reference.numpy()).mean())
-    goal = 0.9 * target_reward
-    runs: dict[str, list[MethodRun]] = {}
+    measure = Measure(task, pretrained.domain, budget, 0.9 * target_reward)
+    chosen = methods or [*SAMPLING_METHODS[:1], *training_methods(budget), *SAMPLING_METHODS[1:]]
+    runs: dict[str, list[MethodRun]] = {name: [] for name in chosen}
     with tempfile.TemporaryDirectory(prefix="rgdm-bench-") as tmp:
-        for seed in seed_list:
-            runs.setdefault("pretrained", []).append(_sampling_only(pretrained, task, False, budget, seed, goal))
-            for name, overrides in rgdm_methods(budget).items():
-                runs.setdefault(name, []).append(
-                    _finetune(task, overrides, budget, seed, goal, Path(tmp) / f"{name}-{seed}",
-                              pretrained.domain, progress))
-            runs.setdefault("rgdm-guided-sampling", []).append(
-                _sampling_only(pretrained, task, True, budget, seed, goal))
-    floors = [run.noise_floor for method_runs in runs.values() for run in method_runs]
+        for seed in seeds:
+            for name in chosen:
+                if name in SAMPLING_METHODS:
+                    run = _sampling_method(measure, pretrained, name, seed)
+                else:
+                    run = _finetune(measure, training_methods(budget)[name], seed, Path(tmp) / f"{name}-{seed}",
+                                    progress)
+                runs[name].append(run)
+    floors = [run.metrics["noise_floor"] for method_runs in runs.values() for run in method_runs]
     return {
-        "task": {"name": task.name, "mixture": task.mixture, "reward": task.reward,
-                 "temperature": task.temperature, "checkpoint": task.checkpoint, "quick": quick,
-                 "eval_samples": budget.eval_samples},
+        "task": {"name": task.name, "checkpoint": task.checkpoint, "reward": task.reward,
+                 "temperature": task.temperature, "eval_samples": budget.eval_samples},
         "target": {"mean_reward": target_reward, "noise_floor": statistics.fmean(floors)},
-        "budget": budget.__dict__,
-        "methods": {name: _summarise(method_runs, seed_list) for name, method_runs in runs.items()},
+        "methods": {name: _summarise(method_runs, seeds) for name, method_runs in runs.items()},
     }
 
 
-def markdown_table(result: dict[str, Any]) -> str:
-    """The benchmark as a Markdown table (mean ± std over seeds), as quoted in the README."""
-    target, task = result["target"], result["task"]
-    seeds = result["methods"]["pretrained"]["seeds"]
+def run_toy_benchmark(quick: bool = False, seeds: int | None = None, progress: bool = True,
+                      methods: list[str] | None = None) -> dict[str, Any]:
+    """Both tasks; the ring task's ``target`` and ``methods`` sit at the top, the rare mode beside."""
+    budget = QUICK if quick else FULL
+    seed_list = list(range(seeds if seeds is not None else (1 if quick else 3)))
+    ring, rare = (run_task(task, budget, seed_list, progress, methods) for task in TASKS)
+    return {**ring, "quick": quick, "budget": budget.__dict__, "rare_mode": rare}
+
+
+def plot_curves(result: dict[str, Any], path: Path) -> Path:
+    """Mean reward against reward calls, every method on one plot, one panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = {"ring": result, "rare-mode": result["rare_mode"]}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(7 * len(tasks), 5), squeeze=False)
+    for ax, (name, task) in zip(axes[0], tasks.items(), strict=True):
+        for method, summary in task["methods"].items():
+            curve = summary["per_seed"][0]["curve"]
+            calls = [max(point[0], 1) for point in curve]
+            rewards = [statistics.fmean(run["curve"][i][1] for run in summary["per_seed"]) for i in range(len(curve))]
+            style = "o" if len(curve) == 1 else ".-"
+            ax.plot(calls, rewards, style, label=method)
+        ax.axhline(task["target"]["mean_reward"], color="k", ls="--", lw=1, label="exact pay-off")
+        ax.set(xscale="log", xlabel="reward calls", ylabel="mean reward", title=f"toy {name} (tau 0.3)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(task: dict[str, Any]) -> str:
+    """One task as a Markdown table (mean ± std over seeds), as quoted in the README."""
+    target, info = task["target"], task["task"]
+    seeds = next(iter(task["methods"].values()))["seeds"]
     lines = [
-        f"Target: exact pay-off mean reward {target['mean_reward']:.3f}; energy-distance noise floor "
-        f"{target['noise_floor']:.5f} ({task['eval_samples']} samples; seeds {seeds}).",
+        f"Task `{info['name']}`: exact pay-off mean reward {target['mean_reward']:.3f}; energy-distance noise "
+        f"floor {target['noise_floor']:.5f} ({info['eval_samples']} samples; seeds {seeds}).",
         "",
-        "| method | mean reward | energy distance | reward calls | calls to 90% | wall s |",
-        "|---|---|---|---|---|---|",
+        "| method | mean reward | energy distance | reward calls | network evals | calls to 90% | wall s |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, m in result["methods"].items():
+    for name, m in task["methods"].items():
         reached = "never" if m["calls_to_90pct"] is None else f"{m['calls_to_90pct']:,.0f}"
         lines.append(
             f"| {name} | {m['mean_reward']:.3f} ± {m['mean_reward_std']:.3f} | "
-            f"{m['energy_distance']:.5f} ± {m['energy_distance_std']:.5f} | {m['reward_calls']:,.0f} | "
-            f"{reached} | {m['wall_s']:.1f} |")
+            f"{m['energy_distance']:.4f} ± {m['energy_distance_std']:.4f} | {m['reward_calls']:,.0f} | "
+            f"{m['network_evaluations']:,.0f} | {reached} | {m['wall_s']:.1f} |")
     return "\n".join(lines)

@@ -59,6 +59,7 @@ class StepContext:
     cond: torch.Tensor | None
     mask: torch.Tensor | None
     generator: torch.Generator | None
+    eta: float = 1.0
 
 
 @dataclass
@@ -133,7 +134,7 @@ def sample(
         if eps is None:
             eps = model(x, t, cond, mask)
         step = diffusion.reverse_step(x, t, s, eps, eta)
-        result = transition(StepContext(model, x, t, s, step, cond, mask, generator))
+        result = transition(StepContext(model, x, t, s, step, cond, mask, generator, eta))
         if trajectory is not None:
             trajectory.states.append(result.x)
             trajectory.timesteps.append(s_int)

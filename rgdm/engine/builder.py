@@ -10,7 +10,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from rgdm.algorithms import Algorithm, DataPayoff, ModelPayoff, Pretrain, StepwiseExploration
+from rgdm.algorithms import (
+    DDPO,
+    RWR,
+    Algorithm,
+    ConditionalFinetune,
+    DataPayoff,
+    ModelPayoff,
+    Pretrain,
+    StepwiseExploration,
+)
 from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule
 from rgdm.domains import Domain, build_domain
 from rgdm.engine.checkpoint import CheckpointError, load_model
@@ -41,7 +50,8 @@ def make_scorer(config: RewardConfig, domain: Domain, counter: RewardCounter) ->
     return Scorer(reward, domain.decode, counter, gradient_fn)
 
 
-def make_algorithm(config: AlgorithmConfig, total_steps: int) -> Algorithm:
+def make_algorithm(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:
+    """The training objective a config names (RGDM's estimators and the training peers)."""
     if config.name == "pretrain":
         return Pretrain()
     if config.name == "rgdm-data":
@@ -49,8 +59,16 @@ def make_algorithm(config: AlgorithmConfig, total_steps: int) -> Algorithm:
     if config.name == "rgdm-model":
         return ModelPayoff(config.temperature, total_steps, config.rounds, config.buffer_size,
                            config.sample_steps, config.anchor)
-    return StepwiseExploration(config.temperature, config.candidates, config.radius, config.anchor,
-                               config.center, config.value_model)
+    if config.name == "rgdm-stepwise":
+        return StepwiseExploration(config.temperature, config.candidates, config.radius, config.anchor,
+                                   config.center, config.value_model)
+    if config.name == "cfg":
+        return ConditionalFinetune(config.num_classes or domain.num_targets, null_token=domain.num_targets,
+                                   scored_size=config.scored_size, uncond_prob=config.uncond_prob)
+    if config.name == "rwr":
+        return RWR(config.temperature, total_steps, config.rounds, config.buffer_size, config.sample_steps)
+    return DDPO(config.trajectories, config.sample_steps or 20, config.inner_epochs, config.minibatch,
+                config.clip)
 
 
 @dataclass

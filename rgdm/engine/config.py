@@ -61,18 +61,24 @@ class TrainConfig(Section):
 class AlgorithmConfig(Section):
     """The training objective and its hyper-parameters (each used by the algorithms noted)."""
 
-    name: Literal["pretrain", "rgdm-data", "rgdm-model", "rgdm-stepwise"] = "pretrain"
+    name: Literal["pretrain", "rgdm-data", "rgdm-model", "rgdm-stepwise", "cfg", "rwr", "ddpo"] = "pretrain"
     temperature: float = Field(0.3, gt=0, allow_inf_nan=False)
     anchor: float = Field(0.0, ge=0)
     targets: list[int] | None = None
-    scored_size: int | None = Field(None, ge=1, description="rgdm-data: data rows scored")
-    rounds: int = Field(4, ge=1, description="rgdm-model: tempering rounds")
-    buffer_size: int = Field(4096, ge=1, description="rgdm-model: samples per round")
-    sample_steps: int | None = Field(None, ge=1, description="rgdm-model: DDIM steps for buffers")
+    scored_size: int | None = Field(None, ge=1, description="rgdm-data, cfg: data rows scored")
+    rounds: int = Field(4, ge=1, description="rgdm-model, rwr: rounds (rgdm-model tempers across them)")
+    buffer_size: int = Field(4096, ge=1, description="rgdm-model, rwr: samples per round")
+    sample_steps: int | None = Field(None, ge=1, description="rgdm-model, rwr, ddpo: sampler steps (ddpo: 20)")
     candidates: int = Field(8, ge=2, description="rgdm-stepwise: K")
     radius: float = Field(0.5, gt=0, allow_inf_nan=False, description="rgdm-stepwise: exploration radius rho")
     center: Literal["posterior", "reference"] = "reference"
     value_model: Literal["frozen", "ema"] = "frozen"
+    num_classes: int | None = Field(None, ge=1, description="cfg: reward classes (default: the domain's)")
+    uncond_prob: float = Field(0.1, ge=0, lt=1, description="cfg: label dropout for guidance")
+    trajectories: int = Field(256, ge=2, description="ddpo: trajectories per refresh")
+    inner_epochs: int = Field(2, ge=1, description="ddpo: passes over each batch of trajectories")
+    minibatch: int = Field(256, ge=1, description="ddpo: (trajectory, step) pairs per update")
+    clip: float = Field(0.2, gt=0, lt=1, description="ddpo: importance-ratio clip")
 
     @model_validator(mode="after")
     def _even_candidates(self) -> AlgorithmConfig:

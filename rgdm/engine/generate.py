@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from rgdm.algorithms import CandidateSelection, GradientStep
+from rgdm.algorithms import CandidateSelection, GradientStep, GuidedEpsModel
 from rgdm.batch import Batch
 from rgdm.diffusion import Transition, ancestral_transition, sample
 from rgdm.engine.builder import LoadedModel
@@ -37,22 +37,34 @@ def generate(
     steps: int | None = None,
     eta: float = 1.0,
     transition: Transition = ancestral_transition,
+    cfg_scale: float | None = None,
     batch_size: int = 4096,
     device: str = "cpu",
     progress: bool = False,
 ) -> Batch:
-    """``n`` samples (with masks and targets as the domain draws them), ``batch_size`` at a time."""
+    """``n`` samples (with masks and targets as the domain draws them), ``batch_size`` at a time.
+
+    ``cfg_scale`` samples a model fine-tuned with ``cfg`` under classifier-free guidance; its
+    condition is ``target`` if given, else the top reward class recorded in the model.
+    """
     if target is not None and not 0 <= target < model.domain.num_targets:
         raise ValueError(f"target {target} is out of range 0..{model.domain.num_targets - 1}")
+    eps_model, condition = model.eps_model, target
+    if cfg_scale is not None:
+        condition = model.meta.get("guidance_condition") if target is None else target
+        if condition is None:
+            raise ValueError("cfg_scale needs a model fine-tuned with the cfg algorithm, or a --target")
+        eps_model = GuidedEpsModel(model.eps_model, cfg_scale, null_token=model.domain.num_targets)
     parts = []
     for start in range(0, n, batch_size):
         size = min(batch_size, n - start)
-        cond = None if target is None else torch.full((size,), target, dtype=torch.long)
+        cond = None if condition is None else torch.full((size,), condition, dtype=torch.long)
         prior = model.domain.prior_batch(size, generator, cond).to(device)
-        x = sample(model.eps_model, prior.x.shape, steps=steps, eta=eta, cond=prior.cond, mask=prior.mask,
+        x = sample(eps_model, prior.x.shape, steps=steps, eta=eta, cond=prior.cond, mask=prior.mask,
                    generator=generator, transition=transition, progress=progress, device=device).x0
-        parts.append(Batch(x.cpu(), None if prior.mask is None else prior.mask.cpu(),
-                           None if prior.cond is None else prior.cond.cpu()))
+        # A reward class is a condition of the network, not a target of the samples.
+        targets = None if target is None else torch.full((size,), target, dtype=torch.long)
+        parts.append(Batch(x.cpu(), None if prior.mask is None else prior.mask.cpu(), targets))
     return Batch(torch.cat([p.x for p in parts]),
                  None if parts[0].mask is None else torch.cat([p.mask for p in parts]),
                  None if parts[0].cond is None else torch.cat([p.cond for p in parts]))

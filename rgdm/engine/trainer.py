@@ -81,7 +81,7 @@ class Trainer:
             reference_net = copy.deepcopy(self.net).eval().requires_grad_(False)
             reference = EpsModel(reference_net, self.diffusion)
         self.counter = RewardCounter()
-        self.algorithm = make_algorithm(config.algorithm, config.train.steps)
+        self.algorithm = make_algorithm(config.algorithm, config.train.steps, self.domain)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.train.lr, weight_decay=0.0)
         self.scheduler = None
         if config.train.lr_decay == "cosine":
@@ -159,6 +159,7 @@ class Trainer:
             "training": {"algorithm": config.algorithm.name, "steps": self.step, "seed": config.train.seed,
                          "reward": config.reward.name, "temperature": config.algorithm.temperature,
                          "reward_calls": self.counter.calls},
+            "guidance_condition": getattr(self.algorithm, "top_class", None),
         }
 
     def _request_stop(self, signum: int, frame: Any) -> None:

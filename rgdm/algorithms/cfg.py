@@ -1,0 +1,168 @@
+"""Conditional diffusion with classifier-free guidance: the "conditional representation" peer (DESIGN.md §2).
+
+The reward enters as a *label*, not as a weight. ``ConditionalFinetune`` scores a subset of the
+data once, turns the rewards into ``num_classes`` ordered classes (``reward_classes``: the top
+class holds the best rewards) and fine-tunes the network conditioned on the class, dropping the
+label for the null token with probability ``uncond_prob`` so that the same network also stays an
+unconditional model. At sampling time ``GuidedEpsModel`` mixes the two predictions,
+
+    eps = eps_null + w * (eps_cond - eps_null)
+
+which targets ``p(x) p(c | x)^w`` (Ho & Salimans, 2022): ``w = 1`` is the conditional model,
+``w = 0`` the unconditional one, ``w > 1`` sharpens towards the class.
+
+Conditional targets (DESIGN.md §1.5). The network has one condition slot, and a target must occupy
+it, so a target cannot also carry a reward class. With ``ctx.targets`` every scored row is scored
+against every target (as ``DataPayoff`` does) and classed per target; the condition is then the
+*target* ``c``, paired with rows drawn from the top reward class for ``c`` (the rows that best
+honour ``c``); the null token is paired with rows drawn uniformly, so it stays the data model. The
+user samples with ``cond = c`` and a guidance scale; ``sampling_condition`` gives the condition for
+either case.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rgdm.algorithms.base import Algorithm, TrainingContext
+from rgdm.algorithms.rgdm import weighted_denoising_loss
+from rgdm.batch import Batch
+from rgdm.diffusion.sampling import EpsModel
+
+
+def reward_classes(values: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Integer classes ``0..num_classes-1`` of rewards ``values`` (1-D), ordered: higher reward, higher class.
+
+    With at most ``num_classes`` distinct values, a value's class is its rank among the distinct
+    values counted from the top, so the best reward is always class ``num_classes - 1``. Otherwise
+    the classes are equal-mass quantile bins:
+    the class of ``v`` is ``floor(num_classes * #{values < v} / n)``, so tied values share a class
+    and the bins hold ``n / num_classes`` rows each when the values are distinct.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    values = values.detach().flatten()
+    distinct = torch.unique(values)  # sorted ascending
+    if len(distinct) <= num_classes:
+        return torch.searchsorted(distinct, values) + (num_classes - len(distinct))
+    below = torch.searchsorted(torch.sort(values).values, values)  # rows strictly below each value
+    return torch.div(below * num_classes, len(values), rounding_mode="floor")
+
+
+class ConditionalFinetune(Algorithm):
+    """Fine-tune on reward classes as the condition, with label dropout for classifier-free guidance."""
+
+    name = "cfg"
+
+    def __init__(self, num_classes: int, null_token: int, scored_size: int | None = None,
+                 uncond_prob: float = 0.1) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if 0 <= null_token < num_classes:
+            raise ValueError(f"the null token {null_token} collides with the classes 0..{num_classes - 1}")
+        if not 0.0 <= uncond_prob <= 1.0:
+            raise ValueError(f"uncond_prob must be in [0, 1], got {uncond_prob}")
+        self.num_classes = num_classes
+        self.null_token = null_token
+        self.scored_size = scored_size
+        self.uncond_prob = uncond_prob
+        self.rows = torch.zeros(0, dtype=torch.long)
+        #: ``(targets or 1, scored rows)``: each scored row's reward class, per target.
+        self.labels = torch.zeros(1, 0, dtype=torch.long)
+
+    @property
+    def top_class(self) -> int:
+        """The class holding the best rewards (untargeted): sample with it to ask for high reward."""
+        return self.num_classes - 1
+
+    def sampling_condition(self, n: int, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """The condition to sample with: the targets themselves if given, else the top class."""
+        if targets is not None:
+            return targets.long()
+        return torch.full((n,), self.top_class, dtype=torch.long)
+
+    def setup(self, ctx: TrainingContext, generator: torch.Generator) -> None:
+        scorer = ctx.require_scorer(self.name)
+        if ctx.targets and self.null_token in ctx.targets:
+            raise ValueError(f"the null token {self.null_token} is also a conditional target")
+        n = len(ctx.data) if self.scored_size is None else min(self.scored_size, len(ctx.data))
+        self.rows = torch.randperm(len(ctx.data), generator=generator, device=generator.device)[:n].cpu()
+        scored = ctx.data.select(self.rows.to(ctx.data.x.device))
+        labels = []
+        for target in ctx.targets or [None]:
+            cond = None if target is None else torch.full((n,), target, dtype=torch.long)
+            rewards = scorer(scored.x, scored.mask, cond).values.cpu()
+            labels.append(reward_classes(rewards, self.num_classes))
+        self.labels = torch.stack(labels)
+
+    def minibatch(self, ctx: TrainingContext, generator: torch.Generator) -> Batch:
+        """``ctx.batch_size`` scored rows with their condition (a class, a target or the null token)."""
+        size = ctx.batch_size
+        index = torch.randint(len(self.rows), (size,), generator=generator, device=generator.device).cpu()
+        targets = ctx.draw_targets(size, generator)
+        drop = torch.rand(size, generator=generator, device=generator.device).cpu() < self.uncond_prob
+        if targets is None:
+            cond = self.labels[0, index]
+        else:  # condition on the target, with rows from its top reward class (null rows stay uniform)
+            cond = targets.clone()
+            for row, target in enumerate(ctx.targets):
+                chosen = (targets == target) & ~drop
+                pool = torch.nonzero(self.labels[row] == self.labels[row].max()).squeeze(1)
+                pick = torch.randint(len(pool), (int(chosen.sum()),), generator=generator, device=generator.device)
+                index[chosen] = pool[pick.cpu()]
+        cond[drop] = self.null_token
+        picked = ctx.data.select(self.rows[index].to(ctx.data.x.device))
+        return Batch(picked.x, picked.mask, cond.to(picked.x.device))
+
+    def loss(self, ctx: TrainingContext, step: int, generator: torch.Generator
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = self.minibatch(ctx, generator)
+        uncond = float((batch.cond == self.null_token).float().mean())
+        return weighted_denoising_loss(ctx.model, batch, generator), {"uncond_share": uncond}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"rows": self.rows, "labels": self.labels}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.rows, self.labels = tensors["rows"], tensors["labels"]
+
+
+class GuidedEpsModel:
+    """Classifier-free guidance: ``eps_null + scale * (eps_cond - eps_null)`` from one batched pass.
+
+    A drop-in ``EpsModel`` for ``rgdm.diffusion.sample`` and the guided transitions: same call
+    ``(x, t, cond, mask)``, same ``diffusion``. Both predictions come from one forward pass over
+    ``2B`` rows (the condition, then the null token), and ``evaluations`` counts those network rows
+    (two per sample row and step). ``scale = 1`` returns the conditional prediction and ``scale = 0``
+    the unconditional one, bit for bit (``torch.lerp`` is exact at both ends). Without a condition
+    (``cond=None``) there is nothing to guide: the unconditional prediction, one pass of ``B`` rows.
+    """
+
+    def __init__(self, model: EpsModel, scale: float, null_token: int) -> None:
+        self.model = model
+        self.scale = float(scale)
+        self.null_token = null_token
+        self.diffusion = model.diffusion
+        self.evaluations = 0
+
+    @property
+    def net(self) -> torch.nn.Module:
+        return self.model.net
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if cond is None:
+            self.evaluations += x.shape[0]
+            return self.model(x, t, torch.full((x.shape[0],), self.null_token, device=x.device, dtype=torch.long),
+                              mask)
+        self.evaluations += 2 * x.shape[0]
+        null = torch.full_like(cond, self.null_token)
+        eps = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null]),
+                         None if mask is None else torch.cat([mask, mask]))
+        eps_cond, eps_null = eps.chunk(2)
+        return torch.lerp(eps_null, eps_cond, self.scale)

@@ -1,0 +1,13 @@
+"""Shared test settings."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tests use small tensors: one thread avoids oversubscription on shared 2-core machines."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
