@@ -8,30 +8,21 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from toolkit import make_scorer, right_half, right_half_shares
 from torch import nn
 
 from rgdm.algorithms.base import TrainingContext
 from rgdm.algorithms.ddpo import DDPO, clipped_surrogate
 from rgdm.algorithms.payoff import ModelPayoff
-from rgdm.algorithms.rgdm import denoising_loss
 from rgdm.algorithms.rwr import RWR
 from rgdm.batch import Batch
-from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, sample
+from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule
 from rgdm.domains.toy.network import MLPDenoiser
-from rgdm.rewards import BlackBoxReward, RewardCounter, Scorer
-
-
-def right_half(samples):
-    return (samples[:, 0] > 0).astype(float)
+from rgdm.rewards import RewardCounter
 
 
 def first_node_x(samples):
     return [float(s[0, 0]) for s in samples]
-
-
-def make_scorer(fn, counter: RewardCounter | None = None, decode=lambda x, mask: x.numpy()) -> Scorer:
-    counter = counter or RewardCounter()
-    return Scorer(BlackBoxReward(fn, counter=counter), decode, counter)
 
 
 def toy_model(seed: int = 0) -> EpsModel:
@@ -98,40 +89,13 @@ def train(algorithm, context, optimizer, generator, steps):
     return losses
 
 
-@pytest.fixture(scope="module")
-def pretrained_gaussian() -> EpsModel:
-    """A small model of N(0, I) in 2-D, trained briefly: the reference for the fine-tuning tests."""
-    torch.manual_seed(0)
-    model = EpsModel(MLPDenoiser(2, width=64, depth=2), GaussianDiffusion(NoiseSchedule.create("linear", 40)))
-    optimizer = torch.optim.Adam(model.net.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(0)
-    data = Batch(torch.randn(4000, 2, generator=generator))
-    for _ in range(400):
-        loss = denoising_loss(model, data.sample(256, generator), generator).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model
-
-
 @pytest.mark.parametrize(("make_algorithm", "steps"), [
     (lambda: DDPO(batch_trajectories=64, sample_steps=10, minibatch=64), 36),
     (lambda: RWR(temperature=0.3, total_steps=100, rounds=2, buffer_size=500, sample_steps=20), 100),
 ], ids=["ddpo", "rwr"])
 def test_each_policy_peer_raises_the_reward(pretrained_gaussian, make_algorithm, steps):
-    reference = pretrained_gaussian
-    model = EpsModel(copy.deepcopy(reference.net), reference.diffusion)
-    generator = torch.Generator().manual_seed(1)
-    context = TrainingContext(model=model, ema=model, reference=reference,
-                              data=Batch(torch.randn(4000, 2, generator=generator)),
-                              scorer=make_scorer(right_half), batch_size=128,
-                              prior=lambda n, g, cond: Batch(torch.zeros(n, 2), cond=cond))
-    algorithm = make_algorithm()
-    algorithm.setup(context, generator)
-    train(algorithm, context, torch.optim.Adam(model.net.parameters(), lr=1e-3), generator, range(steps))
-    before = sample(reference, (2000, 2), generator=torch.Generator().manual_seed(2)).x0
-    after = sample(model, (2000, 2), generator=torch.Generator().manual_seed(2)).x0
-    assert right_half(after.numpy()).mean() > right_half(before.numpy()).mean() + 0.15
+    before, after = right_half_shares(pretrained_gaussian, make_algorithm(), steps)
+    assert after > before + 0.15
 
 
 @pytest.mark.parametrize("kind", ["toy", "set"])

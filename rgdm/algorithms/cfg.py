@@ -143,11 +143,15 @@ class GuidedEpsModel:
         self.scale = float(scale)
         self.null_token = null_token
         self.diffusion = model.diffusion
-        self.evaluations = 0
 
     @property
     def net(self) -> torch.nn.Module:
         return self.model.net
+
+    @property
+    def evaluations(self) -> int:
+        """Network rows evaluated, counted once by the wrapped model."""
+        return self.model.evaluations
 
     def __call__(
         self,
@@ -157,10 +161,8 @@ class GuidedEpsModel:
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if cond is None:
-            self.evaluations += x.shape[0]
             return self.model(x, t, torch.full((x.shape[0],), self.null_token, device=x.device, dtype=torch.long),
                               mask)
-        self.evaluations += 2 * x.shape[0]
         null = torch.full_like(cond, self.null_token)
         eps = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null]),
                          None if mask is None else torch.cat([mask, mask]))
