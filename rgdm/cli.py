@@ -133,9 +133,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise UsageError("no sample.json names the model; pass --checkpoint NAME|DIR")
     model = load_trained(checkpoint)
     training = model.meta.get("training", {})
-    reward_name = args.reward or training.get("reward") or meta.get("reward")
-    temperature = args.temperature or training.get("temperature")
     named = model.domain.rewards()
+    defaults = [name for name in (training.get("reward"), meta.get("reward")) if name in named]
+    reward_name = args.reward or next(iter(defaults), None)
+    temperature = args.temperature or training.get("temperature")
     if reward_name is not None and reward_name not in named:
         raise UsageError(f"evaluate measures with a domain reward ({', '.join(sorted(named))}); "
                          f"got {reward_name!r}")

@@ -22,7 +22,7 @@ from typing import Any
 from rgdm.algorithms import ClassifierGuidance, best_of_n, svdd, train_regressor
 from rgdm.algorithms.guided_sampling import CandidateSelection
 from rgdm.batch import Batch
-from rgdm.domains import Domain
+from rgdm.domains.toy import ToyDomain
 from rgdm.engine import LoadedModel, Trainer, generate, load_config, load_trained, make_scorer
 from rgdm.engine.builder import seeded_generator
 from rgdm.engine.config import RewardConfig
@@ -110,7 +110,7 @@ class MethodRun:
 class Measure:
     """Evaluation on one task: fresh samples scored against the exact pay-off, never charged."""
 
-    def __init__(self, task: ToyTask, domain: Domain, budget: Budget, goal: float) -> None:
+    def __init__(self, task: ToyTask, domain: ToyDomain, budget: Budget, goal: float) -> None:
         self.task, self.domain, self.budget, self.goal = task, domain, budget, goal
 
     def final(self, model: LoadedModel, seed: int, **generate_args: Any) -> dict[str, Any]:
@@ -119,11 +119,11 @@ class Measure:
         return self.domain.evaluate(samples, self.task.reward, self.task.temperature, generator)
 
     def point(self, model: LoadedModel, generator: Any, **generate_args: Any) -> tuple[float, float]:
-        """Mean reward and energy distance on the curve (DDIM ``curve_steps`` for speed)."""
-        samples = generate(model, self.budget.eval_samples, generator, steps=self.budget.curve_steps,
-                           **generate_args)
-        metrics = self.domain.evaluate(samples, self.task.reward, self.task.temperature, generator)
-        return metrics["mean_reward"], metrics["energy_distance"]
+        """Mean reward and energy distance on the curve (DDIM ``curve_steps`` for speed, no floor)."""
+        x = generate(model, self.budget.eval_samples, generator, steps=self.budget.curve_steps,
+                     **generate_args).x
+        reward = float(self.domain.rewards()[self.task.reward].fn(x.numpy()).mean())
+        return reward, self.domain.payoff_distance(x, self.task.reward, self.task.temperature)
 
     def first_reaching(self, curve: list[tuple[int, float, float]]) -> int | None:
         return next((calls for calls, reward, _ in curve if reward >= self.goal), None)

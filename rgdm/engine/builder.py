@@ -46,7 +46,8 @@ def make_scorer(config: RewardConfig, domain: Domain, counter: RewardCounter) ->
     else:
         raise ValueError(f"unknown reward {config.name!r} for domain {domain.name!r}; use one of "
                          f"{', '.join(sorted(named))}, or a plugin 'path/to/file.py:function'")
-    reward = BlackBoxReward(fn, name=config.name, floor=config.floor, counter=counter)
+    reward = BlackBoxReward(fn, name=config.name, floor=config.floor, counter=counter, workers=config.workers,
+                            timeout=config.timeout)
     return Scorer(reward, domain.decode, counter, gradient_fn)
 
 

@@ -89,7 +89,9 @@ class AlgorithmConfig(Section):
 
 class RewardConfig(Section):
     name: str | None = Field(None, description="a domain reward name, FILE.py:FUNC or module:FUNC")
-    floor: float = 0.0
+    floor: float = Field(0.0, allow_inf_nan=False, description="value of samples the reward fails on")
+    workers: int = Field(0, ge=0, description="worker processes (0: in the training process)")
+    timeout: float | None = Field(None, gt=0, description="seconds per call before its samples are invalid")
 
 
 class RunConfig(Section):

@@ -157,7 +157,8 @@ class Trainer:
             "targets": config.algorithm.targets,
             "parent": config.init,
             "training": {"algorithm": config.algorithm.name, "steps": self.step, "seed": config.train.seed,
-                         "reward": config.reward.name, "temperature": config.algorithm.temperature,
+                         "reward": config.reward.name,
+                         "temperature": config.algorithm.temperature if config.reward.name else None,
                          "reward_calls": self.counter.calls},
             "guidance_condition": getattr(self.algorithm, "top_class", None),
         }

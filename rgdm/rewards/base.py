@@ -84,11 +84,61 @@ def accepts_targets(fn: Callable[..., Any]) -> bool:
     return any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
+@dataclass
+class ScoredChunk:
+    """Raw values of a call, which samples it failed on, and ``(kind, count, detail)`` failure records."""
+
+    values: np.ndarray
+    failed: np.ndarray
+    failures: list[tuple[str, int, str]] = field(default_factory=list)
+
+    @classmethod
+    def all_failed(cls, n: int, kind: str, detail: str) -> ScoredChunk:
+        return cls(np.full(n, np.nan), np.ones(n, dtype=bool), [(kind, n, detail)])
+
+    @classmethod
+    def concatenate(cls, chunks: Sequence[ScoredChunk]) -> ScoredChunk:
+        return cls(np.concatenate([c.values for c in chunks]), np.concatenate([c.failed for c in chunks]),
+                   [record for c in chunks for record in c.failures])
+
+
+def score_isolated(call: Callable[[Sequence[Any], Sequence[Any] | None], Any], samples: Sequence[Any],
+                   targets: Sequence[Any] | None) -> ScoredChunk:
+    """Call a reward on a batch and check its answer; if the call raises, score the samples one by
+    one so that only the culprits are lost. Pure: it runs the same in a worker process."""
+    n = len(samples)
+    try:
+        out = call(samples, targets)
+    except Exception as batch_error:
+        if n == 1:
+            return ScoredChunk.all_failed(1, "exception", f"raised {type(batch_error).__name__}: {batch_error}")
+        return ScoredChunk.concatenate([
+            score_isolated(call, samples[i : i + 1], None if targets is None else targets[i : i + 1])
+            for i in range(n)
+        ])
+    try:
+        if out is None or isinstance(out, str | bytes):
+            raise TypeError("expected one float per sample")
+        values = np.asarray(out, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as error:
+        return ScoredChunk.all_failed(n, "bad_type", f"returned {type(out).__name__}, not a sequence of floats "
+                                                     f"({error})")
+    if values.shape != (n,):
+        return ScoredChunk.all_failed(n, "wrong_length", f"returned {values.size} values for {n} samples")
+    return ScoredChunk(values, np.zeros(n, dtype=bool))
+
+
 class BlackBoxReward:
-    """Wraps a plain reward function into the ``Reward`` protocol, isolating its failures."""
+    """Wraps a plain reward function into the ``Reward`` protocol, isolating its failures.
+
+    With ``workers > 0`` or a ``timeout`` the function runs in a pool of worker processes
+    (``rgdm.rewards.pool``): a call that outlives ``timeout`` seconds, or a worker that dies, marks
+    its samples invalid (kinds ``timeout`` and ``crash``) and the worker is replaced.
+    """
 
     def __init__(
-        self, fn: RewardFn, name: str = "reward", floor: float = 0.0, counter: RewardCounter | None = None
+        self, fn: RewardFn, name: str = "reward", floor: float = 0.0, counter: RewardCounter | None = None,
+        workers: int = 0, timeout: float | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"reward {name!r} is not callable: got {type(fn).__name__}")
@@ -99,6 +149,11 @@ class BlackBoxReward:
         self.floor = floor
         self.counter = counter if counter is not None else RewardCounter()
         self.takes_targets = accepts_targets(fn)
+        self.pool = None
+        if workers > 0 or timeout is not None:
+            from rgdm.rewards.pool import RewardPool
+
+            self.pool = RewardPool(self._call, max(workers, 1), timeout)
 
     def _call(self, samples: Sequence[Any], targets: Sequence[Any] | None) -> Any:
         return self.fn(samples, targets) if self.takes_targets else self.fn(samples)
@@ -109,43 +164,19 @@ class BlackBoxReward:
             log.warning("reward %r: %s on %d sample(s) (%d so far); scored as invalid with floor %g",
                         self.name, detail, count, self.counter.failures[kind], self.floor)
 
-    def _raw_values(self, samples: Sequence[Any], targets: Sequence[Any] | None) -> tuple[np.ndarray, np.ndarray]:
-        """The function's values and a mask of samples it failed on (raised, wrong type or length).
-
-        If the batch call raises, the samples are scored one by one so only the culprits are lost.
-        """
-        n = len(samples)
-        failed = np.ones(n, dtype=bool)
-        try:
-            out = self._call(samples, targets)
-        except Exception as batch_error:
-            if n == 1:
-                self._fail("exception", 1, f"raised {type(batch_error).__name__}: {batch_error}")
-                return np.full(1, np.nan), failed
-            parts = [
-                self._raw_values(samples[i : i + 1], None if targets is None else targets[i : i + 1])
-                for i in range(n)
-            ]
-            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        try:
-            if out is None or isinstance(out, str | bytes):
-                raise TypeError("expected one float per sample")
-            values = np.asarray(out, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError) as error:
-            self._fail("bad_type", n, f"returned {type(out).__name__}, not a sequence of floats ({error})")
-            return np.full(n, np.nan), failed
-        if values.shape != (n,):
-            self._fail("wrong_length", n, f"returned {values.size} values for {n} samples")
-            return np.full(n, np.nan), failed
-        return values, ~failed
-
     def __call__(self, samples: Sequence[Any], targets: Sequence[Any] | None = None) -> RewardResult:
         n = len(samples)
         if targets is not None and len(targets) != n:
             raise ValueError(f"got {len(targets)} targets for {n} samples")
         self.counter.charge(n)
-        values, failed = self._raw_values(samples, targets)
-        for kind, bad in (("nan", np.isnan(values) & ~failed), ("inf", np.isinf(values))):
+        if self.pool is None:
+            scored = score_isolated(self._call, samples, targets)
+        else:
+            scored = self.pool.score(samples, targets)
+        for kind, count, detail in scored.failures:
+            self._fail(kind, count, detail)
+        values = scored.values
+        for kind, bad in (("nan", np.isnan(values) & ~scored.failed), ("inf", np.isinf(values))):
             if bad.any():
                 self._fail(kind, int(bad.sum()), f"returned {kind}")
         valid = np.isfinite(values)

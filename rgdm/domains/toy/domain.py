@@ -125,6 +125,12 @@ class ToyDomain:
             self._references[key] = (reference, float(_mean_distance(reference.double(), reference.double())))
         return self._references[key]
 
+    def payoff_distance(self, x: torch.Tensor, reward: str, temperature: float, target: int | None = None
+                        ) -> float:
+        """Energy distance of samples ``x`` to the exact pay-off distribution (fixed reference set)."""
+        reference, spread = self._exact_reference(reward, temperature, target)
+        return energy_distance(x.float(), reference, spread)
+
     def evaluate(self, samples: Batch, reward: str | None, temperature: float | None,
                  generator: torch.Generator) -> dict[str, Any]:
         """Mode shares, and with a reward its mean and the distance to the exact pay-off distribution.
@@ -150,7 +156,7 @@ class ToyDomain:
         for target in groups:
             rows = x if target is None else x[samples.cond == target]
             reference, spread = self._exact_reference(reward, temperature, target)
-            distances.append(energy_distance(rows, reference, spread))
+            distances.append(self.payoff_distance(rows, reward, temperature, target))
             floors.append(np.mean([
                 energy_distance(self.exact_payoff(named, temperature, len(rows), generator, target), reference,
                                 spread)
