@@ -55,16 +55,26 @@ def fresh_run_dir(out: str) -> Path:
     return path
 
 
+def resume(run_dir: str) -> Trainer:
+    trainer = Trainer.resume(run_dir)
+    print(f"resuming {run_dir} at step {trainer.step} of {trainer.config.train.steps}")
+    return trainer
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    config = load_config(preset_or_path(args.config), args.set)
-    run_dir = Trainer(config, fresh_run_dir(args.out)).fit(progress=not args.quiet)
-    print(f"trained {config.train.steps} steps; final weights in {run_dir / 'final.safetensors'}")
+    if args.resume:
+        trainer = resume(args.resume)
+    else:
+        if not (args.config and args.out):
+            raise UsageError("train needs --config and --out (or --resume DIR)")
+        trainer = Trainer(load_config(preset_or_path(args.config), args.set), fresh_run_dir(args.out))
+    run_dir = trainer.fit(progress=not args.quiet)
+    print(f"trained {trainer.step} steps; final weights in {run_dir / 'final.safetensors'}")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     if args.resume:
-        trainer = Trainer.resume(args.resume)
-        print(f"resuming {args.resume} at step {trainer.step} of {trainer.config.train.steps}")
+        trainer = resume(args.resume)
     else:
         if not (args.checkpoint and args.reward and args.out):
             raise UsageError("finetune needs --checkpoint, --reward and --out (or --resume DIR)")
@@ -186,9 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model from a config (pre-training)")
-    train.add_argument("--config", required=True, help="YAML file or preset name (e.g. toy-ring-pretrain)")
+    train.add_argument("--config", help="YAML file or preset name (e.g. toy-ring-pretrain)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    train.add_argument("--out", required=True, help="run folder")
+    train.add_argument("--out", help="run folder")
+    train.add_argument("--resume", metavar="DIR", help="continue an interrupted run exactly")
     train.set_defaults(func=cmd_train)
 
     finetune = commands.add_parser("finetune", help="RGDM fine-tuning of a trained model with a reward")
