@@ -153,3 +153,14 @@ def test_tensor_files_carry_a_checksum(tmp_path):
 def test_resume_of_a_folder_without_a_run_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="not an rgdm run folder"):
         Trainer.resume(tmp_path)
+
+
+def test_a_reward_budget_stops_training_and_keeps_the_model(pretrained_dir, tmp_path):
+    config = tiny_config("train.steps=50", f"init={pretrained_dir}", "reward.name=region", "reward.budget=200",
+                         "algorithm.name=rgdm-model", "algorithm.rounds=5", "algorithm.buffer_size=64",
+                         "algorithm.sample_steps=5")
+    trainer = Trainer(config, tmp_path / "run")
+    trainer.fit(progress=False)
+    assert trainer.counter.calls == 192, "three rounds of 64 fit in 200 calls, the fourth does not"
+    assert trainer.step == 30
+    assert load_trained(tmp_path / "run").meta["training"]["steps"] == 30

@@ -92,6 +92,7 @@ class RewardConfig(Section):
     floor: float = Field(0.0, allow_inf_nan=False, description="value of samples the reward fails on")
     workers: int = Field(0, ge=0, description="worker processes (0: in the training process)")
     timeout: float | None = Field(None, gt=0, description="seconds per call before its samples are invalid")
+    budget: int | None = Field(None, ge=1, description="reward calls allowed; training stops and saves there")
 
 
 class RunConfig(Section):

@@ -8,6 +8,7 @@ counter, so a resumed run on CPU repeats the uninterrupted one bit for bit.
 from __future__ import annotations
 
 import copy
+import logging
 import signal
 import threading
 from collections.abc import Callable
@@ -33,9 +34,10 @@ from rgdm.engine.checkpoint import (
 )
 from rgdm.engine.config import DiffusionConfig, RunConfig, dump_config, load_config
 from rgdm.engine.logging import RunLogger
-from rgdm.rewards import RewardCounter
+from rgdm.rewards import BudgetExhausted, RewardCounter
 
 StepCallback = Callable[["Trainer", int], None]
+log = logging.getLogger("rgdm.train")
 
 
 class TrainingInterrupted(RuntimeError):
@@ -80,7 +82,7 @@ class Trainer:
         if config.init is not None:
             reference_net = copy.deepcopy(self.net).eval().requires_grad_(False)
             reference = EpsModel(reference_net, self.diffusion)
-        self.counter = RewardCounter()
+        self.counter = RewardCounter(limit=config.reward.budget)
         self.algorithm = make_algorithm(config.algorithm, config.train.steps, self.domain)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.train.lr, weight_decay=0.0)
         self.scheduler = None
@@ -183,7 +185,12 @@ class Trainer:
             bar = tqdm(total=train.steps, initial=self.step, desc=self.config.algorithm.name,
                        disable=not progress, dynamic_ncols=True)
             while self.step < train.steps:
-                loss, stats = self.algorithm.loss(self.context, self.step, self.generator)
+                try:
+                    loss, stats = self.algorithm.loss(self.context, self.step, self.generator)
+                except BudgetExhausted as spent:
+                    log.warning("%s; stopping at step %d and saving the model", spent, self.step)
+                    self.save_checkpoint()
+                    break
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if train.grad_clip is not None:
