@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -30,9 +30,6 @@ class Batch:
         def tile(value: torch.Tensor | None) -> torch.Tensor | None:
             return None if value is None else value.repeat(k, *([1] * (value.dim() - 1)))
         return Batch(tile(self.x), tile(self.mask), tile(self.cond), tile(self.weight))
-
-    def with_x(self, x: torch.Tensor) -> Batch:
-        return replace(self, x=x)
 
     def to(self, device: torch.device | str) -> Batch:
         def move(value: torch.Tensor | None) -> torch.Tensor | None:

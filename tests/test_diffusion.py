@@ -177,7 +177,6 @@ def test_tweedie_inverts_q_sample() -> None:
     t = torch.randint(1, 101, (8,), generator=gen)
     xt = diffusion.q_sample(x0, t, eps)
     torch.testing.assert_close(diffusion.x0_from_eps(xt, t, eps), x0, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(diffusion.eps_from_x0(xt, t, x0), eps, rtol=1e-9, atol=1e-9)
     abar = diffusion.schedule.alpha_bar[t].view(-1, 1, 1)
     torch.testing.assert_close(xt, abar.sqrt() * x0 + (1 - abar).sqrt() * eps)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from rgdm.batch import Batch
 from rgdm.engine import Trainer, generate, load_config, load_trained
 from rgdm.engine.builder import seeded_generator
 from rgdm.engine.config import RunConfig
@@ -49,6 +50,6 @@ def run_toy_demo(out: Path, progress: bool = True) -> dict[str, Any]:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     exact = domain.exact_payoff(domain.rewards()[DEMO_REWARD], DEMO_TEMPERATURE, DEMO_SAMPLES, generator)
     data = domain.dataset().select(np.arange(DEMO_SAMPLES))
-    domain.plot({"data": data, "exact pay-off": data.with_x(exact), "pre-trained": before, "RGDM": after},
+    domain.plot({"data": data, "exact pay-off": Batch(exact), "pre-trained": before, "RGDM": after},
                 out / "demo.png")
     return metrics

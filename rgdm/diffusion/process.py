@@ -100,9 +100,6 @@ class GaussianDiffusion:
         """Tweedie estimate ``x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``."""
         return (xt - self.sqrt_one_minus_alpha_bar(t, xt) * eps) / self.sqrt_alpha_bar(t, xt)
 
-    def eps_from_x0(self, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        return (xt - self.sqrt_alpha_bar(t, xt) * x0) / self.sqrt_one_minus_alpha_bar(t, xt)
-
     def posterior(
         self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ a domain; the engine hands them a ``Batch`` of data, an ``EpsModel`` and a ``Sco
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -88,5 +88,3 @@ class Domain(Protocol):
         """A PNG with one panel per named batch of samples."""
         ...
 
-
-DomainFactory = Callable[[dict[str, Any]], Domain]
