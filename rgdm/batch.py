@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -19,7 +20,7 @@ class Batch:
     def __len__(self) -> int:
         return self.x.shape[0]
 
-    def select(self, index: torch.Tensor) -> Batch:
+    def select(self, index: torch.Tensor | slice) -> Batch:
         """Rows ``index`` of every field."""
         def pick(value: torch.Tensor | None) -> torch.Tensor | None:
             return None if value is None else value[index]
@@ -43,3 +44,33 @@ class Batch:
         else:
             index = torch.multinomial(weights.to(generator.device), size, replacement=True, generator=generator)
         return self.select(index.to(self.x.device))
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's rows of a global batch under data parallelism: rank ``rank`` of ``world``.
+
+    Every process draws the same global batch and the same random numbers (one seed), then
+    computes only on its rows; losses are written as ``world * (sum over own rows) / global rows``
+    so that DDP's gradient average equals the single-process gradient of the global batch. Rows
+    split as evenly as possible (``numpy.array_split`` order), so any batch size works.
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    def rows(self, n: int) -> slice:
+        size, extra = divmod(n, self.world)
+        start = self.rank * size + min(self.rank, extra)
+        return slice(start, start + size + (self.rank < extra))
+
+    def __call__(self, value: Any) -> Any:
+        """Own rows of a tensor or a ``Batch`` (``None`` passes through)."""
+        if value is None or self.world == 1:
+            return value
+        rows = self.rows(len(value))
+        return value.select(rows) if isinstance(value, Batch) else value[rows]
+
+    def mean(self, per_row: torch.Tensor, global_rows: int) -> torch.Tensor:
+        """``world * sum(own rows) / global_rows``: the global mean once DDP averages the gradients."""
+        return per_row.sum() * (self.world / global_rows)

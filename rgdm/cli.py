@@ -26,6 +26,7 @@ from rgdm.engine import (
 from rgdm.engine.builder import seeded_generator
 from rgdm.engine.checkpoint import CheckpointError, read_json, write_json
 from rgdm.engine.config import RewardConfig
+from rgdm.engine.distributed import leave_process_group
 from rgdm.engine.registry import resolve_model, shipped_models
 from rgdm.rewards import BudgetExhausted, RewardCounter, RewardPluginError
 
@@ -268,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
+        leave_process_group()
     except TrainingInterrupted as stop:
         print(f"rgdm: {stop}", file=sys.stderr)
         return 130

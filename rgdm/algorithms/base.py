@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rgdm.algorithms.rgdm import weighted_denoising_loss
-from rgdm.batch import Batch
+from rgdm.algorithms.rgdm import WHOLE, weighted_denoising_loss
+from rgdm.batch import Batch, Shard
 from rgdm.diffusion.sampling import EpsModel
 from rgdm.rewards.scorer import Scorer
 
@@ -28,6 +28,22 @@ class TrainingContext:
     batch_size: int
     prior: PriorFn
     targets: list[int] | None = None
+    shard: Shard = WHOLE
+
+    def score(self, algorithm: str, x: torch.Tensor, mask: torch.Tensor | None = None,
+              cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Reward values of a batch every process holds whole (data rows, a sampled buffer).
+
+        Under data parallelism each process scores its own rows and the values are shared, so no
+        sample is scored twice and every process ends with the same values.
+        """
+        scorer = self.require_scorer(algorithm)
+        if self.shard.world == 1:
+            return scorer(x, mask, cond).values.cpu()
+        own = scorer(self.shard(x), self.shard(mask), self.shard(cond)).values.cpu()
+        parts: list[torch.Tensor | None] = [None] * self.shard.world
+        torch.distributed.all_gather_object(parts, own)
+        return torch.cat(parts)
 
     def draw_targets(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
         """Uniform targets from ``targets`` for conditional training, ``None`` otherwise."""
@@ -66,8 +82,25 @@ class Algorithm(ABC):
         """Restore what ``state_tensors`` saved."""
 
 
+def score_data_rows(ctx: TrainingContext, algorithm: str, scored_size: int | None, generator: torch.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score ``scored_size`` random data rows once, against each conditional target if any.
+
+    Returns the row indices and the rewards, shape ``(targets or 1, rows)``.
+    """
+    n = len(ctx.data) if scored_size is None else min(scored_size, len(ctx.data))
+    rows = torch.randperm(len(ctx.data), generator=generator, device=generator.device)[:n].cpu()
+    scored = ctx.data.select(rows.to(ctx.data.x.device))
+    rewards = []
+    for target in ctx.targets or [None]:
+        cond = None if target is None else torch.full((n,), target, dtype=torch.long)
+        rewards.append(ctx.score(algorithm, scored.x, scored.mask, cond))
+    return rows, torch.stack(rewards)
+
+
 def anchor_loss(ctx: TrainingContext, weight: float, generator: torch.Generator) -> torch.Tensor:
     """The KL anchor ``lambda * L_DSM(data)`` on unweighted data, keeping the model near ``p_ref``."""
     if weight == 0:
         return torch.zeros((), device=ctx.data.x.device)
-    return weight * weighted_denoising_loss(ctx.model, ctx.data.sample(ctx.batch_size, generator), generator)
+    batch = ctx.data.sample(ctx.batch_size, generator)
+    return weight * weighted_denoising_loss(ctx.model, batch, generator, ctx.shard)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from rgdm.algorithms.base import Algorithm, TrainingContext
+from rgdm.algorithms.base import Algorithm, TrainingContext, score_data_rows
 from rgdm.algorithms.rgdm import weighted_denoising_loss
 from rgdm.batch import Batch
 from rgdm.diffusion.sampling import EpsModel
@@ -82,18 +82,10 @@ class ConditionalFinetune(Algorithm):
         return torch.full((n,), self.top_class, dtype=torch.long)
 
     def setup(self, ctx: TrainingContext, generator: torch.Generator) -> None:
-        scorer = ctx.require_scorer(self.name)
         if ctx.targets and self.null_token in ctx.targets:
             raise ValueError(f"the null token {self.null_token} is also a conditional target")
-        n = len(ctx.data) if self.scored_size is None else min(self.scored_size, len(ctx.data))
-        self.rows = torch.randperm(len(ctx.data), generator=generator, device=generator.device)[:n].cpu()
-        scored = ctx.data.select(self.rows.to(ctx.data.x.device))
-        labels = []
-        for target in ctx.targets or [None]:
-            cond = None if target is None else torch.full((n,), target, dtype=torch.long)
-            rewards = scorer(scored.x, scored.mask, cond).values.cpu()
-            labels.append(reward_classes(rewards, self.num_classes))
-        self.labels = torch.stack(labels)
+        self.rows, rewards = score_data_rows(ctx, self.name, self.scored_size, generator)
+        self.labels = torch.stack([reward_classes(row, self.num_classes) for row in rewards])
 
     def minibatch(self, ctx: TrainingContext, generator: torch.Generator) -> Batch:
         """``ctx.batch_size`` scored rows with their condition (a class, a target or the null token)."""
@@ -118,7 +110,7 @@ class ConditionalFinetune(Algorithm):
              ) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.minibatch(ctx, generator)
         uncond = float((batch.cond == self.null_token).float().mean())
-        return weighted_denoising_loss(ctx.model, batch, generator), {"uncond_share": uncond}
+        return weighted_denoising_loss(ctx.model, batch, generator, ctx.shard), {"uncond_share": uncond}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {"rows": self.rows, "labels": self.labels}

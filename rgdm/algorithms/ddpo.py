@@ -107,13 +107,12 @@ class DDPO(Algorithm):
 
     def refresh(self, ctx: TrainingContext, generator: torch.Generator) -> None:
         """Sample trajectories from the current model, score them, and lay out the next updates."""
-        scorer = ctx.require_scorer(self.name)
         n = self.batch_trajectories
         prior = ctx.prior(n, generator, ctx.draw_targets(n, generator))
         with torch.no_grad():
             out = sample(ctx.model, prior.x.shape, steps=self.sample_steps, eta=1.0, cond=prior.cond,
                          mask=prior.mask, generator=generator, device=prior.x.device, record=True)
-            rewards = scorer(out.x0, prior.mask, prior.cond).values.float().cpu()
+            rewards = ctx.score(self.name, out.x0, prior.mask, prior.cond).float()
         self.states = torch.stack(out.trajectory.states)
         self.timesteps = torch.as_tensor(out.trajectory.timesteps, dtype=torch.long)
         self.cond, self.mask = prior.cond, prior.mask
@@ -141,12 +140,14 @@ class DDPO(Algorithm):
              ) -> tuple[torch.Tensor, dict[str, float]]:
         if self.cursor >= self.order.numel():
             self.refresh(ctx, generator)
-        index = self._next_minibatch()
+        minibatch = self._next_minibatch()
+        index = ctx.shard(minibatch)  # under data parallelism, this process's pairs
         device = ctx.data.x.device
         log_probs = self._log_probs(ctx.model, index, device)
         old = self.old_log_probs[index].to(device)
         advantages = self.advantages[index % self.advantages.numel()].to(device)
-        loss = clipped_surrogate(log_probs, old.to(log_probs.dtype), advantages.to(log_probs.dtype), self.clip).mean()
+        surrogate = clipped_surrogate(log_probs, old.to(log_probs.dtype), advantages.to(log_probs.dtype), self.clip)
+        loss = ctx.shard.mean(surrogate, len(minibatch))
         with torch.no_grad():
             log_ratio = log_probs - old
             approx_kl = float(0.5 * (log_ratio**2).mean())

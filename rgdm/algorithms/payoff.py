@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from rgdm.algorithms.base import Algorithm, TrainingContext, anchor_loss
+from rgdm.algorithms.base import Algorithm, TrainingContext, anchor_loss, score_data_rows
 from rgdm.algorithms.rgdm import effective_sample_size, payoff_weights, stepwise_loss, weighted_denoising_loss
 from rgdm.batch import Batch
 from rgdm.diffusion.sampling import sample
@@ -35,16 +35,8 @@ class DataPayoff(Algorithm):
         self.weights = torch.zeros(0)
 
     def setup(self, ctx: TrainingContext, generator: torch.Generator) -> None:
-        scorer = ctx.require_scorer(self.name)
-        n = len(ctx.data) if self.scored_size is None else min(self.scored_size, len(ctx.data))
-        self.rows = torch.randperm(len(ctx.data), generator=generator, device=generator.device)[:n].cpu()
-        scored = ctx.data.select(self.rows.to(ctx.data.x.device))
-        targets = ctx.targets or [None]
-        rewards = []
-        for target in targets:
-            cond = None if target is None else torch.full((n,), target, dtype=torch.long)
-            rewards.append(scorer(scored.x, scored.mask, cond).values.cpu())
-        self.weights = payoff_weights(torch.stack(rewards), self.temperature, dim=1)
+        self.rows, rewards = score_data_rows(ctx, self.name, self.scored_size, generator)
+        self.weights = payoff_weights(rewards, self.temperature, dim=1)
 
     def loss(self, ctx: TrainingContext, step: int, generator: torch.Generator
              ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -57,8 +49,8 @@ class DataPayoff(Algorithm):
                                                   generator=generator)
         picked = ctx.data.select(self.rows[index].to(ctx.data.x.device))
         batch = Batch(picked.x, picked.mask, None if cond is None else cond.to(picked.x.device))
-        loss = weighted_denoising_loss(ctx.model, batch, generator) + anchor_loss(ctx, self.anchor, generator)
-        return loss, {"ess": effective_sample_size(self.weights[0])}
+        loss = weighted_denoising_loss(ctx.model, batch, generator, ctx.shard)
+        return loss + anchor_loss(ctx, self.anchor, generator), {"ess": effective_sample_size(self.weights[0])}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {"rows": self.rows, "weights": self.weights}
@@ -87,13 +79,15 @@ class ModelPayoff(Algorithm):
         self.weights = torch.zeros(0)
 
     def _refresh(self, ctx: TrainingContext, generator: torch.Generator) -> None:
-        """Sample a buffer from the current (EMA) model, score it and temper its weights."""
-        scorer = ctx.require_scorer(self.name)
+        """Sample a buffer from the current (EMA) model, score it and temper its weights.
+
+        Every process samples the same buffer (one seed), so data-parallel runs stay in step.
+        """
         prior = ctx.prior(self.buffer_size, generator, ctx.draw_targets(self.buffer_size, generator))
         x = sample(ctx.ema, prior.x.shape, steps=self.sample_steps, cond=prior.cond, mask=prior.mask,
                    generator=generator, device=prior.x.device).x0
         self.buffer = Batch(x, prior.mask, prior.cond)
-        self.weights = self.round_weights(scorer(x, prior.mask, prior.cond).values.cpu())
+        self.weights = self.round_weights(ctx.score(self.name, x, prior.mask, prior.cond))
 
     def round_weights(self, rewards: torch.Tensor) -> torch.Tensor:
         """One round's share of the tempering: ``softmax(r / (R tau))``."""
@@ -106,7 +100,8 @@ class ModelPayoff(Algorithm):
             self._refresh(ctx, generator)
             self.round = round_index
         batch = self.buffer.sample(ctx.batch_size, generator, self.weights).to(ctx.data.x.device)
-        loss = weighted_denoising_loss(ctx.model, batch, generator) + anchor_loss(ctx, self.anchor, generator)
+        loss = weighted_denoising_loss(ctx.model, batch, generator, ctx.shard)
+        loss = loss + anchor_loss(ctx, self.anchor, generator)
         return loss, {"ess": effective_sample_size(self.weights), "round": float(self.round)}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -149,7 +144,7 @@ class StepwiseExploration(Algorithm):
             batch = Batch(batch.x, batch.mask, cond.to(batch.x.device))
         loss, stats = stepwise_loss(ctx.model, value_model, scorer, batch, generator,
                                     candidates=self.candidates, radius=self.radius,
-                                    temperature=self.temperature, center=self.center)
+                                    temperature=self.temperature, center=self.center, shard=ctx.shard)
         loss = loss + anchor_loss(ctx, self.anchor, generator)
         return loss, {"value": stats.mean_value, "value_spread": stats.value_spread,
                       "ess_candidates": stats.effective_candidates}

@@ -14,4 +14,4 @@ class Pretrain(Algorithm):
     def loss(self, ctx: TrainingContext, step: int, generator: torch.Generator
              ) -> tuple[torch.Tensor, dict[str, float]]:
         batch = ctx.data.sample(ctx.batch_size, generator)
-        return weighted_denoising_loss(ctx.model, batch, generator), {}
+        return weighted_denoising_loss(ctx.model, batch, generator, ctx.shard), {}

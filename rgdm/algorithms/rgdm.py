@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 import torch
 
-from rgdm.batch import Batch
+from rgdm.batch import Batch, Shard
 from rgdm.diffusion.process import GaussianDiffusion, sum_per_sample
 from rgdm.diffusion.sampling import EpsModel
 from rgdm.rewards.scorer import Scorer
+
+WHOLE = Shard()
 
 
 def payoff_weights(rewards: torch.Tensor, temperature: float, dim: int = 0) -> torch.Tensor:
@@ -35,23 +37,29 @@ def effective_sample_size(weights: torch.Tensor) -> float:
     return float(weights.sum() ** 2 / (weights**2).sum())
 
 
-def denoising_loss(model: EpsModel, batch: Batch, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample denoising loss ``||eps_theta(x_t, t) - eps||^2 / d`` at uniform ``t`` in 1..T."""
+def denoising_loss(model: EpsModel, batch: Batch, generator: torch.Generator, shard: Shard = WHOLE
+                   ) -> torch.Tensor:
+    """Per-sample denoising loss ``||eps_theta(x_t, t) - eps||^2 / d`` at uniform ``t`` in 1..T.
+
+    Times and noise are drawn for the whole batch, the loss computed on ``shard``'s rows only.
+    """
     diffusion = model.diffusion
     t = torch.randint(1, diffusion.timesteps + 1, (len(batch),), generator=generator,
                       device=generator.device).to(batch.x.device)
     noise = diffusion.noise_like(batch.x, batch.mask, generator)
+    batch, t, noise = shard(batch), shard(t), shard(noise)
     xt = diffusion.q_sample(batch.x, t, noise)
     error = model(xt, t, batch.cond, batch.mask) - noise
     return sum_per_sample(error**2, batch.mask) / diffusion.dof(batch.x, batch.mask)
 
 
-def weighted_denoising_loss(model: EpsModel, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+def weighted_denoising_loss(model: EpsModel, batch: Batch, generator: torch.Generator, shard: Shard = WHOLE
+                            ) -> torch.Tensor:
     """The weighted log-likelihood bound: ``sum_i w_i L_i / sum_i w_i`` (plain mean without weights)."""
-    losses = denoising_loss(model, batch, generator)
+    losses = denoising_loss(model, batch, generator, shard)
     if batch.weight is None:
-        return losses.mean()
-    return (batch.weight * losses).sum() / batch.weight.sum()
+        return shard.mean(losses, len(batch))
+    return shard.mean(shard(batch.weight) * losses, 1) / batch.weight.sum()
 
 
 def explore(
@@ -62,20 +70,27 @@ def explore(
     radius: float | None,
     mask: torch.Tensor | None,
     generator: torch.Generator | None,
+    shard: Shard = WHOLE,
+    global_rows: int | None = None,
 ) -> torch.Tensor:
     """``K`` candidates ``center + std z_k`` inside the feasible set ``||z_k|| <= radius sqrt(d)``.
 
     Draws come in antithetic pairs ``(z, -z)`` so their mean is exactly the centre, and any draw
     outside the ball is pulled back radially onto it (``radius=None``: no limit, each candidate is
-    a plain draw of the transition). Returns shape ``(K * batch, ...)``, copy-major.
+    a plain draw of the transition). Under data parallelism ``center`` holds ``shard``'s rows of a
+    batch of ``global_rows``: the draws are made for all of them and sliced. Returns shape
+    ``(K * rows, ...)``, copy-major.
     """
     if candidates < 2 or candidates % 2:
         raise ValueError(f"the number of candidates must be even and at least 2, got {candidates}")
-    half = center.repeat(candidates // 2, *([1] * (center.dim() - 1)))
+    rows = center.shape[0] if global_rows is None else global_rows
+    device = center.device if generator is None else generator.device
+    raw = torch.randn((candidates // 2, rows, *center.shape[1:]), generator=generator, device=device,
+                      dtype=center.dtype).to(center.device)
     mask_half = None if mask is None else mask.repeat(candidates // 2, 1)
-    z = diffusion.noise_like(half, mask_half, generator)
+    z = diffusion.onto_sample_space(raw[:, shard.rows(rows)].flatten(0, 1), mask_half)
     if radius is not None:
-        limit = radius * diffusion.dof(half, mask_half).sqrt()
+        limit = radius * diffusion.dof(z, mask_half).sqrt()
         norm = sum_per_sample(z**2, mask_half).sqrt()
         z = z * (limit / norm.clamp(min=1e-12)).clamp(max=1.0).view(-1, *([1] * (z.dim() - 1)))
     z = torch.cat([z, -z])
@@ -116,6 +131,7 @@ def stepwise_loss(
     radius: float,
     temperature: float,
     center: str,
+    shard: Shard = WHOLE,
 ) -> tuple[torch.Tensor, StepwiseStats]:
     """Step-wise guided exploration (DESIGN.md §1.3, item 3).
 
@@ -131,10 +147,12 @@ def stepwise_loss(
     data noise ``eps`` drops out of the target), which is why it is the default.
     """
     diffusion = model.diffusion
-    n = len(batch)
-    t = torch.randint(1, diffusion.timesteps + 1, (n,), generator=generator,
+    global_rows = len(batch)
+    t = torch.randint(1, diffusion.timesteps + 1, (global_rows,), generator=generator,
                       device=generator.device).to(batch.x.device)
     noise = diffusion.noise_like(batch.x, batch.mask, generator)
+    batch, t, noise = shard(batch), shard(t), shard(noise)
+    n = len(batch)
     xt = diffusion.q_sample(batch.x, t, noise)
     if center == "posterior":
         eps_center = noise
@@ -144,7 +162,9 @@ def stepwise_loss(
     else:
         raise ValueError(f"center must be 'posterior' or 'reference', got {center!r}")
     step = diffusion.reverse_step(xt, t, t - 1, eps_center, eta=1.0)
-    proposals = explore(diffusion, step.mean, step.std, candidates, radius, batch.mask, generator)
+    # Candidates and their rewards are computed for this process's rows only.
+    proposals = explore(diffusion, step.mean, step.std, candidates, radius, batch.mask, generator, shard,
+                        global_rows)
     repeated = batch.repeat(candidates)
     values = tweedie_values(value_model, scorer, proposals, (t - 1).repeat(candidates), repeated)
     weights = payoff_weights(values.view(candidates, n), temperature, dim=0)
@@ -156,7 +176,7 @@ def stepwise_loss(
     shift = (weights.view(candidates, n, *([1] * (xt.dim() - 1))) * offsets).sum(0)
     target = eps_center - shift / c_t
     error = model(xt, t, batch.cond, batch.mask) - target
-    loss = (sum_per_sample(error**2, batch.mask) / diffusion.dof(xt, batch.mask)).mean()
+    loss = shard.mean(sum_per_sample(error**2, batch.mask) / diffusion.dof(xt, batch.mask), global_rows)
     ess = (1.0 / (weights**2).sum(0)).mean()
     stats = StepwiseStats(float(values.mean()), float(values.view(candidates, n).std(0).mean()), float(ess))
     return loss, stats

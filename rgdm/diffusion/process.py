@@ -81,10 +81,14 @@ class GaussianDiffusion:
         """Standard Gaussian noise on the sample space (masked and projected)."""
         device = x.device if generator is None else generator.device
         noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
-        m = expand_mask(mask, noise)
+        return self.onto_sample_space(noise, mask)
+
+    def onto_sample_space(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Zero the padded entries and apply the domain projection."""
+        m = expand_mask(mask, x)
         if m is not None:
-            noise = noise * m
-        return self.project(noise, mask)
+            x = x * m
+        return self.project(x, mask)
 
     def sqrt_alpha_bar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return self.schedule.at(self.schedule.alpha_bar.sqrt(), t, like)

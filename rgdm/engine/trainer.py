@@ -10,12 +10,15 @@ from __future__ import annotations
 import copy
 import logging
 import signal
+import statistics
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
@@ -33,6 +36,7 @@ from rgdm.engine.checkpoint import (
     write_json,
 )
 from rgdm.engine.config import DiffusionConfig, RunConfig, dump_config, load_config
+from rgdm.engine.distributed import any_process, barrier, gather, join_process_group
 from rgdm.engine.logging import RunLogger
 from rgdm.rewards import BudgetExhausted, RewardCounter
 
@@ -58,7 +62,10 @@ class Trainer:
 
     def __init__(self, config: RunConfig, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
-        self.device = config.train.device
+        self.shard, self.device = join_process_group(config.train.device)
+        self.main = self.shard.rank == 0
+        if self.shard.world > 1 and config.reward.budget is not None:
+            raise ValueError("reward.budget is not supported with several processes yet; drop it or run one")
         parent: LoadedModel | None = None
         if config.init is not None and not (self.run_dir / "config.yaml").exists():
             parent = load_trained(config.init, self.device)
@@ -90,8 +97,9 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.train.steps)
         self.generator = torch.Generator().manual_seed(config.train.seed)
         data = self.domain.dataset("train").to(self.device)
+        trained = self.net if self.shard.world == 1 else DistributedDataParallel(self.net)
         self.context = TrainingContext(
-            model=EpsModel(self.net, self.diffusion),
+            model=EpsModel(trained, self.diffusion),
             ema=EpsModel(self.ema.module, self.diffusion),
             reference=reference,
             data=data,
@@ -99,6 +107,7 @@ class Trainer:
             batch_size=config.train.batch_size,
             prior=self.domain.prior_batch,
             targets=config.algorithm.targets,
+            shard=self.shard,
         )
         self.step = 0
         self._stop_signal: int | None = None
@@ -124,9 +133,9 @@ class Trainer:
         tensors["rng.torch"] = torch.get_rng_state()
         optimizer_layout = flatten_state("optimizer", self.optimizer.state_dict(), tensors)
         scheduler = None if self.scheduler is None else self.scheduler.state_dict()
-        meta = {"optimizer": optimizer_layout, "scheduler": scheduler, "counter": {"calls": self.counter.calls,
-                                                          "invalid": self.counter.invalid,
-                                                          "failures": dict(self.counter.failures)}}
+        counters = gather({"calls": self.counter.calls, "invalid": self.counter.invalid,
+                           "failures": dict(self.counter.failures)}, self.shard)
+        meta = {"optimizer": optimizer_layout, "scheduler": scheduler, "counters": counters}
         return tensors, meta
 
     def _load(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -140,17 +149,28 @@ class Trainer:
         self.optimizer.load_state_dict(unflatten_state(meta["optimizer"], tensors))
         if self.scheduler is not None:
             self.scheduler.load_state_dict(meta["scheduler"])
-        counter = meta["counter"]
+        counters = meta["counters"]  # one per process; a run resumed on fewer keeps rank 0's
+        counter = counters[self.shard.rank] if self.shard.rank < len(counters) else {
+            "calls": 0, "invalid": 0, "failures": {}}
         self.counter.calls, self.counter.invalid = counter["calls"], counter["invalid"]
         self.counter.failures.clear()
         self.counter.failures.update(counter["failures"])
         self.step = int(meta["step"])
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> None:
+        """Every process takes part (the reward counters are gathered); rank 0 writes."""
         tensors, meta = self._state()
-        return save_checkpoint(self.run_dir, self.step, tensors, meta, keep=self.config.train.keep_checkpoints)
+        if self.main:
+            save_checkpoint(self.run_dir, self.step, tensors, meta, keep=self.config.train.keep_checkpoints)
 
-    def model_meta(self) -> dict[str, Any]:
+    def reward_counts(self) -> dict[str, int]:
+        """Reward calls and failures summed over every process."""
+        total: Counter[str] = Counter()
+        for counts in gather(self.counter.as_dict(), self.shard):
+            total.update(counts)
+        return dict(total)
+
+    def model_meta(self, reward_calls: int) -> dict[str, Any]:
         config = self.config
         return {
             "domain": self.domain.config(),
@@ -161,7 +181,7 @@ class Trainer:
             "training": {"algorithm": config.algorithm.name, "steps": self.step, "seed": config.train.seed,
                          "reward": config.reward.name,
                          "temperature": config.algorithm.temperature if config.reward.name else None,
-                         "reward_calls": self.counter.calls},
+                         "reward_calls": reward_calls},
             "guidance_condition": getattr(self.algorithm, "top_class", None),
         }
 
@@ -173,17 +193,19 @@ class Trainer:
         train = self.config.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         fresh = not (self.run_dir / "checkpoints").exists()
+        barrier(self.shard)  # every process has looked before rank 0 writes
         if fresh:
-            (self.run_dir / "config.yaml").write_text(dump_config(self.config))
+            if self.main:
+                (self.run_dir / "config.yaml").write_text(dump_config(self.config))
             self.algorithm.setup(self.context, self.generator)
             self.save_checkpoint()
-        logger = RunLogger(self.run_dir, resume_step=None if fresh else self.step)
+        logger = RunLogger(self.run_dir, resume_step=None if fresh else self.step) if self.main else None
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             bar = tqdm(total=train.steps, initial=self.step, desc=self.config.algorithm.name,
-                       disable=not progress, dynamic_ncols=True)
+                       disable=not (progress and self.main), dynamic_ncols=True)
             while self.step < train.steps:
                 try:
                     loss, stats = self.algorithm.loss(self.context, self.step, self.generator)
@@ -202,23 +224,28 @@ class Trainer:
                 self.step += 1
                 bar.update(1)
                 if self.step % train.log_every == 0 or self.step == train.steps:
-                    metrics = {"loss": loss.item(), **stats, **self.counter.as_dict()}
-                    logger.log(self.step, metrics)
-                    bar.set_postfix(loss=f"{loss.item():.4f}", reward_calls=self.counter.calls)
+                    counts = self.reward_counts()
+                    step_loss = statistics.fmean(gather(loss.item(), self.shard))  # DDP averages the same way
+                    if logger is not None:
+                        logger.log(self.step, {"loss": step_loss, **stats, **counts})
+                    bar.set_postfix(loss=f"{step_loss:.4f}", reward_calls=counts["reward_calls"])
                 if on_step is not None:
                     on_step(self, self.step)
                 if self.step % train.checkpoint_every == 0 or self.step == train.steps:
                     self.save_checkpoint()
-                if self._stop_signal is not None:
+                if any_process(self._stop_signal is not None, self.shard):
                     self.save_checkpoint()
                     raise TrainingInterrupted(
                         f"stopped by signal {self._stop_signal} at step {self.step}; checkpoint saved. "
                         f"Continue with: rgdm finetune --resume {self.run_dir}")
             bar.close()
         finally:
-            logger.close()
+            if logger is not None:
+                logger.close()
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
-        save_model(self.run_dir, self.ema.module.state_dict(), self.model_meta())
-        write_json(self.run_dir / "reward_counter.json", self.counter.as_dict())
+        counts = self.reward_counts()
+        if self.main:
+            save_model(self.run_dir, self.ema.module.state_dict(), self.model_meta(counts["reward_calls"]))
+            write_json(self.run_dir / "reward_counter.json", counts)
         return self.run_dir
