@@ -165,7 +165,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from rgdm.benchmarks.toy import markdown_table, plot_curves, run_toy_benchmark
 
     methods = args.methods.split(",") if args.methods else None
-    result = run_toy_benchmark(quick=args.quick, seeds=args.seeds, progress=not args.quiet, methods=methods)
+    result = run_toy_benchmark(quick=args.quick, seeds=args.seeds, progress=not args.quiet, methods=methods,
+                               jobs=args.jobs)
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
@@ -251,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="smaller budgets, one seed, every method (< 10 min)")
     bench.add_argument("--seeds", type=int, help="seeds per method (default 3, or 1 with --quick)")
     bench.add_argument("--methods", help="comma-separated subset, e.g. pretrained,rgdm-data")
+    bench.add_argument("--jobs", type=int, default=1, help="2: run the two tasks side by side, one thread each")
     bench.set_defaults(func=cmd_bench)
 
     demo = commands.add_parser("demo", help="the main job on the embedded default: toy ring RGDM")

@@ -11,13 +11,17 @@ Measurement calls the reward function directly and never charges a method's budg
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from rgdm.algorithms import ClassifierGuidance, best_of_n, svdd, train_regressor
 from rgdm.algorithms.guided_sampling import CandidateSelection
@@ -63,7 +67,7 @@ class Budget:
     regressor_steps: int
 
 
-FULL = Budget(finetune_steps=3000, eval_every=250, eval_samples=2000, curve_steps=100, data_scored=8000,
+FULL = Budget(finetune_steps=3000, eval_every=500, eval_samples=2000, curve_steps=100, data_scored=8000,
               model_rounds=3, model_buffer=4096, stepwise_batch=64, ddpo_trajectories=256, candidates=8,
               sampling_steps=200, regressor_steps=2000)
 QUICK = Budget(finetune_steps=600, eval_every=150, eval_samples=1000, curve_steps=50, data_scored=4000,
@@ -276,13 +280,27 @@ def run_task(task: ToyTask, budget: Budget, seeds: list[int], progress: bool,
     }
 
 
+def _run_task_alone(task: ToyTask, budget: Budget, seeds: list[int], methods: list[str] | None) -> dict[str, Any]:
+    """``run_task`` in a worker process with one thread (the tasks share the machine's cores)."""
+    torch.set_num_threads(1)
+    return run_task(task, budget, seeds, False, methods)
+
+
 def run_toy_benchmark(quick: bool = False, seeds: int | None = None, progress: bool = True,
-                      methods: list[str] | None = None) -> dict[str, Any]:
-    """Both tasks; the ring task's ``target`` and ``methods`` sit at the top, the rare mode beside."""
+                      methods: list[str] | None = None, jobs: int = 1) -> dict[str, Any]:
+    """Both tasks; the ring task's ``target`` and ``methods`` sit at the top, the rare mode beside.
+
+    ``jobs = 2`` runs the two tasks side by side in worker processes of one thread each.
+    """
     budget = QUICK if quick else FULL
     seed_list = list(range(seeds if seeds is not None else (1 if quick else 3)))
-    ring, rare = (run_task(task, budget, seed_list, progress, methods) for task in TASKS)
-    return {**ring, "quick": quick, "budget": budget.__dict__, "rare_mode": rare}
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_task_alone, task, budget, seed_list, methods) for task in TASKS]
+            ring, rare = (future.result() for future in futures)
+    else:
+        ring, rare = (run_task(task, budget, seed_list, progress, methods) for task in TASKS)
+    return {**ring, "quick": quick, "jobs": jobs, "budget": budget.__dict__, "rare_mode": rare}
 
 
 def plot_curves(result: dict[str, Any], path: Path) -> Path:
