@@ -155,12 +155,12 @@ class ToyDomain:
         distances, floors, payoff_rewards = [], [], []
         for target in groups:
             rows = x if target is None else x[samples.cond == target]
-            reference, spread = self._exact_reference(reward, temperature, target)
             distances.append(self.payoff_distance(rows, reward, temperature, target))
             floors.append(np.mean([
-                energy_distance(self.exact_payoff(named, temperature, len(rows), generator, target), reference,
-                                spread)
+                self.payoff_distance(self.exact_payoff(named, temperature, len(rows), generator, target), reward,
+                                     temperature, target)
                 for _ in range(FLOOR_REPEATS)]))
+            reference, _ = self._exact_reference(reward, temperature, target)
             payoff_targets = None if target is None else [target] * len(reference)
             payoff_rewards.append(float(np.mean(named.fn(reference.numpy(), payoff_targets))))
         metrics |= {
