@@ -14,7 +14,11 @@ def build_domain(options: dict[str, Any]) -> Domain:
         from rgdm.domains.toy import ToyDomain
 
         return ToyDomain(options)
-    raise ValueError(f"unknown domain {name!r}; available: toy")
+    if name == "molecules":
+        from rgdm.domains.molecules.domain import MoleculeDomain
+
+        return MoleculeDomain(options)
+    raise ValueError(f"unknown domain {name!r}; available: toy, molecules")
 
 
 __all__ = ["Domain", "NamedReward", "build_domain"]

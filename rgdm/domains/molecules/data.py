@@ -1,0 +1,173 @@
+"""QM9 from the ``qm9pack`` package, converted once into a cached array file, with EDM-style splits.
+
+``qm9pack`` ships QM9 as three CSV files (DFT coordinates, elements, SMILES, properties). Parsing them
+takes about a minute, so the first use writes ``qm9-v1.npz`` in the cache folder (``$RGDM_CACHE`` or
+``~/.cache/rgdm``) and every later use loads that file (``allow_pickle=False``: plain arrays only).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: Elements of QM9 in the one-hot order of EDM.
+ELEMENTS = ("H", "C", "N", "O", "F")
+ATOMIC_NUMBERS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
+MAX_ATOMS = 29
+HARTREE_TO_MEV = 27211.386
+#: Property name -> (CSV column, factor to EDM's units).
+PROPERTIES = {
+    "alpha": ("Polarizability_bohr3", 1.0),  # Bohr^3
+    "gap": ("HOMO_LUMO_gap_au", HARTREE_TO_MEV),  # meV
+    "homo": ("HOMO_au", HARTREE_TO_MEV),  # meV
+    "lumo": ("LUMO_au", HARTREE_TO_MEV),  # meV
+    "mu": ("Dipole_debye", 1.0),  # Debye
+    "Cv": ("Heatcapacity_Cv_cal_mol_K", 1.0),  # cal / (mol K)
+}
+CACHE_NAME = "qm9-v1.npz"
+CSV_PARTS = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
+#: EDM's split sizes: 100k training molecules, 10% test, the rest validation (seed 0 permutation).
+TRAIN_SIZE = 100_000
+TEST_FRACTION = 0.1
+SPLITS = ("train", "val", "test", "train_a", "train_b")
+
+
+class QM9DataError(RuntimeError):
+    """QM9 is missing or unreadable; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class QM9:
+    """Molecules as padded arrays: atomic numbers (0 = padding), positions in Å, SMILES, properties."""
+
+    atomic_numbers: np.ndarray  # (M, 29) int8
+    positions: np.ndarray  # (M, 29, 3) float32
+    smiles: np.ndarray  # (M,) str
+    properties: dict[str, np.ndarray]  # name -> (M,) float64
+
+    def __len__(self) -> int:
+        return len(self.smiles)
+
+    @property
+    def num_atoms(self) -> np.ndarray:
+        return (self.atomic_numbers > 0).sum(1)
+
+    def subset(self, index: np.ndarray) -> QM9:
+        return QM9(self.atomic_numbers[index], self.positions[index], self.smiles[index],
+                   {name: values[index] for name, values in self.properties.items()})
+
+    def without_hydrogens(self) -> QM9:
+        """Heavy atoms only, moved to the front of each row (at most 9 atoms)."""
+        heavy = self.atomic_numbers > 1
+        order = np.argsort(~heavy, axis=1, kind="stable")
+        numbers = np.take_along_axis(np.where(heavy, self.atomic_numbers, 0), order, axis=1)
+        positions = np.take_along_axis(self.positions, order[..., None], axis=1)
+        width = int(heavy.sum(1).max())
+        positions = positions[:, :width] * (numbers[:, :width, None] > 0)
+        return QM9(numbers[:, :width], positions.astype(np.float32), self.smiles, self.properties)
+
+
+def qm9pack_folder() -> Path:
+    """The folder of ``qm9pack``'s CSV files, found without importing the package.
+
+    Importing ``qm9pack`` needs ``pkg_resources``, which recent setuptools no longer provides; its
+    data files are all we use.
+    """
+    spec = importlib.util.find_spec("qm9pack")
+    if spec is None or not spec.submodule_search_locations:
+        raise QM9DataError("QM9 needs the package qm9pack: pip install qm9pack==1.0.3")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "data"
+    missing = [name for name in CSV_PARTS if not (folder / name).is_file()]
+    if missing:
+        raise QM9DataError(f"qm9pack at {folder} lacks {', '.join(missing)}; reinstall it: "
+                           "pip install --force-reinstall qm9pack==1.0.3")
+    return folder
+
+
+def cache_folder() -> Path:
+    return Path(os.environ.get("RGDM_CACHE", Path.home() / ".cache" / "rgdm"))
+
+
+#: The CSVs write some numbers Mathematica-style with a trailing dot (``1.``), which JSON rejects.
+_TRAILING_DOT = re.compile(r"\.(?=[,\]])")
+
+
+def _parse_row(row: dict[str, str], where: str) -> tuple[list[int], list[list[float]]]:
+    try:
+        symbols = json.loads(row["Elements"].replace("'", '"'))
+        positions = json.loads(_TRAILING_DOT.sub(".0", row["XYZ_Ang"]))
+        numbers = [ATOMIC_NUMBERS[s] for s in symbols]
+    except (KeyError, ValueError) as error:
+        raise QM9DataError(f"{where}: malformed QM9 row ({error!r}); reinstall qm9pack") from None
+    if len(numbers) != len(positions) or not 0 < len(numbers) <= MAX_ATOMS:
+        raise QM9DataError(f"{where}: {len(numbers)} elements but {len(positions)} positions; reinstall qm9pack")
+    return numbers, positions
+
+
+def convert_qm9(source: Path, destination: Path) -> Path:
+    """Parse the CSV files in ``source`` into one ``.npz`` at ``destination`` (written atomically)."""
+    numbers, positions, smiles = [], [], []
+    properties: dict[str, list[float]] = {name: [] for name in PROPERTIES}
+    for part in CSV_PARTS:
+        with open(source / part, newline="") as handle:
+            for line, row in enumerate(csv.DictReader(handle), start=2):
+                atoms, xyz = _parse_row(row, f"{source / part}:{line}")
+                padded = np.zeros(MAX_ATOMS, np.int8)
+                padded[: len(atoms)] = atoms
+                coordinates = np.zeros((MAX_ATOMS, 3), np.float32)
+                coordinates[: len(atoms)] = xyz
+                numbers.append(padded)
+                positions.append(coordinates)
+                smiles.append(row["SMILES"])
+                for name, (column, factor) in PROPERTIES.items():
+                    properties[name].append(float(row[column]) * factor)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = destination.with_suffix(".tmp.npz")
+    np.savez(temporary, atomic_numbers=np.stack(numbers), positions=np.stack(positions),
+             smiles=np.array(smiles, dtype=str), **{f"property_{k}": np.array(v) for k, v in properties.items()})
+    os.replace(temporary, destination)
+    return destination
+
+
+def load_qm9(cache: Path | None = None) -> QM9:
+    """All of QM9 (about 134k molecules, with hydrogens), converting ``qm9pack``'s CSVs on first use."""
+    path = (cache or cache_folder()) / CACHE_NAME
+    if not path.is_file():
+        convert_qm9(qm9pack_folder(), path)
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            data = QM9(arrays["atomic_numbers"], arrays["positions"], arrays["smiles"],
+                       {name: arrays[f"property_{name}"] for name in PROPERTIES})
+    except (OSError, KeyError, ValueError) as error:
+        raise QM9DataError(f"the QM9 cache {path} is unreadable ({error}); delete it and it is rebuilt "
+                           "from qm9pack on the next run") from None
+    if data.positions.shape != (len(data), MAX_ATOMS, 3) or data.atomic_numbers.shape != (len(data), MAX_ATOMS):
+        raise QM9DataError(f"the QM9 cache {path} has arrays of the wrong shape; delete it to rebuild it")
+    return data
+
+
+def split_indices(size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """EDM-style splits of ``size`` molecules: train (100k), test (10%), val (the rest: 17,748 of QM9).
+
+    ``train_a`` and ``train_b`` are the two disjoint halves of train used by the property-predictor
+    protocol: one half trains the predictor that rewards, the other the one that measures.
+    """
+    permutation = np.random.default_rng(seed).permutation(size)
+    test_size = int(size * TEST_FRACTION)
+    train_size = min(TRAIN_SIZE, size - 2 * test_size)
+    train = permutation[:train_size]
+    half = len(train) // 2
+    return {
+        "train": train,
+        "test": permutation[train_size : train_size + test_size],
+        "val": permutation[train_size + test_size :],
+        "train_a": train[:half],
+        "train_b": train[half:],
+    }

@@ -1,0 +1,104 @@
+"""Black-box rewards on molecules: QED, Crippen logP, synthetic accessibility and substructure matches.
+
+Each reward maps a sequence of ``Molecule`` to one float per molecule, ``nan`` for a molecule that is not
+valid (see ``chemistry.valid_rdkit``); the caller replaces NaN by a floor value and counts it. Scores are
+computed on the sanitised molecule with hydrogens implicit, as its SMILES describes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+from rdkit import Chem, RDConfig
+from rdkit.Chem import QED, Crippen
+
+from rgdm.domains.molecules.chemistry import Molecule, valid_rdkit
+
+MoleculeReward = Callable[[Sequence[Molecule]], list[float]]
+
+
+def _score_valid(samples: Sequence[Molecule], score: Callable[[Chem.Mol], float]) -> list[float]:
+    """``score`` of each valid molecule's RDKit form; NaN for invalid ones."""
+    scores = []
+    for mol in samples:
+        rdkit_mol = valid_rdkit(mol)
+        scores.append(float("nan") if rdkit_mol is None else float(score(rdkit_mol)))
+    return scores
+
+
+def qed(samples: Sequence[Molecule]) -> list[float]:
+    """Quantitative estimate of drug-likeness (Bickerton et al. 2012), in [0, 1]."""
+    return _score_valid(samples, QED.qed)
+
+
+def logp(samples: Sequence[Molecule]) -> list[float]:
+    """Crippen's octanol-water partition coefficient (Wildman & Crippen 1999)."""
+    return _score_valid(samples, Crippen.MolLogP)
+
+
+@functools.cache
+def _sascorer() -> ModuleType:
+    """RDKit's Contrib implementation of the SA score (it ships with the RDKit wheel, outside the package)."""
+    source = Path(RDConfig.RDContribDir) / "SA_Score" / "sascorer.py"
+    if not source.is_file():
+        raise ImportError(f"RDKit's SA_Score contribution is missing (looked for {source}); "
+                          "install an RDKit build that includes Contrib")
+    spec = importlib.util.spec_from_file_location("sascorer", source)
+    assert spec is not None and spec.loader is not None, "a .py file always has a loader"
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sa_score(samples: Sequence[Molecule]) -> list[float]:
+    """Synthetic accessibility (Ertl & Schuffenhauer 2009) rescaled so higher is better: ``(10 - SA) / 9``.
+
+    RDKit's SA score runs from 1 (easy to make) to 10 (hard), so the reward runs from 1 (easy) to 0 (hard).
+    """
+    calculate = _sascorer().calculateScore
+    return _score_valid(samples, lambda rdkit_mol: (10.0 - calculate(rdkit_mol)) / 9.0)
+
+
+def substructure(smarts: str) -> MoleculeReward:
+    """A reward that is 1.0 for molecules containing the SMARTS pattern, 0.0 for the others (NaN if invalid).
+
+    The pattern is matched against the hydrogen-suppressed molecule, as in its SMILES.
+    """
+    pattern = Chem.MolFromSmarts(smarts)
+    if pattern is None:
+        raise ValueError(f"invalid SMARTS pattern {smarts!r}; check its syntax (e.g. 'c1ccccc1', '[OX2H]')")
+
+    def matches(samples: Sequence[Molecule]) -> list[float]:
+        return _score_valid(samples, lambda rdkit_mol: float(rdkit_mol.HasSubstructMatch(pattern)))
+
+    matches.__doc__ = f"1.0 when the molecule contains the SMARTS pattern {smarts!r}, else 0.0 (NaN if invalid)."
+    return matches
+
+
+MOLECULE_REWARDS: dict[str, tuple[MoleculeReward, str]] = {
+    "qed": (qed, "drug-likeness QED in [0, 1] (RDKit), NaN for invalid molecules"),
+    "logp": (logp, "Crippen logP (RDKit), unbounded, NaN for invalid molecules"),
+    "sa": (sa_score, "synthetic accessibility rescaled to [0, 1] as (10 - SA) / 9, higher is easier to make; "
+                     "NaN for invalid molecules"),
+}
+
+
+def qm9_qed_percentile(smiles: Sequence[str], q: float = 90) -> float:
+    """The ``q``-th percentile of QED over the given SMILES (e.g. QM9's training set, for a QED target).
+
+    Every SMILES must parse; a silently skipped one would shift the percentile.
+    """
+    if not smiles:
+        raise ValueError("qm9_qed_percentile needs at least one SMILES")
+    scores = []
+    for index, text in enumerate(smiles):
+        rdkit_mol = Chem.MolFromSmiles(text)
+        if rdkit_mol is None:
+            raise ValueError(f"SMILES {index} ({text!r}) cannot be parsed by RDKit; remove or fix it")
+        scores.append(QED.qed(rdkit_mol))
+    return float(np.percentile(scores, q))

@@ -1,0 +1,174 @@
+"""The molecules domain: QM9 loading, EGNN equivariance, encoding, atom counts, samples on disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, sample
+from rgdm.domains import build_domain
+from rgdm.domains.molecules.chemistry import Molecule, is_stable, molecule_from_smiles
+from rgdm.domains.molecules.data import QM9DataError, convert_qm9, load_qm9, split_indices
+from rgdm.domains.molecules.domain import MoleculeDomain, remove_center_of_mass
+from rgdm.domains.molecules.io import read_sdf, read_xyz
+from rgdm.domains.molecules.network import EGNN, EGNNDenoiser
+
+
+def random_rotation(generator: torch.Generator) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(3, 3, generator=generator, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))
+    if torch.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+@pytest.fixture(scope="module")
+def domain() -> MoleculeDomain:
+    return build_domain({"name": "molecules", "subset": 500})
+
+
+def randomised(net: torch.nn.Module) -> torch.nn.Module:
+    """Every weight random: EDM's near-zero coordinate head would hide a broken equivariance."""
+    torch.manual_seed(0)
+    for parameter in net.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    return net.double()
+
+
+def test_egnn_positions_rotate_and_translate_with_the_input_and_features_are_invariant():
+    generator = torch.Generator().manual_seed(0)
+    egnn = randomised(EGNN(in_features=4, hidden=16, layers=3))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    features = torch.randn(2, 6, 4, generator=generator, dtype=torch.float64)
+    x = torch.randn(2, 6, 3, generator=generator, dtype=torch.float64) * mask[..., None]
+    rotation, shift = random_rotation(generator), torch.randn(3, generator=generator, dtype=torch.float64)
+    h, out = egnn(features, x, mask)
+    h_moved, out_moved = egnn(features, (x @ rotation.T + shift) * mask[..., None], mask)
+    assert torch.allclose(h_moved, h, atol=1e-9)
+    assert torch.allclose(out_moved, (out @ rotation.T + shift) * mask[..., None], atol=1e-9)
+    assert (out - x).abs().max() > 1e-3, "the coordinate update must not be trivially zero"
+
+
+def test_denoiser_noise_rotates_with_the_molecule_and_ignores_translation_and_padding():
+    generator = torch.Generator().manual_seed(1)
+    net = randomised(EGNNDenoiser(atom_features=6, hidden=16, layers=2))
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0]], dtype=torch.float64)
+    x = torch.randn(1, 6, 9, generator=generator, dtype=torch.float64) * mask[..., None]
+    t = torch.tensor([0.4], dtype=torch.float64)
+    rotation, shift = random_rotation(generator), torch.randn(3, generator=generator, dtype=torch.float64)
+    moved = x.clone()
+    moved[..., :3] = (x[..., :3] @ rotation.T + shift) * mask[..., None]
+    eps, eps_moved = net(x, t, None, mask), net(moved, t, None, mask)
+    assert torch.allclose(eps_moved[..., :3], eps[..., :3] @ rotation.T, atol=1e-9)
+    assert torch.allclose(eps_moved[..., 3:], eps[..., 3:], atol=1e-9)
+    padded = x.clone()
+    padded[0, 4:] = 5.0  # garbage in padding atoms must not leak into real atoms
+    assert torch.allclose(net(padded, t, None, mask)[0, :4], eps[0, :4], atol=1e-9)
+    assert eps[0, 4:].abs().max() == 0
+
+
+def test_center_of_mass_projection_is_idempotent_and_ignores_padding():
+    generator = torch.Generator().manual_seed(2)
+    mask = torch.tensor([[1.0, 1, 1, 0], [1, 1, 0, 0]])
+    x = torch.randn(2, 4, 5, generator=generator) * mask[..., None]
+    projected = remove_center_of_mass(x, mask)
+    assert torch.allclose((projected[..., :3] * mask[..., None]).sum(1), torch.zeros(2, 3), atol=1e-6)
+    assert torch.allclose(remove_center_of_mass(projected, mask), projected, atol=1e-6)
+    assert torch.equal(projected[..., 3:], x[..., 3:])
+    assert projected[1, 2:].abs().max() == 0
+
+
+def test_qm9_has_edm_splits_and_properties(domain):
+    data = load_qm9()
+    assert len(data) == 130_831 and data.num_atoms.max() == 29
+    splits = split_indices(len(data))
+    assert [len(splits[k]) for k in ("train", "val", "test")] == [100_000, 17_748, 13_083]
+    assert set(splits["train_a"]).isdisjoint(splits["train_b"])
+    assert len(splits["train_a"]) + len(splits["train_b"]) == 100_000
+    assert not set(splits["train"]) & set(splits["test"])
+    methane = int(np.flatnonzero(data.smiles == "C")[0])
+    assert data.num_atoms[methane] == 5 and data.properties["alpha"][methane] == pytest.approx(13.21)
+    heavy = data.subset(np.arange(100)).without_hydrogens()
+    assert heavy.atomic_numbers.shape[1] <= 9 and not (heavy.atomic_numbers == 1).any()
+
+
+def test_encoding_decodes_back_to_the_qm9_molecules(domain):
+    batch = domain.dataset()
+    assert batch.x.shape == (500, 29, 3 + 5 + 1)
+    assert torch.allclose((batch.x[..., :3] * batch.mask[..., None]).sum(1), torch.zeros(500, 3), atol=1e-4)
+    data = domain.molecules("train")
+    molecules = domain.decode(batch.x[:50], batch.mask[:50])
+    for mol, numbers in zip(molecules, data.atomic_numbers[:50], strict=True):
+        assert list(mol.atomic_numbers) == [n for n in numbers if n > 0]
+    assert np.mean([is_stable(mol) for mol in molecules]) > 0.9
+
+
+def test_atom_counts_follow_the_training_histogram(domain):
+    counts = domain.prior_batch(4000, torch.Generator().manual_seed(0)).mask.sum(1)
+    expected = (domain.atom_count_histogram * torch.arange(len(domain.atom_count_histogram))).sum()
+    assert abs(float(counts.mean()) - float(expected)) < 0.2
+    assert counts.min() >= 3 and counts.max() <= 29
+
+
+def test_without_hydrogens_uses_four_elements():
+    heavy = build_domain({"name": "molecules", "subset": 50, "hydrogens": False, "charges": False})
+    batch = heavy.dataset()
+    assert batch.x.shape[1:] == (9, 3 + 4) and batch.mask.sum(1).max() <= 9
+
+
+def test_samples_are_written_as_xyz_sdf_and_a_grid(domain, tmp_path):
+    benzene, methane = molecule_from_smiles("c1ccccc1"), molecule_from_smiles("C")
+    width = 12
+    numbers = np.zeros((3, width), np.int64)
+    positions = np.zeros((3, width, 3))
+    methyl = Molecule(methane.atomic_numbers[:4], methane.positions[:4])  # CH3: a broken valence
+    for row, mol in enumerate([benzene, methane, methyl]):
+        numbers[row, : len(mol.atomic_numbers)] = mol.atomic_numbers
+        positions[row, : len(mol.atomic_numbers)] = mol.positions
+    batch = domain.encode(numbers, positions)
+    written = domain.save_samples(batch, tmp_path)
+    assert [p.name for p in written] == ["samples.xyz", "samples.sdf", "molecules.png"]
+    assert [len(m.atomic_numbers) for m in read_xyz(tmp_path / "samples.xyz")] == [12, 5, 4]
+    assert len(read_sdf(tmp_path / "samples.sdf")) >= 2
+    metrics = domain.evaluate(batch, "qed", None, torch.Generator())
+    assert metrics["molecule_stability"] == pytest.approx(1 / 3), "EDM's tables alone read benzene's ring as single"
+    assert metrics["molecule_stability_kekule"] == pytest.approx(2 / 3)
+    assert 0 < metrics["mean_reward"] < 1
+
+
+def test_an_untrained_model_samples_molecules_inside_their_masks(domain):
+    torch.manual_seed(0)
+    diffusion = GaussianDiffusion(NoiseSchedule.create("polynomial", 20), project=domain.project, dof_offset=3)
+    model = EpsModel(domain.build_network({"hidden": 16, "layers": 2}), diffusion)
+    prior = domain.prior_batch(4, torch.Generator().manual_seed(0))
+    x = sample(model, prior.x.shape, mask=prior.mask, generator=torch.Generator().manual_seed(1)).x0
+    assert torch.isfinite(x).all()
+    assert x[prior.mask == 0].abs().max() == 0
+    center = (x[..., :3] * prior.mask[..., None]).sum(1)
+    assert center.abs().max() < 1e-5 * x.abs().max()
+    assert all(len(m.atomic_numbers) == int(n) for m, n in zip(domain.decode(x, prior.mask), prior.mask.sum(1),
+                                                                   strict=True))
+
+
+def test_a_missing_or_broken_cache_gives_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("RGDM_CACHE", str(tmp_path))
+    (tmp_path / "qm9-v1.npz").write_bytes(b"not an npz file")
+    with pytest.raises(QM9DataError, match="delete it"):
+        load_qm9()
+    source = tmp_path / "csv"
+    source.mkdir()
+    for part in ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv"):
+        (source / part).write_text('Elements,XYZ_Ang,SMILES\n"[\'C\']","[[0,0","C"\n')
+    with pytest.raises(QM9DataError, match="malformed QM9 row"):
+        convert_qm9(source, tmp_path / "out.npz")
+
+
+def test_unknown_split_and_elements_are_refused(domain):
+    with pytest.raises(ValueError, match="unknown QM9 split"):
+        domain.molecules("training")
+    with pytest.raises(ValueError, match="outside H, C, N, O, F"):
+        domain.encode(np.array([[6, 16]]), np.zeros((1, 2, 3)))
+    with pytest.raises(ValueError, match="no class targets"):
+        domain.parse_target("3")
+
