@@ -1,0 +1,1 @@
+"""3-D shapes as point clouds: procedural and real data, classifiers, rewards and ShapeNet metrics."""
