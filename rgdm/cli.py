@@ -122,9 +122,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {args.n} samples: " + ", ".join(str(f) for f in files))
 
 
-def load_samples(folder: Path) -> tuple[Batch, dict[str, Any]]:
+def load_samples(folder: Path, domain: Any) -> Batch:
+    """``samples.npz`` as written by ``rgdm sample``, else the domain's own files (XYZ, SDF, PLY)."""
     path = folder / "samples.npz"
     if not path.is_file():
+        if hasattr(domain, "read_samples"):
+            return domain.read_samples(folder)
         raise UsageError(f"{folder} has no samples.npz; write one with: rgdm sample --out {folder}")
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -133,16 +136,20 @@ def load_samples(folder: Path) -> tuple[Batch, dict[str, Any]]:
             cond = torch.as_tensor(data["targets"]) if "targets" in data else None
     except (ValueError, OSError, KeyError) as error:
         raise UsageError(f"{path} is not a readable samples file with an array 'samples': {error}") from None
-    meta = read_json(folder / "sample.json") if (folder / "sample.json").is_file() else {}
-    return Batch(x, mask, cond), meta
+    return Batch(x, mask, cond)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    samples, meta = load_samples(Path(args.dir))
+    folder = Path(args.dir)
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder; pass the --out folder of rgdm sample, or a folder of "
+                         "samples.xyz / samples.sdf / *.ply files with --checkpoint")
+    meta = read_json(folder / "sample.json") if (folder / "sample.json").is_file() else {}
     checkpoint = args.checkpoint or meta.get("checkpoint")
     if checkpoint is None:
         raise UsageError("no sample.json names the model; pass --checkpoint NAME|DIR")
     model = load_trained(checkpoint)
+    samples = load_samples(folder, model.domain)
     training = model.meta.get("training", {})
     named = model.domain.rewards()
     defaults = [name for name in (training.get("reward"), meta.get("reward")) if name in named]
@@ -176,8 +183,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from rgdm.benchmarks.demo import run_toy_demo
+    from rgdm.benchmarks.demo import run_molecule_demo, run_toy_demo
 
+    if args.domain == "molecules":
+        metrics = run_molecule_demo(Path(args.out), progress=not args.quiet)
+        print(json.dumps(metrics, indent=2))
+        print(f"demo written to {args.out}: table.md, metrics.json, qed_histograms.png, before/ and after/ "
+              "(samples.xyz, samples.sdf, molecules.png)")
+        return
     metrics = run_toy_demo(Path(args.out), progress=not args.quiet)
     print(json.dumps(metrics, indent=2))
     print(f"demo written to {args.out}: metrics.json, samples.npz, demo.png")
@@ -256,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     demo = commands.add_parser("demo", help="the main job on the embedded default: toy ring RGDM")
-    demo.add_argument("domain", nargs="?", default="toy", choices=["toy"])
+    demo.add_argument("domain", nargs="?", default="toy", choices=["toy", "molecules"])
     demo.add_argument("--out", default="rgdm-demo")
     demo.set_defaults(func=cmd_demo)
 

@@ -153,7 +153,7 @@ def test_an_untrained_model_samples_molecules_inside_their_masks(domain):
 
 def test_a_missing_or_broken_cache_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("RGDM_CACHE", str(tmp_path))
-    (tmp_path / "qm9-v1.npz").write_bytes(b"not an npz file")
+    (tmp_path / "qm9-v2.npz").write_bytes(b"not an npz file")
     with pytest.raises(QM9DataError, match="delete it"):
         load_qm9()
     source = tmp_path / "csv"

@@ -18,7 +18,11 @@ def build_domain(options: dict[str, Any]) -> Domain:
         from rgdm.domains.molecules.domain import MoleculeDomain
 
         return MoleculeDomain(options)
-    raise ValueError(f"unknown domain {name!r}; available: toy, molecules")
+    if name == "shapes":
+        from rgdm.domains.shapes.domain import ShapeDomain
+
+        return ShapeDomain(options)
+    raise ValueError(f"unknown domain {name!r}; available: toy, molecules, shapes")
 
 
 __all__ = ["Domain", "NamedReward", "build_domain"]

@@ -1,7 +1,7 @@
 """QM9 from the ``qm9pack`` package, converted once into a cached array file, with EDM-style splits.
 
 ``qm9pack`` ships QM9 as three CSV files (DFT coordinates, elements, SMILES, properties). Parsing them
-takes about a minute, so the first use writes ``qm9-v1.npz`` in the cache folder (``$RGDM_CACHE`` or
+takes about half a minute, so the first use writes ``qm9-v2.npz`` in the cache folder (``$RGDM_CACHE`` or
 ``~/.cache/rgdm``) and every later use loads that file (``allow_pickle=False``: plain arrays only).
 """
 
@@ -21,6 +21,7 @@ import numpy as np
 ELEMENTS = ("H", "C", "N", "O", "F")
 ATOMIC_NUMBERS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
 MAX_ATOMS = 29
+MAX_HEAVY_ATOMS = 9
 HARTREE_TO_MEV = 27211.386
 #: Property name -> (CSV column, factor to EDM's units).
 PROPERTIES = {
@@ -31,7 +32,7 @@ PROPERTIES = {
     "mu": ("Dipole_debye", 1.0),  # Debye
     "Cv": ("Heatcapacity_Cv_cal_mol_K", 1.0),  # cal / (mol K)
 }
-CACHE_NAME = "qm9-v1.npz"
+CACHE_NAME = "qm9-v2.npz"
 CSV_PARTS = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
 #: EDM's split sizes: 100k training molecules, 10% test, the rest validation (seed 0 permutation).
 TRAIN_SIZE = 100_000
@@ -39,17 +40,22 @@ TEST_FRACTION = 0.1
 SPLITS = ("train", "val", "test", "train_a", "train_b")
 
 
-class QM9DataError(RuntimeError):
+class QM9DataError(ValueError):
     """QM9 is missing or unreadable; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
 class QM9:
-    """Molecules as padded arrays: atomic numbers (0 = padding), positions in Å, SMILES, properties."""
+    """Molecules as padded arrays: atomic numbers (0 = padding), positions in Å, SMILES, properties.
+
+    ``canonical`` holds each SMILES in the stereo-free canonical form samples are compared in
+    (novelty), empty where RDKit cannot parse it.
+    """
 
     atomic_numbers: np.ndarray  # (M, 29) int8
     positions: np.ndarray  # (M, 29, 3) float32
     smiles: np.ndarray  # (M,) str
+    canonical: np.ndarray  # (M,) str
     properties: dict[str, np.ndarray]  # name -> (M,) float64
 
     def __len__(self) -> int:
@@ -60,7 +66,7 @@ class QM9:
         return (self.atomic_numbers > 0).sum(1)
 
     def subset(self, index: np.ndarray) -> QM9:
-        return QM9(self.atomic_numbers[index], self.positions[index], self.smiles[index],
+        return QM9(self.atomic_numbers[index], self.positions[index], self.smiles[index], self.canonical[index],
                    {name: values[index] for name, values in self.properties.items()})
 
     def without_hydrogens(self) -> QM9:
@@ -71,7 +77,7 @@ class QM9:
         positions = np.take_along_axis(self.positions, order[..., None], axis=1)
         width = int(heavy.sum(1).max())
         positions = positions[:, :width] * (numbers[:, :width, None] > 0)
-        return QM9(numbers[:, :width], positions.astype(np.float32), self.smiles, self.properties)
+        return QM9(numbers[:, :width], positions.astype(np.float32), self.smiles, self.canonical, self.properties)
 
 
 def qm9pack_folder() -> Path:
@@ -112,7 +118,12 @@ def _parse_row(row: dict[str, str], where: str) -> tuple[list[int], list[list[fl
 
 
 def convert_qm9(source: Path, destination: Path) -> Path:
-    """Parse the CSV files in ``source`` into one ``.npz`` at ``destination`` (written atomically)."""
+    """Parse the CSV files in ``source`` into one ``.npz`` at ``destination`` (written atomically).
+
+    Takes under a minute, including RDKit canonicalising the SMILES once for every later novelty check.
+    """
+    from rgdm.domains.molecules.chemistry import canonicalize_smiles
+
     numbers, positions, smiles = [], [], []
     properties: dict[str, list[float]] = {name: [] for name in PROPERTIES}
     for part in CSV_PARTS:
@@ -131,7 +142,8 @@ def convert_qm9(source: Path, destination: Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = destination.with_suffix(".tmp.npz")
     np.savez(temporary, atomic_numbers=np.stack(numbers), positions=np.stack(positions),
-             smiles=np.array(smiles, dtype=str), **{f"property_{k}": np.array(v) for k, v in properties.items()})
+             smiles=np.array(smiles, dtype=str), canonical=np.array([canonicalize_smiles(s) or "" for s in smiles]),
+             **{f"property_{k}": np.array(v) for k, v in properties.items()})
     os.replace(temporary, destination)
     return destination
 
@@ -143,7 +155,7 @@ def load_qm9(cache: Path | None = None) -> QM9:
         convert_qm9(qm9pack_folder(), path)
     try:
         with np.load(path, allow_pickle=False) as arrays:
-            data = QM9(arrays["atomic_numbers"], arrays["positions"], arrays["smiles"],
+            data = QM9(arrays["atomic_numbers"], arrays["positions"], arrays["smiles"], arrays["canonical"],
                        {name: arrays[f"property_{name}"] for name in PROPERTIES})
     except (OSError, KeyError, ValueError) as error:
         raise QM9DataError(f"the QM9 cache {path} is unreadable ({error}); delete it and it is rebuilt "

@@ -21,8 +21,17 @@ from torch import nn
 
 from rgdm.batch import Batch
 from rgdm.domains.base import NamedReward
-from rgdm.domains.molecules.chemistry import Molecule, atom_stability, canonicalize_smiles, chemistry_metrics
-from rgdm.domains.molecules.data import ATOMIC_NUMBERS, ELEMENTS, QM9, SPLITS, load_qm9, split_indices
+from rgdm.domains.molecules.chemistry import Molecule, atom_stability, chemistry_metrics
+from rgdm.domains.molecules.data import (
+    ATOMIC_NUMBERS,
+    ELEMENTS,
+    MAX_ATOMS,
+    MAX_HEAVY_ATOMS,
+    QM9,
+    SPLITS,
+    load_qm9,
+    split_indices,
+)
 from rgdm.domains.molecules.network import EGNNDenoiser, EGNNRegressor
 
 ONE_HOT_SCALE = 0.25
@@ -157,7 +166,7 @@ class MoleculeDomain:
     @cached_property
     def training_smiles(self) -> set[str]:
         """Canonical SMILES of the training molecules (for novelty), without stereo tags."""
-        return {s for s in map(canonicalize_smiles, self.molecules("train").smiles) if s is not None}
+        return {str(s) for s in self.molecules("train").canonical if s}
 
     def evaluate(self, samples: Batch, reward: str | None, temperature: float | None,
                  generator: torch.Generator) -> dict[str, Any]:
@@ -180,6 +189,32 @@ class MoleculeDomain:
             metrics["mean_reward"] = float(finite.mean()) if len(finite) else float("nan")
             metrics["reward_valid"] = len(finite) / max(len(values), 1)
         return metrics
+
+    def read_samples(self, folder: Path) -> Batch:
+        """Molecules from a folder's ``samples.xyz`` (or ``samples.sdf``), so files made elsewhere can be
+        evaluated; every malformed file raises ``MoleculeFileError`` naming the problem."""
+        from rgdm.domains.molecules.io import MoleculeFileError, read_sdf, read_xyz
+
+        if (folder / "samples.xyz").is_file():
+            path, molecules = folder / "samples.xyz", read_xyz(folder / "samples.xyz")
+        elif (folder / "samples.sdf").is_file():
+            path, molecules = folder / "samples.sdf", read_sdf(folder / "samples.sdf")
+        else:
+            raise MoleculeFileError(f"{folder} holds no samples.npz, samples.xyz or samples.sdf; write samples with "
+                                    "rgdm sample, or put your molecules in samples.xyz (multi-frame XYZ)")
+        width = MAX_ATOMS if self.options.hydrogens else MAX_HEAVY_ATOMS
+        if not molecules:
+            raise MoleculeFileError(f"{path} holds no molecules")
+        numbers, positions = np.zeros((len(molecules), width), np.int64), np.zeros((len(molecules), width, 3))
+        for row, mol in enumerate(molecules):
+            if len(mol.atomic_numbers) > width:
+                raise MoleculeFileError(f"{path}: molecule {row} has {len(mol.atomic_numbers)} atoms; this model "
+                                        f"generates at most {width} (QM9's largest)")
+            numbers[row, : len(mol.atomic_numbers)] = mol.atomic_numbers
+            positions[row, : len(mol.atomic_numbers)] = mol.positions
+        if not self.options.hydrogens and (numbers == 1).any():
+            raise MoleculeFileError(f"{path} holds hydrogens but this model has none; remove the H atoms")
+        return self.encode(numbers, positions)
 
     def save_samples(self, samples: Batch, out_dir: Path) -> list[Path]:
         """Every sample to ``samples.xyz``; the valid ones to ``samples.sdf``; a grid to ``molecules.png``."""
