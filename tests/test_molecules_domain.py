@@ -172,3 +172,13 @@ def test_unknown_split_and_elements_are_refused(domain):
     with pytest.raises(ValueError, match="no class targets"):
         domain.parse_target("3")
 
+
+
+def test_missing_qm9pack_names_the_install_command(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("RGDM_CACHE", str(tmp_path))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "qm9pack" else real_find_spec(name))
+    with pytest.raises(QM9DataError, match="pip install qm9pack"):
+        load_qm9()

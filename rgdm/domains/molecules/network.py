@@ -2,8 +2,8 @@
 
 Positions are updated equivariantly, atom features invariantly, so the predicted noise rotates with
 the molecule and does not move when it is translated. The graph is complete within each molecule;
-padding atoms are masked out of every message. Dense ``(batch, atoms, atoms)`` tensors: QM9 has at
-most 29 atoms, where dense products beat sparse scatter on a CPU.
+padding atoms are masked out of every message. Messages run over a flat edge list of real atom
+pairs, so padding costs nothing.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ class EquivariantLayer(nn.Module):
     features, and move positions along the edges by a bounded amount (EDM's ``tanh * coords_range``).
 
     The first message layer acts on ``[h_i, h_j, |x_i - x_j|^2, |x_i^0 - x_j^0|^2]``; it is split
-    into per-atom projections added on each edge, which is the same map at a fraction of the cost.
+    into per-atom projections gathered onto each edge, which is the same map at a fraction of the cost.
     """
 
     def __init__(self, hidden: int, coords_range: float = 15.0) -> None:
         super().__init__()
         self.coords_range = coords_range
-        self.sender = nn.Linear(hidden, hidden)
-        self.receiver = nn.Linear(hidden, hidden, bias=False)
+        self.own = nn.Linear(hidden, hidden)
+        self.neighbour = nn.Linear(hidden, hidden, bias=False)
         self.distances = nn.Linear(2, hidden, bias=False)
         self.message = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.attention = nn.Sequential(nn.Linear(hidden, 1), nn.Sigmoid())
@@ -32,23 +32,28 @@ class EquivariantLayer(nn.Module):
         self.coord_weight = nn.Linear(hidden, 1, bias=False)
         nn.init.xavier_uniform_(self.coord_weight.weight, gain=0.001)
 
-    def forward(self, h: torch.Tensor, x: torch.Tensor, initial: torch.Tensor, node_mask: torch.Tensor,
-                edge_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        diff = x[:, :, None] - x[:, None]
+    def forward(self, h: torch.Tensor, x: torch.Tensor, edges: tuple[torch.Tensor, torch.Tensor],
+                initial: torch.Tensor, node_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h (nodes, hidden)`` and ``x (nodes, 3)``; messages flow along ``edges = (i, j)`` into ``i``."""
+        i, j = edges
+        diff = x[i] - x[j]
         squared = (diff**2).sum(-1, keepdim=True)
-        first = (self.sender(h)[:, :, None] + self.receiver(h)[:, None]
-                 + self.distances(torch.cat([squared, initial], dim=-1)))
+        first = self.own(h)[i] + self.neighbour(h)[j] + self.distances(torch.cat([squared, initial], dim=-1))
         messages = self.message(first)
-        messages = messages * self.attention(messages) * edge_mask
-        direction = diff / (torch.sqrt(squared + 1e-8) + 1.0)
-        step = torch.tanh(self.coord_weight(messages)) * self.coords_range
-        x = (x + (direction * step * edge_mask).sum(2)) * node_mask
-        h = (h + self.update(torch.cat([h, messages.sum(2)], dim=-1))) * node_mask
+        messages = messages * self.attention(messages)
+        step = diff / (torch.sqrt(squared + 1e-8) + 1.0) * torch.tanh(self.coord_weight(messages)) * self.coords_range
+        x = (x + torch.zeros_like(x).index_add_(0, i, step)) * node_mask
+        aggregated = torch.zeros_like(h).index_add_(0, i, messages)
+        h = (h + self.update(torch.cat([h, aggregated], dim=-1))) * node_mask
         return h, x
 
 
 class EGNN(nn.Module):
-    """Embeds per-atom features, runs ``layers`` equivariant rounds, returns features and positions."""
+    """Embeds per-atom features, runs ``layers`` equivariant rounds, returns features and positions.
+
+    Every molecule is a complete graph over its real atoms; the batch is flattened into one edge
+    list, so padding atoms cost nothing in the messages (QM9 molecules fill 18 of 29 slots on average).
+    """
 
     def __init__(self, in_features: int, hidden: int, layers: int, coords_range: float = 15.0) -> None:
         super().__init__()
@@ -57,14 +62,18 @@ class EGNN(nn.Module):
 
     def forward(self, features: torch.Tensor, x: torch.Tensor, mask: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        node_mask = mask[..., None].to(x.dtype)
-        eye = torch.eye(mask.shape[1], device=x.device, dtype=x.dtype)
-        edge_mask = (node_mask[:, :, None] * node_mask[:, None]) * (1 - eye)[None, :, :, None]
-        initial = ((x[:, :, None] - x[:, None]) ** 2).sum(-1, keepdim=True)
-        h = self.embed(features) * node_mask
+        batch, atoms = mask.shape
+        mask = mask.bool()
+        pairs = mask[:, :, None] & mask[:, None, :] & ~torch.eye(atoms, dtype=torch.bool, device=mask.device)
+        molecule, i, j = pairs.nonzero(as_tuple=True)
+        edges = (molecule * atoms + i, molecule * atoms + j)
+        node_mask = mask.reshape(-1, 1).to(x.dtype)
+        x = x.reshape(-1, 3) * node_mask
+        initial = ((x[edges[0]] - x[edges[1]]) ** 2).sum(-1, keepdim=True)
+        h = self.embed(features.reshape(batch * atoms, -1)) * node_mask
         for layer in self.layers:
-            h, x = layer(h, x, initial, node_mask, edge_mask)
-        return h, x
+            h, x = layer(h, x, edges, initial, node_mask)
+        return h.reshape(batch, atoms, -1), x.reshape(batch, atoms, 3)
 
 
 def _trim(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
