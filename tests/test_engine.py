@@ -164,3 +164,17 @@ def test_a_reward_budget_stops_training_and_keeps_the_model(pretrained_dir, tmp_
     assert trainer.counter.calls == 192, "three rounds of 64 fit in 200 calls, the fourth does not"
     assert trainer.step == 30
     assert load_trained(tmp_path / "run").meta["training"]["steps"] == 30
+
+
+def test_fine_tuning_keeps_the_parent_domain_and_applies_explicit_changes():
+    from rgdm.engine.config import load_config
+    from rgdm.engine.trainer import Trainer
+
+    parent = {"name": "molecules", "hydrogens": True, "property_bins": 8, "target_property": None}
+    inherited = load_config(None, ["init=some-model"])
+    assert Trainer._fine_tuning_domain(parent, inherited) == parent
+    targeted = load_config(None, ["init=some-model", "domain.target_property=alpha"])
+    assert Trainer._fine_tuning_domain(parent, targeted) == parent | {"target_property": "alpha"}
+    other = load_config(None, ["init=some-model", "domain.name=toy"])
+    with pytest.raises(ValueError, match="keeps its parent's domain"):
+        Trainer._fine_tuning_domain(parent, other)

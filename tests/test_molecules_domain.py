@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from rgdm.batch import Batch
 from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, sample
 from rgdm.domains import build_domain
 from rgdm.domains.molecules.chemistry import Molecule, is_stable, molecule_from_smiles
@@ -182,3 +183,45 @@ def test_missing_qm9pack_names_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "qm9pack" else real_find_spec(name))
     with pytest.raises(QM9DataError, match="pip install qm9pack"):
         load_qm9()
+
+
+@pytest.fixture(scope="module")
+def alpha_domain() -> MoleculeDomain:
+    return build_domain({"name": "molecules", "subset": 600, "target_property": "alpha", "property_bins": 4})
+
+
+def test_property_targets_are_equal_mass_bins_with_their_own_atom_counts(alpha_domain):
+    bins, centres = alpha_domain.property_bins
+    assert torch.bincount(bins, minlength=4).min() >= 140 and (centres.diff() > 0).all()
+    assert alpha_domain.parse_target(str(float(centres[2]))) == 2
+    assert alpha_domain.parse_target("1e6") == 3
+    with pytest.raises(ValueError, match="value of alpha"):
+        alpha_domain.parse_target("big")
+    generator = torch.Generator().manual_seed(0)
+    small = alpha_domain.prior_batch(500, generator, torch.zeros(500, dtype=torch.long)).mask.sum(1)
+    large = alpha_domain.prior_batch(500, generator, torch.full((500,), 3)).mask.sum(1)
+    assert large.mean() > small.mean() + 2, "alpha grows with size, so p(M | high alpha) must favour larger molecules"
+
+
+def test_property_reward_and_measure_use_different_predictors(alpha_domain):
+    from rgdm.domains.molecules.properties import train_property_predictor
+
+    rewarding = train_property_predictor(alpha_domain, "alpha", "train_a", steps=3, batch_size=8, progress=False)
+    measuring = train_property_predictor(alpha_domain, "alpha", "train_b", steps=3, batch_size=8, seed=1,
+                                         progress=False)
+    alpha_domain._predictors.update({"qm9-alpha-a": rewarding, "qm9-alpha-b": measuring})
+    data = alpha_domain.dataset().select(slice(0, 40))
+    cond = alpha_domain.property_bins[0][:40]
+    molecules = alpha_domain.decode(data.x, data.mask)
+    reward = alpha_domain.rewards()["property"].fn(molecules, cond.tolist())
+    expected = -(rewarding.predict(data) - alpha_domain.target_value(cond)).abs()
+    assert np.allclose(reward, expected.numpy(), atol=1e-4)
+    metrics = alpha_domain.evaluate(Batch(data.x, data.mask, cond), None, None, torch.Generator())
+    measured = (measuring.predict(data) - alpha_domain.target_value(cond)).abs().mean()
+    assert metrics["property_mae"] == pytest.approx(float(measured), rel=1e-4)
+    assert metrics["atoms_baseline_mae"] < metrics["naive_baseline_mae"]
+
+
+def test_a_model_without_target_property_refuses_targets(domain):
+    with pytest.raises(ValueError, match=r"domain\.target_property=alpha"):
+        domain.parse_target("75")

@@ -96,7 +96,8 @@ class RewardConfig(Section):
 
 
 class RunConfig(Section):
-    domain: dict[str, Any] = Field(default_factory=lambda: {"name": "toy"})
+    domain: dict[str, Any] = Field(default_factory=lambda: {"name": "toy"},
+                                   description="with init: options that change the parent's (e.g. a target)")
     network: dict[str, Any] = Field(default_factory=dict)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -106,7 +107,7 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _domain_named(self) -> RunConfig:
-        if "name" not in self.domain:
+        if "name" not in self.domain and self.init is None:
             raise ValueError("domain.name is required (e.g. domain.name=toy)")
         return self
 

@@ -69,7 +69,7 @@ class Trainer:
         parent: LoadedModel | None = None
         if config.init is not None and not (self.run_dir / "config.yaml").exists():
             parent = load_trained(config.init, self.device)
-            config = config.model_copy(update={"domain": parent.meta["domain"],
+            config = config.model_copy(update={"domain": self._fine_tuning_domain(parent.meta["domain"], config),
                                                "network": parent.meta["network"],
                                                "diffusion": DiffusionConfig.model_validate(
                                                    parent.meta["diffusion"])})
@@ -111,6 +111,16 @@ class Trainer:
         )
         self.step = 0
         self._stop_signal: int | None = None
+
+    @staticmethod
+    def _fine_tuning_domain(parent: dict[str, Any], config: RunConfig) -> dict[str, Any]:
+        """The parent's domain options, with those the fine-tuning config sets explicitly on top."""
+        if "domain" not in config.model_fields_set:
+            return parent
+        if config.domain.get("name", parent["name"]) != parent["name"]:
+            raise ValueError(f"domain.name {config.domain['name']!r} differs from the parent model's "
+                             f"{parent['name']!r}; a fine-tuned model keeps its parent's domain")
+        return parent | config.domain
 
     @classmethod
     def resume(cls, run_dir: str | Path) -> Trainer:

@@ -62,6 +62,9 @@ class MoleculeOptions(BaseModel):
     charges: bool = True
     split: Literal["train", "train_a", "train_b"] = Field("train", description="the generator's training split")
     subset: int | None = Field(None, ge=1, description="use only this many molecules of the split")
+    property_bins: int = Field(8, ge=0, le=64, description="conditional targets: equal-mass bins of a property")
+    target_property: Literal["alpha", "gap", "homo", "lumo", "mu", "Cv"] | None = Field(
+        None, description="the property whose bins are the targets (set when fine-tuning for it)")
 
 
 class NetworkOptions(BaseModel):
@@ -75,7 +78,6 @@ class MoleculeDomain:
     """QM9 molecules with or without hydrogens."""
 
     name = "molecules"
-    num_targets = 0
     project = staticmethod(remove_center_of_mass)
     dof_offset = 3
 
@@ -83,7 +85,11 @@ class MoleculeDomain:
         self.options = MoleculeOptions.model_validate(options or {})
         self.elements = ELEMENTS if self.options.hydrogens else ELEMENTS[1:]
         self.atom_features = len(self.elements) + int(self.options.charges)
+        #: Targets are bins of ``target_property``; the network always has their embedding, so an
+        #: unconditional pre-trained model can be fine-tuned for any property's targets.
+        self.num_targets = self.options.property_bins
         self._datasets: dict[str, Batch] = {}
+        self._predictors: dict[str, Any] = {}
 
     def config(self) -> dict[str, Any]:
         return self.options.model_dump()
@@ -138,9 +144,40 @@ class MoleculeDomain:
         counts = self.dataset().mask.sum(1).long()
         return torch.bincount(counts, minlength=self.dataset().x.shape[1] + 1).double() / len(counts)
 
+    @cached_property
+    def property_bins(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Equal-mass bins of ``target_property`` over the training molecules: each molecule's bin, and
+        each bin's centre (the median of its molecules), the value a target asks for."""
+        name = self._require_target_property()
+        values = torch.as_tensor(self.molecules("train").properties[name])
+        edges = torch.quantile(values, torch.linspace(0, 1, self.num_targets + 1, dtype=values.dtype))[1:-1]
+        bins = torch.bucketize(values, edges)
+        centres = torch.stack([values[bins == k].median() for k in range(self.num_targets)])
+        return bins, centres.float()
+
+    def _require_target_property(self) -> str:
+        if self.options.target_property is None or self.num_targets == 0:
+            raise ValueError("this molecule model has no target property; fine-tune it for one with "
+                             "--set domain.target_property=alpha (property_bins must be > 0)")
+        return self.options.target_property
+
+    def target_value(self, target: torch.Tensor) -> torch.Tensor:
+        """The property value each target index asks for (its bin's centre)."""
+        return self.property_bins[1][target.long()]
+
+    def _atom_counts(self, n: int, generator: torch.Generator, cond: torch.Tensor | None) -> torch.Tensor:
+        """``M ~ p(M)``, or ``M ~ p(M | c)`` for targeted samples (EDM's conditional atom counts)."""
+        if cond is None or self.options.target_property is None:
+            return torch.multinomial(self.atom_count_histogram.to(generator.device), n, replacement=True,
+                                     generator=generator).cpu()
+        counts = self.dataset().mask.sum(1).long()
+        bins = self.property_bins[0]
+        table = torch.stack([torch.bincount(counts[bins == k], minlength=len(self.atom_count_histogram)).double()
+                             for k in range(self.num_targets)])
+        return torch.multinomial(table[cond.long().cpu()].to(generator.device), 1, generator=generator).cpu()[:, 0]
+
     def prior_batch(self, n: int, generator: torch.Generator, cond: torch.Tensor | None = None) -> Batch:
-        counts = torch.multinomial(self.atom_count_histogram.to(generator.device), n, replacement=True,
-                                   generator=generator).cpu()
+        counts = self._atom_counts(n, generator, cond)
         width = self.dataset().x.shape[1]
         mask = (torch.arange(width)[None] < counts[:, None]).float()
         return Batch(torch.zeros(n, width, 3 + self.atom_features), mask, cond)
@@ -157,11 +194,46 @@ class MoleculeDomain:
     def rewards(self) -> dict[str, NamedReward]:
         from rgdm.domains.molecules.rewards import MOLECULE_REWARDS
 
-        return {name: NamedReward(fn, description, max_value=1.0 if name in ("qed", "sa") else None)
-                for name, (fn, description) in MOLECULE_REWARDS.items()}
+        named = {name: NamedReward(fn, description, max_value=1.0 if name in ("qed", "sa") else None)
+                 for name, (fn, description) in MOLECULE_REWARDS.items()}
+        if self.options.target_property is not None:
+            named["property"] = NamedReward(
+                self._property_reward, f"-|{self.options.target_property} - target| by the predictor trained on "
+                "train_a (the one on train_b measures)", max_value=0.0)
+        return named
+
+    def predictor(self, half: Literal["a", "b"]) -> Any:
+        """The shipped predictor of ``target_property`` trained on ``train_a`` (rewards) or ``train_b`` (measures)."""
+        from rgdm.domains.molecules.properties import PropertyPredictor
+
+        name = f"qm9-{self._require_target_property()}-{half}"
+        if name not in self._predictors:
+            self._predictors[name] = PropertyPredictor.load(name)
+        return self._predictors[name]
+
+    def _property_error(self, molecules: Sequence[Molecule], targets: Sequence[int] | None, half: Literal["a", "b"]
+                        ) -> np.ndarray:
+        """``|predicted property - target value|`` per molecule; NaN where a molecule has no atoms."""
+        from rgdm.domains.molecules.properties import encode_molecules
+
+        if targets is None:
+            raise ValueError("the property reward needs targets: fine-tune with --targets, sample with --target")
+        batch, usable = encode_molecules(self, molecules)
+        predicted = self.predictor(half).predict(batch)
+        error = (predicted - self.target_value(torch.as_tensor(list(targets)))).abs().numpy()
+        return np.where(usable, error, np.nan)
+
+    def _property_reward(self, samples: Sequence[Molecule], targets: Sequence[int] | None = None) -> np.ndarray:
+        return -self._property_error(samples, targets, "a")
 
     def parse_target(self, text: str) -> int:
-        raise ValueError("the molecules domain has no class targets; sample without --target")
+        """A property value (``--target 75``): the bin whose centre is nearest."""
+        name = self._require_target_property()
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"a molecule target is a value of {name}, e.g. --target 75.0; got {text!r}") from None
+        return int((self.property_bins[1] - value).abs().argmin())
 
     @cached_property
     def training_smiles(self) -> set[str]:
@@ -188,7 +260,25 @@ class MoleculeDomain:
             finite = values[np.isfinite(values)]
             metrics["mean_reward"] = float(finite.mean()) if len(finite) else float("nan")
             metrics["reward_valid"] = len(finite) / max(len(values), 1)
+        if samples.cond is not None and self.options.target_property is not None:
+            metrics |= self._property_metrics(molecules, samples.cond)
         return metrics
+
+    def _property_metrics(self, molecules: Sequence[Molecule], cond: torch.Tensor) -> dict[str, Any]:
+        """The MAE of targeted samples by the *measuring* predictor (train_b), beside EDM's baselines on
+        the same targets: "#Atoms" predicts the property from the atom count alone (the mean over
+        training molecules of that size); "naive" ignores the molecule (the training mean)."""
+        name = self._require_target_property()
+        measured = self._property_error(molecules, cond.tolist(), "b")
+        targets = self.target_value(cond).numpy()
+        counts = np.array([len(m.atomic_numbers) for m in molecules])
+        train = self.molecules("train")
+        values, sizes = train.properties[name], train.num_atoms
+        by_size = {int(m): values[sizes == m].mean() for m in np.unique(sizes)}
+        atoms_guess = np.array([by_size.get(int(m), values.mean()) for m in counts])
+        return {"property": name, "property_mae": float(np.nanmean(measured)),
+                "atoms_baseline_mae": float(np.abs(atoms_guess - targets).mean()),
+                "naive_baseline_mae": float(np.abs(values.mean() - targets).mean())}
 
     def read_samples(self, folder: Path) -> Batch:
         """Molecules from a folder's ``samples.xyz`` (or ``samples.sdf``), so files made elsewhere can be
