@@ -75,3 +75,15 @@ def test_finetuning_on_two_processes_matches_one(pretrained, tmp_path, algorithm
              "--set", "algorithm.buffer_size=50", "--set", "algorithm.rounds=2"],
             processes)
     assert_same_training(runs[1], runs[2])
+
+
+def test_a_reward_budget_stops_two_processes_where_it_stops_one(pretrained, tmp_path):
+    runs = {}
+    for processes in (1, 2):
+        runs[processes] = tmp_path / f"budget-{processes}"
+        run(["finetune", "--checkpoint", str(pretrained[1]), "--reward", "region", "--algorithm", "rgdm-stepwise",
+             "--steps", "12", "--out", str(runs[processes]), "--set", "train.batch_size=32",
+             "--set", "train.log_every=1", "--set", "reward.budget=1300"], processes)
+    assert_same_training(runs[1], runs[2])
+    assert json.loads((runs[2] / "reward_counter.json").read_text())["reward_calls"] == 5 * 8 * 32
+    assert len(losses(runs[2])) == 5, "the sixth step would pass the budget of 1300 calls"

@@ -11,6 +11,7 @@ import torch
 from rgdm.algorithms.rgdm import WHOLE, weighted_denoising_loss
 from rgdm.batch import Batch, Shard
 from rgdm.diffusion.sampling import EpsModel
+from rgdm.rewards.base import RewardCounter
 from rgdm.rewards.scorer import Scorer
 
 PriorFn = Callable[[int, torch.Generator, torch.Tensor | None], Batch]
@@ -29,6 +30,15 @@ class TrainingContext:
     prior: PriorFn
     targets: list[int] | None = None
     shard: Shard = WHOLE
+    #: Under data parallelism, the reward budget over all processes: charged with each global batch
+    #: before its rows are split, identically on every process, so all stop at the same step.
+    ledger: RewardCounter | None = None
+
+    def charge(self, calls: int) -> None:
+        """Count ``calls`` global reward calls against the budget (a no-op in a single process, where
+        the scorer's own counter holds the budget)."""
+        if self.ledger is not None:
+            self.ledger.charge(calls)
 
     def score(self, algorithm: str, x: torch.Tensor, mask: torch.Tensor | None = None,
               cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -38,6 +48,7 @@ class TrainingContext:
         sample is scored twice and every process ends with the same values.
         """
         scorer = self.require_scorer(algorithm)
+        self.charge(len(x))
         if self.shard.world == 1:
             return scorer(x, mask, cond).values.cpu()
         own = scorer(self.shard(x), self.shard(mask), self.shard(cond)).values.cpu()

@@ -142,6 +142,7 @@ class StepwiseExploration(Algorithm):
         cond = ctx.draw_targets(ctx.batch_size, generator)
         if cond is not None:
             batch = Batch(batch.x, batch.mask, cond.to(batch.x.device))
+        ctx.charge(self.candidates * ctx.batch_size)
         loss, stats = stepwise_loss(ctx.model, value_model, scorer, batch, generator,
                                     candidates=self.candidates, radius=self.radius,
                                     temperature=self.temperature, center=self.center, shard=ctx.shard)

@@ -64,8 +64,6 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.shard, self.device = join_process_group(config.train.device)
         self.main = self.shard.rank == 0
-        if self.shard.world > 1 and config.reward.budget is not None:
-            raise ValueError("reward.budget is not supported with several processes yet; drop it or run one")
         parent: LoadedModel | None = None
         if config.init is not None and not (self.run_dir / "config.yaml").exists():
             parent = load_trained(config.init, self.device)
@@ -89,7 +87,9 @@ class Trainer:
         if config.init is not None:
             reference_net = copy.deepcopy(self.net).eval().requires_grad_(False)
             reference = EpsModel(reference_net, self.diffusion)
-        self.counter = RewardCounter(limit=config.reward.budget)
+        distributed = self.shard.world > 1
+        self.counter = RewardCounter(limit=None if distributed else config.reward.budget)
+        ledger = RewardCounter(limit=config.reward.budget) if distributed else None
         self.algorithm = make_algorithm(config.algorithm, config.train.steps, self.domain)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.train.lr, weight_decay=0.0)
         self.scheduler = None
@@ -108,6 +108,7 @@ class Trainer:
             prior=self.domain.prior_batch,
             targets=config.algorithm.targets,
             shard=self.shard,
+            ledger=ledger,
         )
         self.step = 0
         self._stop_signal: int | None = None
@@ -165,6 +166,8 @@ class Trainer:
         self.counter.calls, self.counter.invalid = counter["calls"], counter["invalid"]
         self.counter.failures.clear()
         self.counter.failures.update(counter["failures"])
+        if self.context.ledger is not None:
+            self.context.ledger.calls = sum(c["calls"] for c in counters)
         self.step = int(meta["step"])
 
     def save_checkpoint(self) -> None:
