@@ -203,3 +203,19 @@ def test_untrained_network_samples_finite_clouds(domain: ShapeDomain, tmp_path):
     clouds = domain.decode(x, None)
     assert clouds.shape == (3, NUM_POINTS, 3) and np.isfinite(clouds).all()
     assert write_ply_files(clouds, tmp_path)[0].is_file()
+
+
+def test_shape_demo_writes_a_grid_ply_files_and_a_table_per_class(tmp_path):
+    from rgdm.benchmarks.demo import run_shape_demo
+    from rgdm.engine import Trainer, load_config
+
+    config = load_config(None, ["domain.name=shapes", "domain.categories=[chair, table]", "domain.per_class=4",
+                                "domain.num_points=128", "network.width=16", "network.depth=1",
+                                "diffusion.timesteps=10", "train.steps=2", "train.batch_size=4"])
+    run_dir = Trainer(config, tmp_path / "run").fit(progress=False)
+    report = run_shape_demo(tmp_path / "demo", progress=False, checkpoint=str(run_dir), per_class=2, sample_steps=3)
+    for category in ("chair", "table"):
+        assert (tmp_path / "demo" / f"{category}.png").is_file()
+        assert len(list((tmp_path / "demo" / category / "ply").glob("*.ply"))) == 2
+        assert 0 <= report[category]["success_rate"] <= 1
+    assert (tmp_path / "demo" / "table.md").read_text().count("\n") == 4
