@@ -121,7 +121,8 @@ def run_molecule_demo(out: Path, progress: bool = True, pretrained: str = "qm9-p
     keys = ("mean_reward", "atom_stability", "molecule_stability", "validity", "uniqueness", "novelty")
     lines = ["| model | mean QED | atom stab. | mol. stab. | validity | uniqueness | novelty |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {name} | " + " | ".join(f"{report[name][k]:.3f}" for k in keys) + " |"
+    lines += [f"| {name} | " + " | ".join("n/a" if report[name][k] is None else f"{report[name][k]:.3f}"
+                                         for k in keys) + " |"
               for name in ("pretrained", "rgdm")]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "metrics.json").write_text(json.dumps(report, indent=2))

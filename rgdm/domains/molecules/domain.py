@@ -258,7 +258,7 @@ class MoleculeDomain:
                 raise ValueError(f"unknown molecule reward {reward!r}; choose one of {', '.join(sorted(named))}")
             values = np.asarray(named[reward].fn(molecules), dtype=float)
             finite = values[np.isfinite(values)]
-            metrics["mean_reward"] = float(finite.mean()) if len(finite) else float("nan")
+            metrics["mean_reward"] = float(finite.mean()) if len(finite) else None
             metrics["reward_valid"] = len(finite) / max(len(values), 1)
         if samples.cond is not None and self.options.target_property is not None:
             metrics |= self._property_metrics(molecules, samples.cond)
