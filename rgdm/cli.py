@@ -169,6 +169,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    if args.suite == "perf":
+        cmd_bench_perf(args)
+        return
     from rgdm.benchmarks.toy import markdown_table, plot_curves, run_toy_benchmark
 
     methods = args.methods.split(",") if args.methods else None
@@ -180,6 +183,19 @@ def cmd_bench(args: argparse.Namespace) -> None:
     picture = plot_curves(result, path.with_suffix(".png"))
     print(markdown_table(result) + "\n\n" + markdown_table(result["rare_mode"]))
     print(f"results in {path}, reward-against-calls plot in {picture}")
+
+
+def cmd_bench_perf(args: argparse.Namespace) -> None:
+    from rgdm.benchmarks.perf import markdown_table, run_perf_benchmark
+
+    domains = args.domains.split(",") if args.domains else None
+    result = run_perf_benchmark(quick=args.quick, domains=domains, device=args.device, bf16=args.bf16,
+                                compile_network=args.compile)
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(markdown_table(result))
+    print(f"results in {path}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -277,12 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     bench = commands.add_parser("bench", help="benchmarks with JSON output")
-    bench.add_argument("suite", choices=["toy"])
+    bench.add_argument("suite", choices=["toy", "perf"], help="toy: every method on the toy tasks; perf: speed "
+                       "and memory of sampling, training steps and rewards")
     bench.add_argument("--json", required=True)
-    bench.add_argument("--quick", action="store_true", help="smaller budgets, one seed, every method (< 10 min)")
+    bench.add_argument("--quick", action="store_true",
+                       help="smaller budgets (toy: one seed, every method, < 10 min; perf: a few minutes)")
     bench.add_argument("--seeds", type=int, help="seeds per method (default 3, or 1 with --quick)")
     bench.add_argument("--methods", help="comma-separated subset, e.g. pretrained,rgdm-data")
     bench.add_argument("--jobs", type=int, default=1, help="2: run the two tasks side by side, one thread each")
+    bench.add_argument("--domains", help="perf: comma-separated subset of toy,molecules,shapes")
+    bench.add_argument("--device", default="cpu", help="perf: cpu or cuda[:N]")
+    bench.add_argument("--bf16", action="store_true", help="perf: bf16 autocast of the networks (CUDA only)")
+    bench.add_argument("--compile", action="store_true", help="perf: torch.compile the networks (CUDA only)")
     bench.set_defaults(func=cmd_bench)
 
     predictor = commands.add_parser("train-predictor", help="an EGNN property predictor on one half of QM9")

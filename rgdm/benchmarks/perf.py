@@ -5,7 +5,8 @@ random weights, since timings do not depend on the weights. Every timing is the 
 runs after ``warmup`` untimed ones; on CUDA the clock waits for the device. Measured per domain:
 
 * sampling with ``rgdm.engine.generate`` (the path of ``rgdm sample``) at an ancestral (eta 1) and a
-  DDIM (eta 0) step count, beside the bare network called as often with the same shapes;
+  DDIM (eta 0) step count, beside the bare network called on the states it visits (same steps, shapes
+  and values);
 * peak memory of sampling at several batch sizes and a least-squares line through it: on CPU the peak
   RSS increase of a fresh process per batch size, on CUDA ``torch.cuda.max_memory_allocated``;
 * reward-guided sampling (``CandidateSelection``, K = 8, the domain's black-box reward) against unguided
@@ -61,12 +62,14 @@ GUIDANCE_TEMPERATURE = 0.1
 STEPWISE_TEMPERATURE = 0.1
 #: Sampling steps of a warm-up run: enough to run every kernel at the measured shapes.
 WARMUP_STEPS = 3
+#: ``mallopt``'s parameter number of glibc's mmap threshold.
+M_MMAP_THRESHOLD = -3
 #: A memory curve is called linear when a line explains this share of its variance (three points or more).
 LINEAR_R2 = 0.98
 TARGETS = {"sampling_overhead": 1.2, "guided_k8_vs_unguided": 2.5, "stepwise_k8_vs_plain_step": 3.0}
 DEFINITIONS = {
-    "sampling_overhead": "generate() wall time over the bare network forwards of the same steps and shapes "
-                         "(ancestral sampling)",
+    "sampling_overhead": "generate() wall time over the bare network forwards on the states it visits "
+                         "(ancestral sampling, same steps and shapes)",
     "guided_k8_vs_unguided": "CandidateSelection with K = 8 and the domain's black-box reward over unguided "
                              "sampling, same steps (DDIM steps, eta 1)",
     "stepwise_k8_vs_plain_step": "an RGDM step-wise training step with K = 8 over a plain denoising step, "
@@ -123,7 +126,7 @@ FULL = PerfBudget(repeats=3, warmup=1, memory_steps=5, reward_samples=512, domai
 })
 QUICK = PerfBudget(repeats=1, warmup=1, memory_steps=3, reward_samples=128, domains={
     "toy": DomainBudget(256, (1000, 100), (256, 1024, 4096), 128, 10),
-    "molecules": DomainBudget(4, (1000, 100), (2, 4, 8), 8, 5),
+    "molecules": DomainBudget(4, (1000, 100), (4, 16, 64), 8, 5),
     "shapes": DomainBudget(1, (100, 20), (1, 2, 3), 2, 4),
 })
 
@@ -190,7 +193,7 @@ class Acceleration:
         if not self.active:
             return net
         if self.bf16:
-            net = AutocastNetwork(net, "cuda")
+            net = AutocastNetwork(net, torch.device(self.device).type)
         return torch.compile(net) if self.compile_network else net
 
     def describe(self) -> dict[str, Any]:
@@ -217,6 +220,10 @@ def build_model(spec: DomainSpec, device: str = "cpu") -> tuple[LoadedModel, dic
     description = {"weights": weights, "parameters": sum(p.numel() for p in model.net.parameters()),
                    "network": model.meta["network"], "diffusion": model.meta["diffusion"],
                    "domain": model.domain.config(), "reward": spec.reward}
+    if not weights.startswith("shipped"):
+        description["note"] = ("random weights: sampled states grow far beyond the data's scale, and on CPU extreme "
+                               "values slow some kernels down, so sampling and DDPO times may differ from a trained "
+                               "model's; rewards see invalid samples, which can be cheaper or dearer to score")
     return model, description
 
 
@@ -322,25 +329,41 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def _settle_rss() -> bool:
-    """Return freed heap memory to the OS (glibc's ``malloc_trim``), then reset the peak RSS to the current
-    RSS (Linux 4.0+), so that neither set-up's peak nor reuse of memory it freed hides what follows.
-    ``False`` where either is impossible."""
+def _glibc() -> Any | None:
+    """The C library if it is glibc (it has ``mallopt`` and ``malloc_trim``), else ``None``."""
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def _reset_peak_rss(libc: Any) -> bool:
+    """Return freed heap memory to the OS, then reset the peak RSS to the current RSS (Linux 4.0+)."""
+    libc.malloc_trim(0)
+    try:
         Path("/proc/self/clear_refs").write_text("5")
-    except (OSError, AttributeError):
+    except OSError:
         return False
     return True
 
 
 def _peak_rss_of_sampling(spec: DomainSpec, size: int, steps: int, threads: int, seed: int) -> tuple[float, bool]:
-    """Run in a fresh process: the peak RSS increase (MB) of sampling over the RSS after set-up (a one-step
-    run of the same batch included), and whether the RSS could be settled after set-up (``_settle_rss``)."""
+    """Run in a fresh process: the peak RSS increase (MB) of sampling, and whether the RSS could be settled.
+
+    Set-up (imports, the model, a one-step run of the same batch for lazy loads and one-off kernel set-up)
+    comes before the baseline. Under glibc every allocation above 128 KiB gets its own mapping, returned to
+    the OS when freed (``mallopt(M_MMAP_THRESHOLD)``, which also stops glibc from raising that threshold as
+    it goes), and after set-up the freed heap is trimmed and the peak reset: RSS then follows the live
+    tensors rather than the allocator's cache, and the same run measures the same.
+    """
     torch.set_num_threads(threads)
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
     model, _ = build_model(spec)
-    sampling_call(model, size, 1, 1.0, "cpu", seed)()  # lazy loads and one-off kernel set-up come before the baseline
-    settled = _settle_rss()
+    sampling_call(model, size, 1, 1.0, "cpu", seed)()
+    settled = libc is not None and _reset_peak_rss(libc)
     baseline = _peak_rss_mb()
     sampling_call(model, size, steps, 1.0, "cpu", seed)()
     return _peak_rss_mb() - baseline, settled
@@ -390,12 +413,11 @@ def measure_memory(spec: DomainSpec, model: LoadedModel, batches: Sequence[int],
                 peak, ok = pool.submit(_peak_rss_of_sampling, spec, size, steps, torch.get_num_threads(), seed).result()
             peaks.append(peak)
             settled.append(ok)
-        method = ("peak RSS (VmHWM) of a fresh spawned process per point minus its RSS after imports and set-up, "
-                  "with freed heap memory returned to the OS (malloc_trim) and the peak reset (/proc/self/clear_refs) "
-                  "first" if all(settled) else
-                  "peak RSS increase (ru_maxrss) of a fresh spawned process per point over its peak after imports "
-                  "and set-up (no malloc_trim or peak reset here: set-up's peak and the memory it freed may hide "
-                  "smaller increases)")
+        method = ("peak RSS (VmHWM) of a fresh spawned process per point minus its RSS after set-up, with "
+                  "glibc's allocations over 128 KiB mapped on their own and freed memory trimmed, so that RSS "
+                  "follows live tensors" if all(settled) else
+                  "peak RSS increase (ru_maxrss) of a fresh spawned process per point over its peak after set-up "
+                  "(no glibc or no peak reset here: the allocator's cache may hide smaller increases)")
     return {"method": method, "sampler": "ancestral", "steps": steps,
             "points": [{"batch_size": size, "peak_mb": peak} for size, peak in zip(batches, peaks, strict=True)],
             "fit": linear_fit(batches, peaks)}
@@ -417,6 +439,7 @@ class ZeroReward:
 
 
 def zero_cost_scorer() -> Scorer:
+    """A ``ZeroReward`` behind a ``Scorer`` that passes tensors through undecoded."""
     counter = RewardCounter()
     return Scorer(ZeroReward(counter), lambda x, mask: x, counter)
 
@@ -431,19 +454,20 @@ def training_algorithms(batch_size: int, ddpo_steps: int) -> dict[str, Algorithm
     }
 
 
-def measure_training_step(model: LoadedModel, algorithm: Algorithm, scorer: Scorer, batch_size: int, repeats: int,
-                          warmup: int, device: str, acceleration: Acceleration, seed: int = 0) -> dict[str, Any]:
+def measure_training_step(model: LoadedModel, data: Batch, algorithm: Algorithm, scorer: Scorer, batch_size: int,
+                          repeats: int, warmup: int, device: str, acceleration: Acceleration, seed: int = 0
+                          ) -> dict[str, Any]:
     """Seconds per training step: loss, backward, gradient clipping and an AdamW step, as the trainer does.
 
-    The trained network and the frozen reference are copies, so ``model`` is left as it was. A repeat is
-    one step, or for DDPO one refresh (sampling, scoring, old log-probabilities) and all its updates,
-    divided by the updates.
+    The trained network and the frozen reference are (accelerated) copies of ``model``'s, which is left as
+    it was. A repeat is one step, or for DDPO one refresh (sampling, scoring, old log-probabilities) and
+    all its updates, divided by the updates.
     """
     net = acceleration.apply(copy.deepcopy(model.net).train())
     reference = EpsModel(acceleration.apply(copy.deepcopy(model.net).eval().requires_grad_(False)), model.diffusion)
     domain = model.domain
     context = TrainingContext(model=EpsModel(net, model.diffusion), ema=reference, reference=reference,
-                              data=domain.dataset().to(device), scorer=scorer, batch_size=batch_size,
+                              data=data, scorer=scorer, batch_size=batch_size,
                               prior=lambda n, generator, cond: domain.prior_batch(n, generator, cond).to(device))
     parameters = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=1e-4, weight_decay=0.0)
@@ -490,14 +514,15 @@ def measure_training(model: LoadedModel, spec: DomainSpec, sizes: DomainBudget, 
         "batch_size": sizes.train_batch, "candidates": CANDIDATES, "ddpo_sample_steps": sizes.ddpo_steps,
         "reward": spec.reward, "rewards_excluded_by": "ZeroReward: zeros without decoding, behind the usual Scorer",
     }
+    data = model.domain.dataset().to(device)
     scorers = {"rewards_excluded": zero_cost_scorer(),
                "rewards_included": make_scorer(RewardConfig(name=spec.reward), model.domain, RewardCounter())}
     for mode, scorer in scorers.items():
         result[mode] = {}
         for name, algorithm in training_algorithms(sizes.train_batch, sizes.ddpo_steps).items():
             log.info("%s: training step %s, %s", spec.name, name, mode.replace("_", " "))
-            result[mode][name] = measure_training_step(model, algorithm, scorer, sizes.train_batch, budget.repeats,
-                                                       budget.warmup, device, acceleration)
+            result[mode][name] = measure_training_step(model, data, algorithm, scorer, sizes.train_batch,
+                                                       budget.repeats, budget.warmup, device, acceleration)
     excluded = result["rewards_excluded"]
     result["stepwise_k8_vs_plain_step"] = excluded["stepwise_k8"]["median_s"] / excluded["plain"]["median_s"]
     return result
@@ -536,27 +561,32 @@ def molecule_reward_throughput(model: LoadedModel, samples: int, repeats: int, w
         log.info("molecules: qed reward throughput with %d workers", workers)
         runs.append(measure_reward_throughput(fn, molecules, workers, repeats, warmup, name="qed"))
     return {"reward": "qed", "samples": f"the first {len(molecules)} QM9 training molecules", "runs": runs,
-            f"speedup_{many}_workers_vs_1": runs[2]["calls_per_s"] / runs[1]["calls_per_s"]}
+            "many_workers": many, "speedup_many_vs_one_worker": runs[2]["calls_per_s"] / runs[1]["calls_per_s"]}
 
 
 def benchmark_domain(spec: DomainSpec, model: LoadedModel, sizes: DomainBudget, budget: PerfBudget, device: str,
                      acceleration: Acceleration) -> dict[str, Any]:
-    """Sampling, memory, guided sampling and training steps of one domain."""
+    """Sampling, memory, guided sampling and training steps of one domain.
+
+    Sampling runs ``model``'s network accelerated as asked; training accelerates copies of the plain one.
+    """
+    accelerated = LoadedModel(model.domain, model.diffusion, acceleration.apply(model.net), model.meta)
     ancestral, ddim = sizes.steps
     sampling = []
     for sampler, steps, eta in (("ancestral", ancestral, 1.0), ("ddim", ddim, 0.0)):
         log.info("%s: %s sampling, %d steps, batch %d", spec.name, sampler, steps, sizes.batch_size)
-        sampling.append(measure_sampling(model, sampler, sizes.batch_size, steps, eta, budget.repeats,
+        sampling.append(measure_sampling(accelerated, sampler, sizes.batch_size, steps, eta, budget.repeats,
                                          budget.warmup, device))
     log.info("%s: peak memory of sampling", spec.name)
     batches = sorted({sizes.batch_size, *sizes.memory_batches})
-    memory = measure_memory(spec, model, batches, budget.memory_steps, device)
+    memory = measure_memory(spec, accelerated, batches, budget.memory_steps, device)
     peaks = {point["batch_size"]: point["peak_mb"] for point in memory["points"]}
     for entry in sampling:
         entry["peak_memory_mb"] = peaks[entry["batch_size"]]
     log.info("%s: guided sampling with %d candidates", spec.name, CANDIDATES)
     scorer = make_scorer(RewardConfig(name=spec.reward), model.domain, RewardCounter())
-    guided = measure_guided_sampling(model, scorer, sizes.batch_size, ddim, budget.repeats, budget.warmup, device)
+    guided = measure_guided_sampling(accelerated, scorer, sizes.batch_size, ddim, budget.repeats, budget.warmup,
+                                     device)
     return {"sampling": sampling, "memory": memory, "guided_sampling": guided | {"reward": spec.reward},
             "training": measure_training(model, spec, sizes, budget, device, acceleration)}
 
@@ -571,10 +601,12 @@ def ratios(domains: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return result["training"]["stepwise_k8_vs_plain_step"]
 
     measured = {domain: result for domain, result in domains.items() if "skipped" not in result}
-    return {name: {"target": target, "definition": DEFINITIONS[name],
-                   "domains": {domain: {"value": value(name, result), "met": bool(value(name, result) <= target)}
-                               for domain, result in measured.items()}}
-            for name, target in TARGETS.items()}
+    table = {}
+    for name, target in TARGETS.items():
+        values = {domain: value(name, result) for domain, result in measured.items()}
+        table[name] = {"target": target, "definition": DEFINITIONS[name],
+                       "domains": {domain: {"value": v, "met": v <= target} for domain, v in values.items()}}
+    return table
 
 
 def run_perf_benchmark(quick: bool = False, domains: Sequence[str] | None = None, *, device: str = "cpu",
@@ -592,6 +624,8 @@ def run_perf_benchmark(quick: bool = False, domains: Sequence[str] | None = None
     unknown = sorted(set(chosen) - set(DOMAINS))
     if unknown:
         raise ValueError(f"unknown perf domains {', '.join(unknown)}; choose from {', '.join(DOMAINS)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} needs a GPU and a CUDA build of torch; this one has none")
     budget = QUICK if quick else FULL
     changes = {"steps": steps, "batch_size": batch_size, "train_batch": train_batch,
                "memory_batches": None if memory_batches is None else tuple(memory_batches)}
@@ -608,11 +642,11 @@ def run_perf_benchmark(quick: bool = False, domains: Sequence[str] | None = None
         spec = DOMAINS[name]
         try:
             model, description = build_model(spec, device)
+            model.domain.prior_batch(1, seeded_generator(0))  # loads the domain's data now: missing data skips it
         except (ImportError, ConfigError, QM9DataError) as error:
             log.warning("perf: skipping %s: %s", name, error)
             result["domains"][name] = {"skipped": f"{type(error).__name__}: {error}"}
             continue
-        model = LoadedModel(model.domain, model.diffusion, acceleration.apply(model.net), model.meta)
         models[name] = model
         result["domains"][name] = {"model": description} | benchmark_domain(
             spec, model, budget.domains[name], budget, device, acceleration)
