@@ -66,6 +66,8 @@ class GaussianDiffusion:
         self.schedule = schedule
         self.project = project
         self.dof_offset = dof_offset
+        self._sqrt_alpha_bar = schedule.alpha_bar.sqrt()
+        self._sqrt_one_minus_alpha_bar = (1 - schedule.alpha_bar).sqrt()
 
     @property
     def timesteps(self) -> int:
@@ -91,10 +93,10 @@ class GaussianDiffusion:
         return self.project(x, mask)
 
     def sqrt_alpha_bar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return self.schedule.at(self.schedule.alpha_bar.sqrt(), t, like)
+        return self.schedule.at(self._sqrt_alpha_bar, t, like)
 
     def sqrt_one_minus_alpha_bar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return self.schedule.at((1 - self.schedule.alpha_bar).sqrt(), t, like)
+        return self.schedule.at(self._sqrt_one_minus_alpha_bar, t, like)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Draw from ``q(x_t | x_0)`` given standard noise."""
