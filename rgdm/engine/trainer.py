@@ -23,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from rgdm.algorithms import TrainingContext
+from rgdm.batch import Batch
 from rgdm.diffusion import EpsModel
 from rgdm.domains import build_domain
 from rgdm.engine.builder import LoadedModel, load_trained, make_algorithm, make_diffusion, make_scorer
@@ -105,13 +106,17 @@ class Trainer:
             data=data,
             scorer=make_scorer(config.reward, self.domain, self.counter),
             batch_size=config.train.batch_size,
-            prior=self.domain.prior_batch,
+            prior=self._prior_on_device,
             targets=config.algorithm.targets,
             shard=self.shard,
             ledger=ledger,
         )
         self.step = 0
         self._stop_signal: int | None = None
+
+    def _prior_on_device(self, n: int, generator: torch.Generator, cond: torch.Tensor | None) -> Batch:
+        """The domain's prior batch (atom counts, targets) on the training device."""
+        return self.domain.prior_batch(n, generator, cond).to(self.device)
 
     @staticmethod
     def _fine_tuning_domain(parent: dict[str, Any], config: RunConfig) -> dict[str, Any]:
