@@ -84,7 +84,7 @@ def test_resume_continues_an_interrupted_finetune(finetuned, tmp_path):
     (["finetune", "--checkpoint", "toy-ring-pretrained", "--reward", "region", "--set", "train.step=5",
       "--out", "X"], "did you mean 'steps'"),
     (["sample", "--checkpoint", "toy-ring-pretrained", "--target", "12", "--out", "X"], "out of range"),
-    (["evaluate", "nowhere"], "no samples.npz"),
+    (["evaluate", "nowhere"], "nowhere is not a folder"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_code_2(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
