@@ -101,6 +101,21 @@ def test_data_payoff_resamples_in_proportion_to_exp_reward():
     assert share_right == pytest.approx(math.exp(2) / (1 + math.exp(2)), abs=0.015)
 
 
+def test_data_payoff_with_more_targets_than_a_small_batch_draws():
+    """A batch of 1 over 3 targets leaves two targets undrawn at every step."""
+    x = torch.randn(40, 2, generator=torch.Generator().manual_seed(0))
+    model = make_model()
+    context = TrainingContext(model=model, ema=model, reference=None, data=Batch(x),
+                              scorer=make_scorer(right_half), batch_size=1, prior=None, targets=[0, 1, 2])
+    algorithm = DataPayoff(temperature=0.5)
+    generator = torch.Generator().manual_seed(0)
+    algorithm.setup(context, generator)
+    assert algorithm.weights.shape == (3, 40)
+    for step in range(10):
+        loss, _ = algorithm.loss(context, step, generator)
+        assert torch.isfinite(loss)
+
+
 def test_model_payoff_tempers_to_exactly_one_over_tau_across_rounds():
     model = make_model(timesteps=10)
     counter = RewardCounter()

@@ -45,6 +45,8 @@ class DataPayoff(Algorithm):
         if cond is not None:
             for row, target in enumerate(ctx.targets):
                 chosen = cond == target
+                if not chosen.any():  # a small batch need not draw every target
+                    continue
                 index[chosen] = torch.multinomial(self.weights[row], int(chosen.sum()), replacement=True,
                                                   generator=generator)
         picked = ctx.data.select(self.rows[index].to(ctx.data.x.device))
