@@ -108,3 +108,15 @@ def test_demo_writes_its_report_and_reaches_the_payoff(tmp_path):
     assert (out / "run" / "final.safetensors").is_file()
     with np.load(out / "samples.npz") as data:
         assert data["samples"].shape == (2000, 2)
+
+
+@pytest.mark.parametrize(("checkpoint", "name", "content", "message"), [
+    ("qm9-pretrained", "samples.xyz", "3\nwater\nO 0 0 0\nH 0 0\n", "line 4"),
+    ("qm9-pretrained", "samples.xyz", "1\nxenon\nXe 0 0 0\n", "Xe"),
+    ("shapes-pretrained", "a.ply", "ply\nformat ascii 1.0\nelement vertex 2\nend_header\n", "lacks properties"),
+])
+def test_evaluate_names_the_fault_in_a_users_sample_file(tmp_path, capsys, checkpoint, name, content, message):
+    (tmp_path / name).write_text(content)
+    assert main(["-q", "evaluate", str(tmp_path), "--checkpoint", checkpoint]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("rgdm: error:") and message in error and str(tmp_path) in error

@@ -209,3 +209,34 @@ def test_draw_grid_without_valid_molecules_still_writes_a_png(tmp_path, disconne
     path = draw_grid([disconnected], tmp_path / "empty.png")
     with Image.open(path) as image:
         assert image.format == "PNG"
+
+
+def _damaged_sdf(seed: int, cut: int, junk: str) -> str:
+    """A valid SDF record of a small molecule with a slice replaced by junk text."""
+    from io import StringIO
+
+    from rdkit import Chem
+
+    buffer = StringIO()
+    writer = Chem.SDWriter(buffer)
+    writer.write(Chem.AddHs(Chem.MolFromSmiles(["CCO", "c1ccccc1", "C#N"][seed % 3])))
+    writer.close()
+    text = buffer.getvalue()
+    return text[:cut] + junk + text[cut + len(junk):]
+
+
+@settings(max_examples=100, deadline=None)
+@given(content=st.one_of(st.text(), st.binary(),
+                         st.builds(_damaged_sdf, st.integers(0, 2), st.integers(0, 400), st.text(max_size=12))))
+def test_read_sdf_returns_molecules_or_raises_molecule_file_error(tmp_path_factory, content):
+    path = tmp_path_factory.mktemp("fuzz") / "any.sdf"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    try:
+        mols = read_sdf(path)
+    except MoleculeFileError as error:
+        assert str(path) in str(error) or "record" in str(error)
+    else:
+        assert all(isinstance(mol, Molecule) and np.isfinite(mol.positions).all() for mol in mols)
