@@ -7,6 +7,7 @@ a domain; the engine hands them a ``Batch`` of data, an ``EpsModel`` and a ``Sco
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,12 @@ from torch import nn
 from rgdm.batch import Batch
 from rgdm.diffusion.process import Projection
 from rgdm.rewards.base import RewardFn, TensorRewardFn
+
+
+def cache_folder() -> Path:
+    """Where domains keep what they build once (converted data, trained reward models): ``$RGDM_CACHE``
+    or ``~/.cache/rgdm``."""
+    return Path(os.environ.get("RGDM_CACHE", Path.home() / ".cache" / "rgdm"))
 
 
 @dataclass(frozen=True)

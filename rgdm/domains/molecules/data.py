@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rgdm.domains.base import cache_folder
+
 #: Elements of QM9 in the one-hot order of EDM.
 ELEMENTS = ("H", "C", "N", "O", "F")
 ATOMIC_NUMBERS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
@@ -95,10 +97,6 @@ def qm9pack_folder() -> Path:
         raise QM9DataError(f"qm9pack at {folder} lacks {', '.join(missing)}; reinstall it: "
                            "pip install --force-reinstall qm9pack==1.0.3")
     return folder
-
-
-def cache_folder() -> Path:
-    return Path(os.environ.get("RGDM_CACHE", Path.home() / ".cache" / "rgdm"))
 
 
 #: The CSVs write some numbers Mathematica-style with a trailing dot (``1.``), which JSON rejects.

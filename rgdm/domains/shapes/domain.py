@@ -33,8 +33,7 @@ from torch import nn
 
 from rgdm.batch import Batch
 from rgdm.diffusion.process import identity_projection
-from rgdm.domains.base import NamedReward
-from rgdm.domains.molecules.data import cache_folder
+from rgdm.domains.base import NamedReward, cache_folder
 from rgdm.domains.shapes.classifiers import (
     DescriptorForest,
     PointNetClassifier,
