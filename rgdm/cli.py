@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -336,7 +337,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
-        leave_process_group()
+        if leave_process_group():
+            # Every file is written and the group is closed. Skip interpreter teardown, where gloo's
+            # worker threads intermittently abort the process ("terminate called without an active
+            # exception"; see pytorch/pytorch#179291), which would fail a finished run.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
     except TrainingInterrupted as stop:
         print(f"rgdm: {stop}", file=sys.stderr)
         return 130

@@ -57,8 +57,13 @@ def barrier(shard: Shard) -> None:
         dist.barrier()
 
 
-def leave_process_group() -> None:
-    """Wait for every process, then close the group: no process exits while another still talks."""
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+def leave_process_group() -> bool:
+    """Wait for every process, then close the group: no process exits while another still talks.
+
+    Returns whether there was a group to leave.
+    """
+    if not dist.is_initialized():
+        return False
+    dist.barrier()
+    dist.destroy_process_group()
+    return True
