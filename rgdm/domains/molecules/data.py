@@ -12,8 +12,10 @@ import importlib.util
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -181,3 +183,15 @@ def split_indices(size: int, seed: int = 0) -> dict[str, np.ndarray]:
         "train_a": train[:half],
         "train_b": train[half:],
     }
+
+
+def pad_molecules(molecules: Sequence[Any], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Molecules (with ``atomic_numbers`` and ``positions``) as padded arrays of ``width`` atoms
+    (0 = no atom); a molecule with more atoms than ``width`` is left empty for the caller to flag."""
+    numbers = np.zeros((len(molecules), width), np.int64)
+    positions = np.zeros((len(molecules), width, 3))
+    for row, mol in enumerate(molecules):
+        if len(mol.atomic_numbers) <= width:
+            numbers[row, : len(mol.atomic_numbers)] = mol.atomic_numbers
+            positions[row, : len(mol.atomic_numbers)] = mol.positions
+    return numbers, positions

@@ -30,6 +30,7 @@ from rgdm.domains.molecules.data import (
     QM9,
     SPLITS,
     load_qm9,
+    pad_molecules,
     split_indices,
 )
 from rgdm.domains.molecules.network import EGNNDenoiser, EGNNRegressor
@@ -170,11 +171,16 @@ class MoleculeDomain:
         if cond is None or self.options.target_property is None:
             return torch.multinomial(self.atom_count_histogram.to(generator.device), n, replacement=True,
                                      generator=generator).cpu()
+        table = self.atom_counts_per_target[cond.long().cpu()]
+        return torch.multinomial(table.to(generator.device), 1, generator=generator).cpu()[:, 0]
+
+    @cached_property
+    def atom_counts_per_target(self) -> torch.Tensor:
+        """``p(M | c)`` up to normalisation: training molecules with ``M`` atoms in each target's bin."""
         counts = self.dataset().mask.sum(1).long()
         bins = self.property_bins[0]
-        table = torch.stack([torch.bincount(counts[bins == k], minlength=len(self.atom_count_histogram)).double()
-                             for k in range(self.num_targets)])
-        return torch.multinomial(table[cond.long().cpu()].to(generator.device), 1, generator=generator).cpu()[:, 0]
+        return torch.stack([torch.bincount(counts[bins == k], minlength=len(self.atom_count_histogram)).double()
+                            for k in range(self.num_targets)])
 
     def prior_batch(self, n: int, generator: torch.Generator, cond: torch.Tensor | None = None) -> Batch:
         counts = self._atom_counts(n, generator, cond)
@@ -295,13 +301,11 @@ class MoleculeDomain:
         width = MAX_ATOMS if self.options.hydrogens else MAX_HEAVY_ATOMS
         if not molecules:
             raise MoleculeFileError(f"{path} holds no molecules")
-        numbers, positions = np.zeros((len(molecules), width), np.int64), np.zeros((len(molecules), width, 3))
         for row, mol in enumerate(molecules):
             if len(mol.atomic_numbers) > width:
                 raise MoleculeFileError(f"{path}: molecule {row} has {len(mol.atomic_numbers)} atoms; this model "
                                         f"generates at most {width} (QM9's largest)")
-            numbers[row, : len(mol.atomic_numbers)] = mol.atomic_numbers
-            positions[row, : len(mol.atomic_numbers)] = mol.positions
+        numbers, positions = pad_molecules(molecules, width)
         if not self.options.hydrogens and (numbers == 1).any():
             raise MoleculeFileError(f"{path} holds hydrogens but this model has none; remove the H atoms")
         return self.encode(numbers, positions)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from rgdm.batch import Batch
 from rgdm.domains.molecules.chemistry import Molecule
-from rgdm.domains.molecules.data import MAX_ATOMS, PROPERTIES
+from rgdm.domains.molecules.data import MAX_ATOMS, PROPERTIES, pad_molecules
 from rgdm.domains.molecules.network import EGNNRegressor
 from rgdm.engine.checkpoint import CheckpointError, load_tensors, read_json, save_tensors, write_json
 
@@ -103,12 +103,6 @@ def train_property_predictor(domain: Any, property_name: str, split: str, steps:
 
 
 def encode_molecules(domain: Any, molecules: Sequence[Molecule]) -> tuple[Batch, np.ndarray]:
-    """Decoded molecules back to an encoded batch; rows with no atoms are flagged ``False``."""
-    numbers = np.zeros((len(molecules), MAX_ATOMS), np.int64)
-    positions = np.zeros((len(molecules), MAX_ATOMS, 3))
+    """Decoded molecules back to an encoded batch; rows with no atoms (or too many) are flagged ``False``."""
     usable = np.array([0 < len(mol.atomic_numbers) <= MAX_ATOMS for mol in molecules])
-    for row, mol in enumerate(molecules):
-        if usable[row]:
-            numbers[row, : len(mol.atomic_numbers)] = mol.atomic_numbers
-            positions[row, : len(mol.atomic_numbers)] = mol.positions
-    return domain.encode(numbers, positions), usable
+    return domain.encode(*pad_molecules(molecules, MAX_ATOMS)), usable
