@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
             "temperature": args.temperature, "candidates": args.candidates, "cfg_scale": args.cfg_scale,
             "network_evaluations": model.eps_model.evaluations, **counter.as_dict()}
     files = write_samples(model, samples, Path(args.out), meta)
-    print(f"wrote {args.n} samples: " + ", ".join(str(f) for f in files))
+    print(f"wrote {args.n} samples: " + describe_files(files, Path(args.out)))
+
+
+def describe_files(files: list[Path], out: Path) -> str:
+    """The files in ``out`` by path, and each subfolder (one PLY per shape, say) by its file count."""
+    subfolders = Counter(f.parent for f in files if f.parent != out)
+    return ", ".join([str(f) for f in files if f.parent == out]
+                     + [f"{folder}/ ({count} files)" for folder, count in subfolders.items()])
 
 
 def load_samples(folder: Path, domain: Any) -> Batch:

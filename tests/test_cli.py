@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rgdm.cli import main
+from rgdm.cli import describe_files, main
 
 USER_REWARD = '''
 import numpy as np
@@ -120,3 +120,10 @@ def test_evaluate_names_the_fault_in_a_users_sample_file(tmp_path, capsys, check
     assert main(["-q", "evaluate", str(tmp_path), "--checkpoint", checkpoint]) == 2
     error = capsys.readouterr().err
     assert error.startswith("rgdm: error:") and message in error and str(tmp_path) in error
+
+
+def test_sample_report_counts_subfolder_files_instead_of_listing_them(tmp_path):
+    out = tmp_path / "run"
+    files = [out / "samples.npz", out / "samples.png"] + [out / "ply" / f"sample_{i:03d}.ply" for i in range(40)]
+    text = describe_files(files, out)
+    assert text == f"{out / 'samples.npz'}, {out / 'samples.png'}, {out / 'ply'}/ (40 files)"
