@@ -69,6 +69,21 @@ def test_denoiser_noise_rotates_with_the_molecule_and_ignores_translation_and_pa
     assert eps[0, 4:].abs().max() == 0
 
 
+def test_denoiser_runs_under_bf16_autocast_and_keeps_positions_float32():
+    """bf16 autocast (the bench's --bf16, on CPU or CUDA) must not break the scatter-adds of the messages."""
+    torch.manual_seed(0)
+    net = EGNNDenoiser(atom_features=6, hidden=32, layers=2).eval()
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]], dtype=torch.float32)
+    x = torch.randn(2, 6, 9) * mask[..., None]
+    t = torch.tensor([0.4, 0.7])
+    with torch.no_grad():
+        exact = net(x, t, None, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            approximate = net(x, t, None, mask).float()
+    assert torch.isfinite(approximate).all()
+    assert (approximate - exact).norm() / exact.norm() < 0.05
+
+
 def test_center_of_mass_projection_is_idempotent_and_ignores_padding():
     generator = torch.Generator().manual_seed(2)
     mask = torch.tensor([[1.0, 1, 1, 0], [1, 1, 0, 0]])

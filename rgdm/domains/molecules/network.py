@@ -42,8 +42,8 @@ class EquivariantLayer(nn.Module):
         messages = self.message(first)
         messages = messages * self.attention(messages)
         step = diff / (torch.sqrt(squared + 1e-8) + 1.0) * torch.tanh(self.coord_weight(messages)) * self.coords_range
-        x = (x + torch.zeros_like(x).index_add_(0, i, step)) * node_mask
-        aggregated = torch.zeros_like(h).index_add_(0, i, messages)
+        x = (x + torch.zeros_like(x).index_add_(0, i, step.to(x.dtype))) * node_mask
+        aggregated = torch.zeros_like(h).index_add_(0, i, messages.to(h.dtype))
         h = (h + self.update(torch.cat([h, aggregated], dim=-1))) * node_mask
         return h, x
 
