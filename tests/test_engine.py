@@ -178,3 +178,34 @@ def test_fine_tuning_keeps_the_parent_domain_and_applies_explicit_changes():
     other = load_config(None, ["init=some-model", "domain.name=toy"])
     with pytest.raises(ValueError, match="keeps its parent's domain"):
         Trainer._fine_tuning_domain(parent, other)
+
+
+def predictions_per_target(net: torch.nn.Module, targets: int) -> list[torch.Tensor]:
+    x, t = torch.randn(16, 2, generator=torch.Generator().manual_seed(0)), torch.full((16,), 0.3)
+    with torch.no_grad():
+        return [net(x, t, torch.full((16,), c, dtype=torch.long)) for c in range(targets)] + [net(x, t, None)]
+
+
+def test_an_unconditional_model_predicts_its_unconditional_noise_for_every_target(pretrained_dir):
+    model = load_trained(pretrained_dir)
+    assert model.domain.num_targets > 1 and not model.meta["conditional"]
+    *per_target, unconditional = predictions_per_target(model.net, model.domain.num_targets)
+    for prediction in per_target:
+        torch.testing.assert_close(prediction, unconditional, rtol=0, atol=0)
+
+
+def test_a_targeted_fine_tune_starts_from_the_parent_for_every_target_and_stays_conditional(pretrained_dir, tmp_path):
+    config = tiny_config("train.steps=20", f"init={pretrained_dir}", "reward.name=region", "algorithm.name=rgdm-data",
+                         "algorithm.targets=[0,1]", "algorithm.scored_size=128", "train.checkpoint_every=10")
+    trainer = Trainer(config, tmp_path / "run")
+    *per_target, unconditional = predictions_per_target(trainer.context.reference.net, 2)
+    for prediction in per_target:
+        torch.testing.assert_close(prediction, unconditional, rtol=0, atol=0)
+    trainer.fit(progress=False)
+    child = load_trained(tmp_path / "run")
+    assert child.meta["conditional"]
+    first, second, _ = predictions_per_target(child.net, 2)
+    assert not torch.equal(first, second), "trained target rows must survive loading"
+    grandchild = Trainer(tiny_config("train.steps=2", f"init={tmp_path / 'run'}"), tmp_path / "grandchild")
+    grandchild.fit(progress=False)
+    assert load_trained(tmp_path / "grandchild").meta["conditional"], "a child of a conditional model is conditional"

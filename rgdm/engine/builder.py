@@ -87,8 +87,13 @@ class LoadedModel:
         return EpsModel(self.net, self.diffusion)
 
 
-def load_trained(name_or_dir: str | Path, device: str = "cpu") -> LoadedModel:
-    """Load a finished run or shipped checkpoint by name or folder."""
+def load_trained(name_or_dir: str | Path, device: str = "cpu", tie_untrained_targets: bool = True) -> LoadedModel:
+    """Load a finished run or shipped checkpoint by name or folder.
+
+    A model never trained with conditions gets its target rows tied to the null token
+    (``tie_targets_to_null``), so that sampling it towards a target (reward guidance) samples the
+    unconditional model; ``tie_untrained_targets=False`` keeps the weights exactly as saved.
+    """
     folder = resolve_model(name_or_dir)
     state, meta = load_model(folder)
     domain = build_domain(meta["domain"])
@@ -99,7 +104,34 @@ def load_trained(name_or_dir: str | Path, device: str = "cpu") -> LoadedModel:
     except RuntimeError as error:
         raise CheckpointError(f"weights in {folder} do not fit the network described by its model.json: "
                               f"{error}") from None
+    if tie_untrained_targets and not trained_with_conditions(meta):
+        tie_targets_to_null(net)
     return LoadedModel(domain, diffusion, net.to(device).eval(), meta)
+
+
+def trained_with_conditions(meta: dict[str, Any]) -> bool:
+    """Whether a model (its ``model.json``) was ever trained with a condition: targets or CFG reward classes.
+
+    Models written before the ``conditional`` key existed are judged by their own targets and classes.
+    """
+    if "conditional" in meta:
+        return bool(meta["conditional"])
+    return meta.get("targets") is not None or meta.get("guidance_condition") is not None
+
+
+def tie_targets_to_null(net: nn.Module) -> None:
+    """Copy the null token's embedding (the last row of ``net.target``) onto every target row.
+
+    A network trained only unconditionally never saw its target rows, which keep their random
+    initialisation. Tied, it predicts its unconditional noise for any target: guidance towards a
+    target samples the right model, and a conditional fine-tune's frozen reference is its parent
+    for every target. (The fine-tuned network itself keeps the random rows: distinct rows learn
+    their conditions far faster than rows that all start at the null token.)
+    """
+    embedding = getattr(net, "target", None)
+    if isinstance(embedding, nn.Embedding):
+        with torch.no_grad():
+            embedding.weight[:-1] = embedding.weight[-1]
 
 
 def seeded_generator(seed: int, device: str = "cpu") -> torch.Generator:

@@ -26,7 +26,15 @@ from rgdm.algorithms import TrainingContext
 from rgdm.batch import Batch
 from rgdm.diffusion import EpsModel
 from rgdm.domains import build_domain
-from rgdm.engine.builder import LoadedModel, load_trained, make_algorithm, make_diffusion, make_scorer
+from rgdm.engine.builder import (
+    LoadedModel,
+    load_trained,
+    make_algorithm,
+    make_diffusion,
+    make_scorer,
+    tie_targets_to_null,
+    trained_with_conditions,
+)
 from rgdm.engine.checkpoint import (
     CheckpointError,
     flatten_state,
@@ -67,7 +75,7 @@ class Trainer:
         self.main = self.shard.rank == 0
         parent: LoadedModel | None = None
         if config.init is not None and not (self.run_dir / "config.yaml").exists():
-            parent = load_trained(config.init, self.device)
+            parent = load_trained(config.init, self.device, tie_untrained_targets=False)
             config = config.model_copy(update={"domain": self._fine_tuning_domain(parent.meta["domain"], config),
                                                "network": parent.meta["network"],
                                                "diffusion": DiffusionConfig.model_validate(
@@ -87,6 +95,8 @@ class Trainer:
         reference = None
         if config.init is not None:
             reference_net = copy.deepcopy(self.net).eval().requires_grad_(False)
+            if parent is not None and not trained_with_conditions(parent.meta):
+                tie_targets_to_null(reference_net)
             reference = EpsModel(reference_net, self.diffusion)
         distributed = self.shard.world > 1
         self.counter = RewardCounter(limit=None if distributed else config.reward.budget)
@@ -111,6 +121,8 @@ class Trainer:
             shard=self.shard,
             ledger=ledger,
         )
+        #: Kept in checkpoints: a resumed run does not reload its parent.
+        self.parent_conditional = parent is not None and trained_with_conditions(parent.meta)
         self.step = 0
         self._stop_signal: int | None = None
 
@@ -151,7 +163,8 @@ class Trainer:
         scheduler = None if self.scheduler is None else self.scheduler.state_dict()
         counters = gather({"calls": self.counter.calls, "invalid": self.counter.invalid,
                            "failures": dict(self.counter.failures)}, self.shard)
-        meta = {"optimizer": optimizer_layout, "scheduler": scheduler, "counters": counters}
+        meta = {"optimizer": optimizer_layout, "scheduler": scheduler, "counters": counters,
+                "parent_conditional": self.parent_conditional}
         return tensors, meta
 
     def _load(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -173,6 +186,7 @@ class Trainer:
         self.counter.failures.update(counter["failures"])
         if self.context.ledger is not None:
             self.context.ledger.calls = sum(c["calls"] for c in counters)
+        self.parent_conditional = bool(meta.get("parent_conditional", False))
         self.step = int(meta["step"])
 
     def save_checkpoint(self) -> None:
@@ -201,7 +215,13 @@ class Trainer:
                          "temperature": config.algorithm.temperature if config.reward.name else None,
                          "reward_calls": reward_calls},
             "guidance_condition": getattr(self.algorithm, "top_class", None),
+            "conditional": self._conditional(),
         }
+
+    def _conditional(self) -> bool:
+        """Whether the trained network has learnt conditions: here (targets, CFG classes) or in its parent."""
+        here = self.config.algorithm.targets is not None or getattr(self.algorithm, "top_class", None) is not None
+        return here or self.parent_conditional
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         self._stop_signal = signum
