@@ -451,3 +451,32 @@ def test_exact_eps_sampling_reproduces_gaussian(
     assert abs(exp_mean - mu) < 1e-3
     assert abs(x.mean().item() - exp_mean) < 4 * exp_std / math.sqrt(n)
     assert abs(x.std().item() - exp_std) < 4 * exp_std / math.sqrt(2 * n)
+
+
+class CountingNet(torch.nn.Module):
+    """A per-row network that records the rows of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 3)
+        self.calls: list[int] = []
+
+    def forward(self, x, t, cond=None, mask=None):
+        self.calls.append(x.shape[0])
+        return self.linear(x) * t[:, None]
+
+
+def test_cpu_calls_outside_autograd_run_in_chunks_with_the_same_result():
+    diffusion = GaussianDiffusion(NoiseSchedule.create("linear", 10))
+    net = CountingNet()
+    chunked, whole = EpsModel(net, diffusion, chunk_elements=30), EpsModel(net, diffusion, chunk_elements=None)
+    x, t = torch.randn(25, 3), torch.randint(1, 11, (25,))
+    with torch.no_grad():
+        expected = whole(x, t)
+        net.calls.clear()
+        torch.testing.assert_close(chunked(x, t), expected)
+    assert net.calls == [10, 10, 5], "30 elements of rows of 3 make chunks of 10 rows"
+    assert chunked.evaluations == 25
+    net.calls.clear()
+    chunked(x, t).sum().backward()
+    assert net.calls == [25], "a call that builds a graph runs whole"
