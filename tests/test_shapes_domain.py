@@ -219,3 +219,18 @@ def test_shape_demo_writes_a_grid_ply_files_and_a_table_per_class(tmp_path):
         assert len(list((tmp_path / "demo" / category / "ply").glob("*.ply"))) == 2
         assert 0 <= report[category]["success_rate"] <= 1
     assert (tmp_path / "demo" / "table.md").read_text().count("\n") == 4
+
+
+def test_the_shipped_class_targeted_model_samples_each_class_as_its_own_condition():
+    from rgdm.engine import generate, load_trained
+    from rgdm.engine.builder import seeded_generator
+
+    model = load_trained("shapes-rgdm")
+    assert model.meta["targets"] == [0, 1, 2, 3, 4] and model.meta["parent"] == "shapes-pretrained"
+    x = torch.randn(1, model.domain.options.num_points, 3, generator=torch.Generator().manual_seed(0))
+    t = torch.full((1,), 0.5)
+    with torch.no_grad():
+        per_class = [model.net(x, t, torch.tensor([c])) for c in range(5)]
+    assert all(not torch.equal(per_class[0], other) for other in per_class[1:]), "each class is its own condition"
+    batch = generate(model, 2, seeded_generator(0), target=model.domain.parse_target("lamp"), steps=2)
+    assert batch.x.shape == (2, 2048, 3) and batch.cond.tolist() == [4, 4]
