@@ -103,3 +103,17 @@ def test_markdown_table_lists_every_measurement(toy_result):
 def test_unknown_domain_is_an_error():
     with pytest.raises(ValueError, match="unknown perf domains"):
         run_perf_benchmark(domains=["toy", "proteins"])
+
+
+def test_guided_sampling_and_training_steps_carry_their_profiles(toy_result):
+    toy = toy_result["domains"]["toy"]
+    profile = toy["guided_sampling"]["profile"]
+    for run in ("unguided", "guided"):
+        split = profile[run]
+        assert split["network_s"] > 0 and split["total_s"] >= split["network_s"] + split["reward_s"]
+    assert profile["unguided"]["reward_s"] == 0 and profile["guided"]["reward_s"] > 0
+    assert math.isfinite(profile["network_ratio"]) and profile["network_ratio"] > 0  # no timing claims at this size
+    steps = toy["training"]["rewards_excluded"]
+    assert steps["plain"]["profile_per_step"]["forward_no_grad_s"] == 0
+    assert steps["stepwise_k8"]["profile_per_step"]["forward_no_grad_s"] > 0, "reference and values run without grad"
+    assert all(step["profile_per_step"]["forward_with_grad_s"] > 0 for step in steps.values())

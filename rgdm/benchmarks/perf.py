@@ -203,6 +203,40 @@ class Acceleration:
                 for name, requested in flags.items()}
 
 
+class StopwatchNetwork(nn.Module):
+    """A network that adds up the wall time of its forward calls in ``seconds``, split by whether autograd
+    records them (``"grad"``) or not (``"no_grad"``): the profile that explains a cost ratio."""
+
+    def __init__(self, net: nn.Module, device: str, seconds: dict[str, float] | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.device = device
+        self.seconds = {"grad": 0.0, "no_grad": 0.0} if seconds is None else seconds
+
+    def forward(self, *inputs: Any) -> torch.Tensor:
+        seconds, eps = timed(lambda: self.net(*inputs), self.device)
+        self.seconds["grad" if torch.is_grad_enabled() else "no_grad"] += seconds
+        return eps
+
+
+@dataclass
+class StopwatchScorer:
+    """A ``Scorer`` stand-in that adds up the wall time of its calls (decoding and the reward)."""
+
+    scorer: Scorer
+    seconds: float = 0.0
+
+    @property
+    def counter(self) -> RewardCounter:
+        return self.scorer.counter
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                 targets: torch.Tensor | None = None) -> RewardResult:
+        seconds, result = timed(lambda: self.scorer(x, mask, targets))
+        self.seconds += seconds
+        return result
+
+
 def build_model(spec: DomainSpec, device: str = "cpu") -> tuple[LoadedModel, dict[str, Any]]:
     """The domain's shipped checkpoint if there is one, else a seeded random network of the preset's size."""
     if spec.checkpoint is not None and spec.checkpoint in shipped_models():
@@ -311,7 +345,26 @@ def measure_guided_sampling(model: LoadedModel, scorer: Scorer, size: int, steps
         "guided_times_s": selected, "guided_median_s": statistics.median(selected),
         "reward_calls_per_sample": (scorer.counter.calls - calls) / (repeats * size),
         "ratio": statistics.median(selected) / statistics.median(plain),
+        "profile": profile_guided_sampling(model, scorer, size, steps, device, seed),
     }
+
+
+def profile_guided_sampling(model: LoadedModel, scorer: Scorer, size: int, steps: int, device: str, seed: int
+                            ) -> dict[str, Any]:
+    """One more unguided and guided run each, split into network forwards, rewards (decoding included) and
+    the rest; ``network_ratio`` is the guided run's network time over the unguided run's."""
+    split: dict[str, dict[str, float]] = {}
+    for name in ("unguided", "guided"):
+        network = StopwatchNetwork(model.net, device)
+        stopwatch = StopwatchScorer(scorer)
+        timed_model = LoadedModel(model.domain, model.diffusion, network, model.meta)
+        transition = CandidateSelection(stopwatch, candidates=CANDIDATES, temperature=GUIDANCE_TEMPERATURE)
+        total, _ = timed(sampling_call(timed_model, size, steps, 1.0, device, seed,
+                                       transition if name == "guided" else ancestral_transition), device)
+        forward = network.seconds["no_grad"] + network.seconds["grad"]
+        split[name] = {"total_s": total, "network_s": forward, "reward_s": stopwatch.seconds,
+                       "other_s": total - forward - stopwatch.seconds}
+    return split | {"network_ratio": split["guided"]["network_s"] / split["unguided"]["network_s"]}
 
 
 def _peak_rss_mb() -> float:
@@ -463,8 +516,10 @@ def measure_training_step(model: LoadedModel, data: Batch, algorithm: Algorithm,
     it was. A repeat is one step, or for DDPO one refresh (sampling, scoring, old log-probabilities) and
     all its updates, divided by the updates.
     """
-    net = acceleration.apply(copy.deepcopy(model.net).train())
-    reference = EpsModel(acceleration.apply(copy.deepcopy(model.net).eval().requires_grad_(False)), model.diffusion)
+    seconds = {"grad": 0.0, "no_grad": 0.0}
+    net = StopwatchNetwork(acceleration.apply(copy.deepcopy(model.net).train()), device, seconds)
+    reference = EpsModel(StopwatchNetwork(acceleration.apply(copy.deepcopy(model.net).eval().requires_grad_(False)),
+                                          device, seconds), model.diffusion)
     domain = model.domain
     context = TrainingContext(model=EpsModel(net, model.diffusion), ema=reference, reference=reference,
                               data=data, scorer=scorer, batch_size=batch_size,
@@ -498,13 +553,18 @@ def measure_training_step(model: LoadedModel, data: Batch, algorithm: Algorithm,
     for _ in range(warmup):
         repeat()
     calls, times, updates = scorer.counter.calls, [], 0
+    seconds.update(grad=0.0, no_grad=0.0)
     for _ in range(repeats):
-        seconds, steps = timed(repeat, device)
-        times.append(seconds / steps)
+        elapsed, steps = timed(repeat, device)
+        times.append(elapsed / steps)
         updates += steps
+    total = sum(times) * updates / repeats
+    profile = {"forward_with_grad_s": seconds["grad"] / updates, "forward_no_grad_s": seconds["no_grad"] / updates,
+               "rest_s": (total - seconds["grad"] - seconds["no_grad"]) / updates,
+               "rest_is": "backward, optimizer step, candidates, rewards and bookkeeping"}
     return {"batch_size": batch_size, "repeats": repeats, "warmup": warmup, "steps_per_repeat": updates // repeats,
             "times_s": times, "median_s": statistics.median(times),
-            "reward_calls_per_step": (scorer.counter.calls - calls) / updates}
+            "reward_calls_per_step": (scorer.counter.calls - calls) / updates, "profile_per_step": profile}
 
 
 def measure_training(model: LoadedModel, spec: DomainSpec, sizes: DomainBudget, budget: PerfBudget, device: str,
