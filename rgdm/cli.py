@@ -203,8 +203,10 @@ def cmd_bench_perf(args: argparse.Namespace) -> None:
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
-    print(markdown_table(result))
-    print(f"results in {path}")
+    table = markdown_table(result)
+    path.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"results in {path}, tables in {path.with_suffix('.md')}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

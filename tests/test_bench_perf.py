@@ -66,6 +66,7 @@ def test_memory_points_and_linear_fit_are_reported(toy_result):
     fit = memory["fit"]
     assert set(fit) == {"points", "slope_mb_per_sample", "intercept_mb", "r2", "linear"}
     assert fit["points"] == 3 and fit["linear"] in (True, False, None)
+    assert memory["at_most_linear"] in (True, False)
 
 
 def test_linear_fit_recognises_lines_and_curves():
@@ -117,3 +118,11 @@ def test_guided_sampling_and_training_steps_carry_their_profiles(toy_result):
     assert steps["plain"]["profile_per_step"]["forward_no_grad_s"] == 0
     assert steps["stepwise_k8"]["profile_per_step"]["forward_no_grad_s"] > 0, "reference and values run without grad"
     assert all(step["profile_per_step"]["forward_with_grad_s"] > 0 for step in steps.values())
+
+
+def test_memory_that_plateaus_grows_at_most_linearly_and_memory_that_bends_up_does_not():
+    from rgdm.benchmarks.perf import grows_at_most_linearly
+
+    assert grows_at_most_linearly([1000, 4000, 16000], [4.2, 16.3, 65.5])  # linear
+    assert grows_at_most_linearly([1, 2, 4], [17.6, 20.8, 21.7])  # bounded by chunked calls
+    assert not grows_at_most_linearly([1, 2, 4], [10.0, 25.0, 80.0])  # super-linear

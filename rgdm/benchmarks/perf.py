@@ -64,6 +64,8 @@ STEPWISE_TEMPERATURE = 0.1
 WARMUP_STEPS = 3
 #: ``mallopt``'s parameter number of glibc's mmap threshold.
 M_MMAP_THRESHOLD = -3
+#: Memory per sample may exceed the smallest batch's by this factor and still grow "at most linearly".
+LINEAR_SLACK = 1.1
 #: A memory curve is called linear when a line explains this share of its variance (three points or more).
 LINEAR_R2 = 0.98
 TARGETS = {"sampling_overhead": 1.2, "guided_k8_vs_unguided": 2.5, "stepwise_k8_vs_plain_step": 3.0}
@@ -473,7 +475,14 @@ def measure_memory(spec: DomainSpec, model: LoadedModel, batches: Sequence[int],
                   "(no glibc or no peak reset here: the allocator's cache may hide smaller increases)")
     return {"method": method, "sampler": "ancestral", "steps": steps,
             "points": [{"batch_size": size, "peak_mb": peak} for size, peak in zip(batches, peaks, strict=True)],
-            "fit": linear_fit(batches, peaks)}
+            "fit": linear_fit(batches, peaks), "at_most_linear": grows_at_most_linearly(batches, peaks)}
+
+
+def grows_at_most_linearly(batches: Sequence[int], peaks: Sequence[float]) -> bool:
+    """No batch costs more memory per sample than the smallest (within ``LINEAR_SLACK``): linear growth, or
+    less once ``EpsModel``'s CPU chunks bound the activations of a call."""
+    per_sample = [peak / size for size, peak in zip(batches, peaks, strict=True)]
+    return all(value <= per_sample[0] * LINEAR_SLACK for value in per_sample[1:])
 
 
 class ZeroReward:
@@ -740,15 +749,17 @@ def markdown_table(result: dict[str, Any]) -> str:
         for s in d["sampling"]:
             lines.append(f"| {name} | {s['sampler']} | {s['steps']} | {s['batch_size']} | {s['samples_per_s']:.3g} "
                          f"| {s['overhead']:.2f} | {s['peak_memory_mb']:.1f} |")
-    lines += ["", "| domain | batch sizes | peak memory MB | MB per sample | intercept MB | R² | linear |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| domain | batch sizes | peak memory MB | MB per sample | intercept MB | R² | linear "
+              "| at most linear |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, d in measured.items():
         points, fit = d["memory"]["points"], d["memory"]["fit"]
         linear = {True: "yes", False: "no", None: "undetermined"}[fit["linear"]]
         sizes = ", ".join(str(p["batch_size"]) for p in points)
         peaks = ", ".join(format(p["peak_mb"], ".1f") for p in points)
         lines.append(f"| {name} | {sizes} | {peaks} | {_number(fit['slope_mb_per_sample'])} | "
-                     f"{_number(fit['intercept_mb'], '.1f')} | {_number(fit['r2'], '.3f')} | {linear} |")
+                     f"{_number(fit['intercept_mb'], '.1f')} | {_number(fit['r2'], '.3f')} | {linear} | "
+                     f"{'yes' if d['memory']['at_most_linear'] else 'no'} |")
     lines += ["", "| domain | training step | batch | ms, rewards excluded | ms, with the reward | reward |",
               "|---|---|---|---|---|---|"]
     for name, d in measured.items():
@@ -757,6 +768,22 @@ def markdown_table(result: dict[str, Any]) -> str:
             excluded, included = training["rewards_excluded"][step], training["rewards_included"][step]
             lines.append(f"| {name} | {step} | {training['batch_size']} | {1000 * excluded['median_s']:.1f} | "
                          f"{1000 * included['median_s']:.1f} | {training['reward']} |")
+    lines += ["", "| domain | run | s, total | network | reward | rest | network time over unguided |",
+              "|---|---|---|---|---|---|---|"]
+    for name, d in measured.items():
+        profile = d["guided_sampling"]["profile"]
+        for run in ("unguided", "guided"):
+            split = profile[run]
+            share = f"{profile['network_ratio']:.1f}" if run == "guided" else ""
+            lines.append(f"| {name} | {run} | {split['total_s']:.2f} | {split['network_s']:.2f} | "
+                         f"{split['reward_s']:.2f} | {split['other_s']:.2f} | {share} |")
+    lines += ["", "| domain | training step | ms, forward with grad | ms, forwards without grad | ms, rest |",
+              "|---|---|---|---|---|"]
+    for name, d in measured.items():
+        for step, entry in d["training"]["rewards_excluded"].items():
+            split = entry["profile_per_step"]
+            lines.append(f"| {name} | {step} | {1000 * split['forward_with_grad_s']:.1f} | "
+                         f"{1000 * split['forward_no_grad_s']:.1f} | {1000 * split['rest_s']:.1f} |")
     throughput = result["reward_throughput"]
     if "skipped" not in throughput:
         lines += ["", "| reward | workers | samples per call | calls/s |", "|---|---|---|---|"]
