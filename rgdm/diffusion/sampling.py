@@ -57,9 +57,9 @@ class EpsModel:
             eps = eps * m
         return self.diffusion.project(eps, mask)
 
-
     def _network(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, mask: torch.Tensor | None
                  ) -> torch.Tensor:
+        """The network on every row: whole, or in cache-sized chunks (see ``CPU_CHUNK_ELEMENTS``)."""
         rows = x.shape[0]
         chunk = rows if self.chunk_elements is None else max(1, self.chunk_elements // max(1, x[0].numel()))
         if chunk >= rows or x.device.type != "cpu" or torch.is_grad_enabled():
