@@ -181,6 +181,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.suite == "perf":
         cmd_bench_perf(args)
         return
+    if args.suite == "profile":
+        cmd_bench_profile(args)
+        return
     from rgdm.benchmarks.toy import markdown_table, plot_curves, run_toy_benchmark
 
     methods = args.methods.split(",") if args.methods else None
@@ -200,10 +203,20 @@ def cmd_bench_perf(args: argparse.Namespace) -> None:
     domains = args.domains.split(",") if args.domains else None
     result = run_perf_benchmark(quick=args.quick, domains=domains, device=args.device, bf16=args.bf16,
                                 compile_network=args.compile)
-    path = Path(args.json)
+    write_report(Path(args.json), result, markdown_table(result))
+
+
+def cmd_bench_profile(args: argparse.Namespace) -> None:
+    from rgdm.benchmarks.perf import operator_profile, profile_table
+
+    result = operator_profile(args.domains.split(",") if args.domains else None)
+    write_report(Path(args.json), result, profile_table(result))
+
+
+def write_report(path: Path, result: dict[str, Any], table: str) -> None:
+    """A benchmark's JSON at ``path`` and its Markdown tables beside it (``.md``), the tables also printed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
-    table = markdown_table(result)
     path.with_suffix(".md").write_text(table + "\n")
     print(table)
     print(f"results in {path}, tables in {path.with_suffix('.md')}")
@@ -304,8 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     bench = commands.add_parser("bench", help="benchmarks with JSON output")
-    bench.add_argument("suite", choices=["toy", "perf"], help="toy: every method on the toy tasks; perf: speed "
-                       "and memory of sampling, training steps and rewards")
+    bench.add_argument("suite", choices=["toy", "perf", "profile"],
+                       help="toy: every method on the toy tasks; perf: speed and memory of sampling, training steps "
+                            "and rewards; profile: torch.profiler operator tables of the step-wise and guided paths")
     bench.add_argument("--json", required=True)
     bench.add_argument("--quick", action="store_true",
                        help="smaller budgets (toy: one seed, every method, < 10 min; perf: a few minutes)")

@@ -126,3 +126,16 @@ def test_memory_that_plateaus_grows_at_most_linearly_and_memory_that_bends_up_do
     assert grows_at_most_linearly([1000, 4000, 16000], [4.2, 16.3, 65.5])  # linear
     assert grows_at_most_linearly([1, 2, 4], [17.6, 20.8, 21.7])  # bounded by chunked calls
     assert not grows_at_most_linearly([1, 2, 4], [10.0, 25.0, 80.0])  # super-linear
+
+
+def test_operator_profile_lists_the_costliest_operators_of_both_slow_paths(tmp_path):
+    from rgdm.cli import main
+
+    assert main(["-q", "bench", "profile", "--domains", "toy", "--json", str(tmp_path / "profile.json")]) == 0
+    result = json.loads((tmp_path / "profile.json").read_text())
+    paths = result["domains"]["toy"]
+    assert set(paths) == {"stepwise_k8_step", "guided_k8_sampling"}
+    for entry in paths.values():
+        shares = [op["share"] for op in entry["top_operators"]]
+        assert entry["self_cpu_ms"] > 0 and 0 < sum(shares) <= 1 + 1e-9 and shares == sorted(shares, reverse=True)
+    assert "| operator | calls |" in (tmp_path / "profile.md").read_text()

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -795,4 +796,50 @@ def markdown_table(result: dict[str, Any]) -> str:
         cells = [f"{entry['domains'][n]['value']:.2f} {'met' if entry['domains'][n]['met'] else 'missed'}"
                  for n in names]
         lines.append(f"| {ratio} | ≤ {entry['target']} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+PROFILED_OPERATORS = 12
+
+
+def operator_profile(domains: Sequence[str] | None = None, guided_steps: int = 10) -> dict[str, Any]:
+    """``torch.profiler`` tables of the two slow paths per domain: a step-wise K = 8 training step (rewards
+    excluded) and ``guided_steps`` DDIM steps of guided sampling (K = 8, the domain's reward), at the full
+    budget's batch sizes. Each lists the operators with the most self CPU time and their share of it."""
+    result: dict[str, Any] = {"suite": "profile", "machine": machine_description("cpu"), "domains": {}}
+    for name in domains or DOMAINS:
+        spec, sizes = DOMAINS[name], FULL.domains[name]
+        model, _ = build_model(spec)
+        algorithm = StepwiseExploration(STEPWISE_TEMPERATURE, candidates=CANDIDATES)
+        data = model.domain.dataset()
+        scorer = make_scorer(RewardConfig(name=spec.reward), model.domain, RewardCounter())
+        guided = CandidateSelection(scorer, candidates=CANDIDATES, temperature=GUIDANCE_TEMPERATURE)
+        paths = {
+            "stepwise_k8_step": partial(measure_training_step, model, data, algorithm, zero_cost_scorer(),
+                                        sizes.train_batch, 1, 0, "cpu", Acceleration("cpu")),
+            "guided_k8_sampling": sampling_call(model, sizes.batch_size, guided_steps, 1.0, "cpu", 0, guided),
+        }
+        result["domains"][name] = {}
+        for path, run in paths.items():
+            run()  # warm-up
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+                run()
+            events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+            total = sum(e.self_cpu_time_total for e in events)
+            result["domains"][name][path] = {
+                "self_cpu_ms": total / 1000,
+                "top_operators": [{"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1000,
+                                   "share": e.self_cpu_time_total / total} for e in events[:PROFILED_OPERATORS]]}
+    return result
+
+
+def profile_table(result: dict[str, Any]) -> str:
+    """The operator profiles as Markdown, one table per domain and path."""
+    lines = [f"`rgdm bench profile`: {result['machine']['platform']}, torch {result['machine']['torch']}."]
+    for name, paths in result["domains"].items():
+        for path, entry in paths.items():
+            lines += ["", f"**{name}, {path}** ({entry['self_cpu_ms']:.0f} ms of self CPU time)", "",
+                      "| operator | calls | self CPU ms | share |", "|---|---|---|---|"]
+            lines += [f"| `{op['name']}` | {op['calls']} | {op['self_cpu_ms']:.1f} | {100 * op['share']:.1f}% |"
+                      for op in entry["top_operators"]]
     return "\n".join(lines)
