@@ -65,12 +65,14 @@ def test_metrics_of_a_set_against_itself():
         result = mmd_cov_1nna(clouds, clouds, metric)
         assert result[f"mmd_{metric}"] == pytest.approx(0.0, abs=1e-6)
         assert result[f"cov_{metric}"] == 1.0
+        assert result[f"spread_{metric}"] == result[f"reference_spread_{metric}"] > 0
 
 
 def test_one_nna_is_near_half_for_one_distribution():
     samples, refs = noisy_spheres(40, 128, seed=1), noisy_spheres(40, 128, seed=2)
     result = mmd_cov_1nna(samples, refs, "cd")
-    assert set(result) == {"mmd_cd", "cov_cd", "1nna_cd"}
+    assert set(result) == {"mmd_cd", "cov_cd", "1nna_cd", "spread_cd", "reference_spread_cd"}
+    assert result["spread_cd"] == pytest.approx(result["reference_spread_cd"], rel=0.2)
     assert abs(result["1nna_cd"] - 0.5) <= 0.15
     assert result["cov_cd"] > 0.3
 
@@ -91,3 +93,10 @@ def test_mmd_grows_with_the_gap_between_distributions():
     close = mmd_cov_1nna(noisy_spheres(10, 64, radius=1.05, seed=6), refs)["mmd_cd"]
     far = mmd_cov_1nna(noisy_spheres(10, 64, radius=1.5, seed=6), refs)["mmd_cd"]
     assert 0 < close < far
+
+
+def test_spread_shows_samples_that_collapsed_onto_one_shape():
+    refs = noisy_spheres(20, 64, seed=4)
+    collapsed = refs[:1].repeat(20, 1, 1)
+    result = mmd_cov_1nna(collapsed, refs, "cd")
+    assert result["spread_cd"] == pytest.approx(0.0, abs=1e-6) and result["reference_spread_cd"] > 1e-3

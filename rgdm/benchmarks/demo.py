@@ -148,9 +148,11 @@ def run_shape_demo(out: Path, progress: bool = True, checkpoint: str = "shapes-r
         domain.plot({category: batch}, out / f"{category}.png")
         domain.save_samples(batch, out / category)
         report[category] = domain.evaluate(batch, None, None, seeded_generator(0))
-    lines = ["| class | success rate (judge) | 1-NNA-CD | MMD-CD | COV-CD |", "|---|---|---|---|---|"]
+    lines = ["| class | success rate (judge) | 1-NNA-CD | MMD-CD | COV-CD | spread over the data's |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| {c} | {report[c]['success_rate']:.3f} | {report[c]['1nna_cd']:.3f} | {report[c]['mmd_cd']:.4f} | "
-              f"{report[c]['cov_cd']:.3f} |" for c in domain.categories]
+              f"{report[c]['cov_cd']:.3f} | {report[c]['spread_cd'] / report[c]['reference_spread_cd']:.2f} |"
+              for c in domain.categories]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     return report

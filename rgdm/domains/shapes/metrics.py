@@ -103,6 +103,8 @@ def mmd_cov_1nna(
     COV (higher is better): fraction of references that are the nearest reference of some sample, coverage.
     1-NNA: leave-one-out 1-NN accuracy over samples plus references; 0.5 when generated shapes cannot be
     told from real ones, 1.0 when the two sets are disjoint.
+    Spread: ``spread_<metric>`` is the mean distance between two samples and ``reference_spread_<metric>``
+    that between two references; a ratio well below 1 means the samples are less varied than the data.
     """
     samples, refs = _as_clouds(samples), _as_clouds(refs)
     sample_ref = pairwise_distances(samples, refs, metric, batch)
@@ -112,4 +114,12 @@ def mmd_cov_1nna(
         f"mmd_{metric}": sample_ref.min(dim=0).values.mean().item(),
         f"cov_{metric}": sample_ref.argmin(dim=1).unique().numel() / sample_ref.shape[1],
         f"1nna_{metric}": _one_nn_accuracy(sample_sample, sample_ref, ref_ref),
+        f"spread_{metric}": _mean_off_diagonal(sample_sample),
+        f"reference_spread_{metric}": _mean_off_diagonal(ref_ref),
     }
+
+
+def _mean_off_diagonal(table: torch.Tensor) -> float:
+    """The mean distance between two different members of a set (0 for a single member)."""
+    n = len(table)
+    return table.sum().item() / (n * (n - 1)) if n > 1 else 0.0
