@@ -562,13 +562,13 @@ def measure_training_step(model: LoadedModel, data: Batch, algorithm: Algorithm,
 
     for _ in range(warmup):
         repeat()
-    calls, times, updates = scorer.counter.calls, [], 0
+    calls, times, updates, total = scorer.counter.calls, [], 0, 0.0
     seconds.update(grad=0.0, no_grad=0.0)
     for _ in range(repeats):
         elapsed, steps = timed(repeat, device)
         times.append(elapsed / steps)
         updates += steps
-    total = sum(times) * updates / repeats
+        total += elapsed
     profile = {"forward_with_grad_s": seconds["grad"] / updates, "forward_no_grad_s": seconds["no_grad"] / updates,
                "rest_s": (total - seconds["grad"] - seconds["no_grad"]) / updates,
                "rest_is": "backward, optimizer step, candidates, rewards and bookkeeping"}
