@@ -69,7 +69,7 @@ def test_denoiser_noise_rotates_with_the_molecule_and_ignores_translation_and_pa
     assert eps[0, 4:].abs().max() == 0
 
 
-def test_denoiser_runs_under_bf16_autocast_and_keeps_positions_float32():
+def test_denoiser_runs_under_bf16_autocast_close_to_float32():
     """bf16 autocast (the bench's --bf16, on CPU or CUDA) must not break the scatter-adds of the messages."""
     torch.manual_seed(0)
     net = EGNNDenoiser(atom_features=6, hidden=32, layers=2).eval()
