@@ -117,14 +117,20 @@ frames = st.lists(atom_lines, min_size=1, max_size=4).flatmap(
 xyz_like_text = st.lists(frames, min_size=1, max_size=3).map("\n".join)
 
 
-@settings(max_examples=100, deadline=None)
-@given(content=st.one_of(st.text(), xyz_like_text, st.binary()))
-def test_read_xyz_returns_molecules_or_raises_molecule_file_error(tmp_path_factory, content):
-    path = tmp_path_factory.mktemp("fuzz") / "any.xyz"
+def fuzz_file(tmp_path_factory, name: str, content: str | bytes):
+    """A fresh file ``name`` holding ``content``, as text or as raw bytes."""
+    path = tmp_path_factory.mktemp("fuzz") / name
     if isinstance(content, bytes):
         path.write_bytes(content)
     else:
         path.write_text(content, encoding="utf-8")
+    return path
+
+
+@settings(max_examples=100, deadline=None)
+@given(content=st.one_of(st.text(), xyz_like_text, st.binary()))
+def test_read_xyz_returns_molecules_or_raises_molecule_file_error(tmp_path_factory, content):
+    path = fuzz_file(tmp_path_factory, "any.xyz", content)
     try:
         mols = read_xyz(path)
     except MoleculeFileError as error:
@@ -229,11 +235,7 @@ def _damaged_sdf(seed: int, cut: int, junk: str) -> str:
 @given(content=st.one_of(st.text(), st.binary(),
                          st.builds(_damaged_sdf, st.integers(0, 2), st.integers(0, 400), st.text(max_size=12))))
 def test_read_sdf_returns_molecules_or_raises_molecule_file_error(tmp_path_factory, content):
-    path = tmp_path_factory.mktemp("fuzz") / "any.sdf"
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content, encoding="utf-8")
+    path = fuzz_file(tmp_path_factory, "any.sdf", content)
     try:
         mols = read_sdf(path)
     except MoleculeFileError as error:
