@@ -92,10 +92,12 @@ class Trainer:
         self.net = self.net.to(self.device).train()
         self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(config.train.ema_decay),
                                  use_buffers=True)
+        #: Kept in checkpoints: a resumed run does not reload its parent.
+        self.parent_conditional = parent is not None and trained_with_conditions(parent.meta)
         reference = None
         if config.init is not None:
             reference_net = copy.deepcopy(self.net).eval().requires_grad_(False)
-            if parent is not None and not trained_with_conditions(parent.meta):
+            if parent is not None and not self.parent_conditional:
                 tie_targets_to_null(reference_net)
             reference = EpsModel(reference_net, self.diffusion)
         distributed = self.shard.world > 1
@@ -121,8 +123,6 @@ class Trainer:
             shard=self.shard,
             ledger=ledger,
         )
-        #: Kept in checkpoints: a resumed run does not reload its parent.
-        self.parent_conditional = parent is not None and trained_with_conditions(parent.meta)
         self.step = 0
         self._stop_signal: int | None = None
 
