@@ -148,6 +148,13 @@ def load_samples(folder: Path, domain: Any) -> Batch:
     return Batch(x, mask, cond)
 
 
+def with_target(samples: Batch, target: int) -> Batch:
+    """``samples`` marked as aimed at ``target``: files of another model (PLY, XYZ) record no target."""
+    if samples.cond is not None:
+        raise UsageError("these samples already record their targets (samples.npz); drop --target")
+    return Batch(samples.x, samples.mask, torch.full((len(samples),), target, dtype=torch.long))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     folder = Path(args.dir)
     if not folder.is_dir():
@@ -159,6 +166,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise UsageError("no sample.json names the model; pass --checkpoint NAME|DIR")
     model = load_trained(checkpoint)
     samples = load_samples(folder, model.domain)
+    if args.target is not None:
+        samples = with_target(samples, model.domain.parse_target(args.target))
     training = model.meta.get("training", {})
     named = model.domain.rewards()
     defaults = [name for name in (training.get("reward"), meta.get("reward")) if name in named]
@@ -312,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", help="model the samples came from (default: from sample.json)")
     evaluate.add_argument("--reward", help="domain reward to measure (default: the model's training reward)")
     evaluate.add_argument("--temperature", type=float, help="tau of the exact pay-off distribution")
+    evaluate.add_argument("--target", help="the class every sample was aimed at, for files that record none "
+                          "(e.g. the PLY files of a class-specific model measured against a conditional one)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--json", help="write the metrics here")
     evaluate.set_defaults(func=cmd_evaluate)

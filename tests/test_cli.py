@@ -127,3 +127,26 @@ def test_sample_report_counts_subfolder_files_instead_of_listing_them(tmp_path):
     files = [out / "samples.npz", out / "samples.png"] + [out / "ply" / f"sample_{i:03d}.ply" for i in range(40)]
     text = describe_files(files, out)
     assert text == f"{out / 'samples.npz'}, {out / 'samples.png'}, {out / 'ply'}/ (40 files)"
+
+
+def test_evaluate_measures_another_models_ply_files_against_a_named_class(tmp_path, capsys):
+    from rgdm.domains.shapes.io import write_ply_files
+    from rgdm.domains.shapes.procedural import procedural_dataset
+
+    shapes = procedural_dataset(3, seed=321, categories=["chair"])
+    write_ply_files(shapes.denormalize(shapes.points), tmp_path)
+    scores = {}
+    for target in ("chair", "car"):
+        out = tmp_path / f"{target}.json"
+        assert main(["-q", "evaluate", str(tmp_path), "--checkpoint", "shapes-rgdm", "--target", target,
+                     "--json", str(out)]) == 0
+        scores[target] = json.loads(out.read_text())
+    assert scores["chair"]["success_rate"] == 1.0 and scores["car"]["success_rate"] == 0.0
+    assert scores["chair"]["reference"].startswith("3 ")
+    assert main(["-q", "evaluate", str(tmp_path), "--checkpoint", "shapes-rgdm", "--target", "boat"]) == 2
+    assert "unknown shape target 'boat'" in capsys.readouterr().err
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    np.savez(recorded / "samples.npz", samples=shapes.points, targets=np.ones(3, dtype=np.int64))
+    assert main(["-q", "evaluate", str(recorded), "--checkpoint", "shapes-rgdm", "--target", "chair"]) == 2
+    assert "already record their targets" in capsys.readouterr().err
