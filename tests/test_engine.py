@@ -106,15 +106,18 @@ def test_resume_after_a_crash_is_bit_exact(pretrained_dir, tmp_path, algorithm):
         "reward_calls"]
 
 
-def test_sigint_writes_a_checkpoint_and_resume_finishes_exactly(tmp_path):
-    overrides = ["train.steps=10", "train.checkpoint_every=100"]
+@pytest.mark.parametrize(("algorithm", "command"), [("pretrain", "train"), ("rgdm-data", "finetune")])
+def test_sigint_writes_a_checkpoint_and_resume_finishes_exactly(pretrained_dir, tmp_path, algorithm, command):
+    overrides = ["train.steps=10", "train.checkpoint_every=100", f"algorithm.name={algorithm}"]
+    if algorithm != "pretrain":
+        overrides += [f"init={pretrained_dir}", "reward.name=region", "algorithm.scored_size=128"]
     Trainer(tiny_config(*overrides), tmp_path / "straight").fit(progress=False)
 
     def interrupt(trainer: Trainer, step: int) -> None:
         if step == 6:
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(TrainingInterrupted, match="--resume"):
+    with pytest.raises(TrainingInterrupted, match=f"Continue with: rgdm {command} --resume "):
         Trainer(tiny_config(*overrides), tmp_path / "stopped").fit(on_step=interrupt, progress=False)
     resumed = Trainer.resume(tmp_path / "stopped")
     assert resumed.step == 6

@@ -273,9 +273,10 @@ class Trainer:
                     self.save_checkpoint()
                 if any_process(self._stop_signal is not None, self.shard):
                     self.save_checkpoint()
+                    command = "train" if self.config.algorithm.name == "pretrain" else "finetune"
                     raise TrainingInterrupted(
                         f"stopped by signal {self._stop_signal} at step {self.step}; checkpoint saved. "
-                        f"Continue with: rgdm finetune --resume {self.run_dir}")
+                        f"Continue with: rgdm {command} --resume {self.run_dir}")
             bar.close()
         finally:
             if logger is not None:
