@@ -1,4 +1,4 @@
-"""The ``rgdm`` command line: train, finetune, sample, evaluate, bench, demo, checkpoints."""
+"""The ``rgdm`` command line: train, finetune, export, sample, evaluate, bench, demo, checkpoints."""
 
 from __future__ import annotations
 
@@ -92,6 +92,16 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     run_dir = trainer.fit(progress=not args.quiet)
     print(f"fine-tuned with {trainer.config.algorithm.name}: {trainer.counter.calls} reward calls; "
           f"final weights in {run_dir / 'final.safetensors'}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    run, out = Path(args.run), Path(args.out)
+    if out.resolve() == run.resolve() or (out / "config.yaml").exists():
+        raise UsageError(f"--out {out} is a run folder; export to a new folder")
+    trainer = Trainer.resume(run)
+    weights = trainer.export(out)
+    print(f"{run} at step {trainer.step} of {trainer.config.train.steps}: EMA weights in {weights}; "
+          f"sample them with rgdm sample --checkpoint {out}")
 
 
 def write_samples(model: Any, samples: Batch, out: Path, meta: dict[str, Any]) -> list[Path]:
@@ -298,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--out", help="run folder")
     finetune.add_argument("--resume", metavar="DIR", help="continue an interrupted run exactly")
     finetune.set_defaults(func=cmd_finetune)
+
+    export = commands.add_parser("export", help="a run's newest checkpoint (running or interrupted) as a model "
+                                 "folder that sample and evaluate take")
+    export.add_argument("run", help="run folder")
+    export.add_argument("--out", required=True, help="new model folder")
+    export.set_defaults(func=cmd_export)
 
     sample = commands.add_parser("sample", help="draw samples from a trained model")
     sample.add_argument("--checkpoint", required=True, help="shipped name or run folder")

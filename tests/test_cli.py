@@ -150,3 +150,15 @@ def test_evaluate_measures_another_models_ply_files_against_a_named_class(tmp_pa
     np.savez(recorded / "samples.npz", samples=shapes.points, targets=np.ones(3, dtype=np.int64))
     assert main(["-q", "evaluate", str(recorded), "--checkpoint", "shapes-rgdm", "--target", "chair"]) == 2
     assert "already record their targets" in capsys.readouterr().err
+
+
+def test_export_turns_a_runs_newest_checkpoint_into_a_model_folder(finetuned, tmp_path, capsys):
+    run, out = finetuned / "run", tmp_path / "snapshot"
+    assert main(["-q", "export", str(run), "--out", str(out)]) == 0
+    assert "at step 150 of 150" in capsys.readouterr().out
+    exported, final = json.loads((out / "model.json").read_text()), json.loads((run / "model.json").read_text())
+    assert exported == final, "the newest checkpoint of a finished run holds its final EMA weights"
+    assert main(["-q", "sample", "--checkpoint", str(out), "-n", "5", "--steps", "5", "--out",
+                 str(tmp_path / "samples")]) == 0
+    assert main(["-q", "export", str(run), "--out", str(run)]) == 2
+    assert "is a run folder" in capsys.readouterr().err
