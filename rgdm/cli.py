@@ -1,4 +1,4 @@
-"""The ``rgdm`` command line: train, finetune, export, sample, evaluate, bench, demo, checkpoints."""
+"""The ``rgdm`` command line: train, finetune, export, sample, evaluate, train-guide, bench, demo, checkpoints."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rgdm.algorithms import ClassifierGuidance
 from rgdm.batch import Batch
 from rgdm.engine import (
     ConfigError,
@@ -29,6 +30,7 @@ from rgdm.engine.builder import seeded_generator
 from rgdm.engine.checkpoint import CheckpointError, read_json, write_json
 from rgdm.engine.config import RewardConfig
 from rgdm.engine.distributed import leave_process_group
+from rgdm.engine.guide import load_guide, save_guide, train_guide
 from rgdm.engine.registry import resolve_model, shipped_models
 from rgdm.rewards import BudgetExhausted, RewardCounter, RewardPluginError
 
@@ -118,18 +120,37 @@ def write_samples(model: Any, samples: Batch, out: Path, meta: dict[str, Any]) -
     return files + model.domain.save_samples(samples, out)
 
 
+def cmd_train_guide(args: argparse.Namespace) -> None:
+    model = load_trained(args.checkpoint)
+    targets = None if args.targets is None else [model.domain.parse_target(item)
+                                                 for item in args.targets.strip("[] ").split(",")]
+    counter = RewardCounter()
+    scorer = make_scorer(RewardConfig(name=args.reward), model.domain, counter)
+    regressor, meta = train_guide(model, scorer, targets, rows=args.rows, steps=args.steps,
+                                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.quiet)
+    folder = save_guide(Path(args.out), regressor, {**meta, "checkpoint": args.checkpoint, "reward": args.reward})
+    print(f"guide for {args.checkpoint}: {counter.calls} reward calls, {args.steps} steps, final MSE "
+          f"{meta['final_mse']:.4f}; saved to {folder}. Sample with: rgdm sample --checkpoint {args.checkpoint} "
+          f"--guidance regressor --guide {folder} --temperature T")
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     model = load_trained(args.checkpoint)
     target = None if args.target is None else model.domain.parse_target(args.target)
+    if (args.guide is not None) != (args.guidance == "regressor"):
+        raise UsageError("--guidance regressor and --guide DIR go together")
     counter = RewardCounter()
     scorer = make_scorer(RewardConfig(name=args.reward), model.domain, counter)
-    transition = make_transition(args.guidance, scorer, args.temperature, args.candidates, args.radius)
+    guide = None if args.guide is None else load_guide(args.guide, model)
+    transition = make_transition(args.guidance, scorer, args.temperature, args.candidates, args.radius, guide)
     samples = generate(model, args.n, seeded_generator(args.seed), target=target, steps=args.steps,
                        eta=args.eta, transition=transition, cfg_scale=args.cfg_scale, progress=not args.quiet)
     meta = {"checkpoint": str(args.checkpoint), "n": args.n, "seed": args.seed, "target": target,
             "steps": args.steps, "eta": args.eta, "guidance": args.guidance, "reward": args.reward,
             "temperature": args.temperature, "candidates": args.candidates, "cfg_scale": args.cfg_scale,
             "network_evaluations": model.eps_model.evaluations, **counter.as_dict()}
+    if isinstance(transition, ClassifierGuidance):
+        meta |= {"guide": args.guide, "guide_evaluations": transition.evaluations}
     files = write_samples(model, samples, Path(args.out), meta)
     print(f"wrote {args.n} samples: " + describe_files(files, Path(args.out)))
 
@@ -322,12 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--target", help="condition (class index) for a conditional model")
     sample.add_argument("--steps", type=int, help="DDIM steps (default: every step, DDPM)")
     sample.add_argument("--eta", type=float, default=1.0, help="DDIM eta (1: ancestral, 0: deterministic)")
-    sample.add_argument("--guidance", choices=["none", "select", "gradient"], default="none",
+    sample.add_argument("--guidance", choices=["none", "select", "gradient", "regressor"], default="none",
                         help="reward-guided sampling: select among candidates, or a gradient step")
     sample.add_argument("--reward", help="reward for guidance")
     sample.add_argument("--temperature", type=float, default=0.1)
     sample.add_argument("--candidates", type=int, default=8)
     sample.add_argument("--radius", type=float, default=0.5, help="exploration radius of gradient steps")
+    sample.add_argument("--guide", metavar="DIR", help="noise-aware guide of --guidance regressor (rgdm train-guide)")
     sample.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (models trained with cfg)")
     sample.add_argument("--out", required=True)
     sample.set_defaults(func=cmd_sample)
@@ -358,6 +380,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--bf16", action="store_true", help="perf: bf16 autocast of the networks (CUDA only)")
     bench.add_argument("--compile", action="store_true", help="perf: torch.compile the networks (CUDA only)")
     bench.set_defaults(func=cmd_bench)
+
+    guide = commands.add_parser("train-guide", help="a noise-aware regressor of a reward, for classifier guidance "
+                                "of a fixed model (rgdm sample --guidance regressor)")
+    guide.add_argument("--checkpoint", required=True, help="shipped name or run folder the guide will steer")
+    guide.add_argument("--reward", required=True, help="reward whose values on the training data it regresses")
+    guide.add_argument("--targets", help="conditional targets, e.g. [0,1,2] or [airplane,chair]: each row is "
+                       "scored against each (reward calls: rows x targets)")
+    guide.add_argument("--rows", type=int, default=2000, help="training rows scored")
+    guide.add_argument("--steps", type=int, default=2000)
+    guide.add_argument("--batch-size", type=int, default=32)
+    guide.add_argument("--lr", type=float, default=1e-3)
+    guide.add_argument("--seed", type=int, default=0)
+    guide.add_argument("--out", required=True)
+    guide.set_defaults(func=cmd_train_guide)
 
     predictor = commands.add_parser("train-predictor", help="an EGNN property predictor on one half of QM9")
     predictor.add_argument("--property", required=True, choices=["alpha", "gap", "homo", "lumo", "mu", "Cv"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from rgdm.batch import Batch
 from rgdm.diffusion.process import GaussianDiffusion, expand_mask
@@ -31,6 +32,7 @@ def train_regressor(
     batch_size: int,
     lr: float,
     generator: torch.Generator,
+    progress: bool = False,
 ) -> list[float]:
     """Fit ``regressor(x_t, t / T, cond, mask) -> (batch,)`` to the rewards of the clean rows by MSE.
 
@@ -47,7 +49,7 @@ def train_regressor(
     was_training = regressor.training
     regressor.train()
     losses = []
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="guide", disable=not progress):
         index = torch.randint(len(data), (batch_size,), generator=generator, device=generator.device).to(device)
         batch = data.select(index)
         t = torch.randint(1, diffusion.timesteps + 1, (batch_size,), generator=generator,
