@@ -2,8 +2,8 @@
 
 A guide is the regressor ``f(x_t, t, c)`` of ``rgdm.algorithms.classifier_guidance``: it is fitted to
 reward values of the model's training data, scored once against each target (so its reward calls
-are a budget like RGDM's), and steers the fixed model at sampling time with ``grad f / tau``. It is
-saved beside no model: ``guide.safetensors`` (weights) and ``guide.json`` (what rebuilds it).
+are a budget like RGDM's), and steers the fixed model at sampling time with ``grad f / tau``. It lives
+in its own folder: ``guide.safetensors`` (weights) and ``guide.json`` (what rebuilds it, its budget).
 """
 
 from __future__ import annotations
