@@ -158,6 +158,7 @@ def test_export_turns_a_runs_newest_checkpoint_into_a_model_folder(finetuned, tm
     assert "at step 150 of 150" in capsys.readouterr().out
     exported, final = json.loads((out / "model.json").read_text()), json.loads((run / "model.json").read_text())
     assert exported == final, "the newest checkpoint of a finished run holds its final EMA weights"
+    assert (out / "reward_counter.json").read_text() == (run / "reward_counter.json").read_text()
     assert main(["-q", "sample", "--checkpoint", str(out), "-n", "5", "--steps", "5", "--out",
                  str(tmp_path / "samples")]) == 0
     assert main(["-q", "export", str(run), "--out", str(run)]) == 2

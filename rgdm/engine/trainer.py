@@ -283,19 +283,18 @@ class Trainer:
                 logger.close()
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
-        counts = self.reward_counts()
         self.export(self.run_dir)
-        if self.main:
-            write_json(self.run_dir / "reward_counter.json", counts)
         return self.run_dir
 
     def export(self, folder: Path) -> Path:
-        """The EMA weights at the current step as a model folder (``final.safetensors`` + ``model.json``):
-        what a finished run writes, and what ``rgdm export`` writes from a run's newest checkpoint.
+        """The EMA weights at the current step as a model folder (``final.safetensors``, ``model.json``,
+        ``reward_counter.json``): what a finished run writes, and what ``rgdm export`` writes from a
+        run's newest checkpoint.
 
-        Every process calls it (the reward counts are gathered); rank 0 writes.
+        Every process calls it (the reward counts are gathered once); rank 0 writes.
         """
-        meta = self.model_meta(self.reward_counts()["reward_calls"])
+        counts = self.reward_counts()
         if self.main:
-            save_model(folder, self.ema.module.state_dict(), meta)
+            save_model(folder, self.ema.module.state_dict(), self.model_meta(counts["reward_calls"]))
+            write_json(folder / "reward_counter.json", counts)
         return folder / "final.safetensors"
