@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from rgdm.algorithms import ClassifierGuidance
+from rgdm.algorithms.classifier_guidance import OBJECTIVES
 from rgdm.batch import Batch
 from rgdm.engine import (
     ConfigError,
@@ -127,11 +128,12 @@ def cmd_train_guide(args: argparse.Namespace) -> None:
     counter = RewardCounter()
     scorer = make_scorer(RewardConfig(name=args.reward), model.domain, counter)
     regressor, meta = train_guide(model, scorer, targets, rows=args.rows, steps=args.steps,
-                                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.quiet)
+                                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, objective=args.objective,
+                                  progress=not args.quiet)
     folder = save_guide(Path(args.out), regressor, {**meta, "checkpoint": args.checkpoint, "reward": args.reward})
-    print(f"guide for {args.checkpoint}: {counter.calls} reward calls, {args.steps} steps, final MSE "
-          f"{meta['final_mse']:.4f}; saved to {folder}. Sample with: rgdm sample --checkpoint {args.checkpoint} "
-          f"--guidance regressor --guide {folder} --temperature T")
+    print(f"guide for {args.checkpoint}: {counter.calls} reward calls, {args.steps} steps, final {args.objective} "
+          f"loss {meta['final_loss']:.4f}; saved to {folder}. Sample with: rgdm sample --checkpoint "
+          f"{args.checkpoint} --guidance regressor --guide {folder} --temperature T")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -387,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     guide.add_argument("--reward", required=True, help="reward whose values on the training data it regresses")
     guide.add_argument("--targets", help="conditional targets, e.g. [0,1,2] or [airplane,chair]: each row is "
                        "scored against each (reward calls: rows x targets)")
+    guide.add_argument("--objective", choices=OBJECTIVES, default="mse",
+                       help="mse: regress each target's reward; cross-entropy: a classifier over the targets, "
+                            "the rewards (class probabilities) as soft labels, guiding with grad log p(c | x_t)")
     guide.add_argument("--rows", type=int, default=2000, help="training rows scored")
     guide.add_argument("--steps", type=int, default=2000)
     guide.add_argument("--batch-size", type=int, default=32)

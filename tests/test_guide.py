@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,33 @@ def test_guide_mistakes_are_named(guide, tmp_path, capsys):
     assert "holds no guide.json" in capsys.readouterr().err
     with pytest.raises(Exception, match="another domain"):
         load_guide(guide, load_trained("toy-rare-ring-pretrained"))
+
+
+@pytest.fixture(scope="module")
+def classifier_guide(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("guide") / "region-classifier"
+    assert main(["-q", "train-guide", "--checkpoint", "toy-ring-pretrained", "--reward", "region", "--targets",
+                 "[0,1,2,3,4,5,6,7]", "--objective", "cross-entropy", "--rows", "1000", "--steps", "300",
+                 "--batch-size", "256", "--out", str(folder)]) == 0
+    return folder
+
+
+@pytest.mark.parametrize("target", [0, 5])
+def test_a_cross_entropy_guide_steers_the_fixed_model_to_each_target(classifier_guide, tmp_path, target):
+    meta = json.loads((classifier_guide / "guide.json").read_text())
+    assert meta["objective"] == "cross-entropy" and meta["reward_calls"] == 8000 and meta["rows"] == 1000
+    assert meta["final_loss"] < 0.8 * math.log(8), "log 8 is a uniform guess; at large t no guess does better"
+    guided = tmp_path / "guided"
+    assert main(["-q", "sample", "--checkpoint", "toy-ring-pretrained", "-n", "400", "--steps", "50", "--seed", "3",
+                 "--target", str(target), "--guidance", "regressor", "--guide", str(classifier_guide),
+                 "--temperature", "0.5", "--out", str(guided)]) == 0
+    assert mean_region_reward(guided) > 0.7, "each mode holds 1/8 of the mass unguided"
+
+
+def test_classifier_guide_mistakes_are_named(classifier_guide, tmp_path, capsys):
+    assert main(["-q", "train-guide", "--checkpoint", "toy-ring-pretrained", "--reward", "region", "--objective",
+                 "cross-entropy", "--rows", "10", "--steps", "1", "--out", str(tmp_path / "g")]) == 2
+    assert "two or more" in capsys.readouterr().err
+    assert main(["-q", "sample", "--checkpoint", "toy-ring-pretrained", "-n", "2", "--steps", "2", "--guidance",
+                 "regressor", "--guide", str(classifier_guide), "--out", str(tmp_path / "x")]) == 2
+    assert "sample with --target" in capsys.readouterr().err

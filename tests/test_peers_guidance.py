@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from toolkit import make_model, make_scorer
@@ -229,3 +231,19 @@ def test_classifier_guidance_with_a_trained_regressor_raises_the_reward():
     guided = sample(model, (300, 2), steps=50, generator=torch.Generator().manual_seed(1), transition=guidance).x0
     assert reward(guided.numpy()).mean() > reward(plain.numpy()).mean() + 0.3
     assert guidance.evaluations == 50 * 300
+
+
+def test_cross_entropy_guides_need_non_negative_rewards_per_target():
+    loaded = load_trained("toy-ring-pretrained")
+    data = loaded.domain.dataset().select(torch.arange(8))
+    classifier = MLPRegressor(2, 0, width=8, depth=1, outputs=3)
+    fit = partial(train_regressor, classifier, loaded.diffusion, data, steps=1, batch_size=4, lr=1e-3,
+                  generator=torch.Generator().manual_seed(0), objective="cross-entropy")
+    with pytest.raises(ValueError, match="shape"):
+        fit(torch.ones(8))
+    with pytest.raises(ValueError, match="non-negative"):
+        fit(-torch.ones(8, 3))
+    assert len(fit(torch.rand(8, 3))) == 1
+    with pytest.raises(ValueError, match="unknown guide objective"):
+        train_regressor(classifier, loaded.diffusion, data, torch.rand(8, 3), steps=1, batch_size=4, lr=1e-3,
+                        generator=torch.Generator(), objective="hinge")

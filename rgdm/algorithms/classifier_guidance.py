@@ -10,6 +10,11 @@ needs labels on data), and ``ClassifierGuidance`` shifts the noise prediction at
 which adds ``scale * grad f`` to the score, i.e. samples ``p_t(x) exp(scale * f(x, t))``. With
 ``scale = 1 / tau`` and ``f`` close to the reward this tilts towards the pay-off distribution
 ``p(x) exp(r / tau)`` (up to the approximation ``E[exp(r/tau) | x_t] ~ exp(f(x_t)/tau)``).
+
+When the rewards of K targets are class probabilities, the guide can instead be Dhariwal & Nichol's
+noise-aware *classifier*: K logits fitted by cross-entropy to the rewards as soft labels, guiding with
+``grad log p(c | x_t)``, i.e. sampling ``p(x) p(c | x)^scale``. Log-probabilities keep their gradient
+where ``p(c | x_t)`` is small, which is where a regressor of the probability itself is flat.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from rgdm.batch import Batch
 from rgdm.diffusion.process import GaussianDiffusion, expand_mask
 from rgdm.diffusion.sampling import StepContext, TransitionResult
 
+OBJECTIVES = ("mse", "cross-entropy")
+
 
 def train_regressor(
     regressor: nn.Module,
@@ -33,18 +40,31 @@ def train_regressor(
     lr: float,
     generator: torch.Generator,
     progress: bool = False,
+    objective: str = "mse",
 ) -> list[float]:
-    """Fit ``regressor(x_t, t / T, cond, mask) -> (batch,)`` to the rewards of the clean rows by MSE.
+    """Fit ``regressor(x_t, t / T, cond, mask)`` to the rewards of the clean rows; returns every step's loss.
 
     Each step draws ``batch_size`` rows of ``data`` uniformly (with ``data.cond`` as the condition, so
     targeted rewards train a targeted regressor), a uniform ``t`` in ``1..T`` and ``x_t ~ q(x_t | x_0)``.
-    The rewards are regressed as they are (not standardised), so the guidance scale stays in reward
-    units. Returns the loss of every step.
+
+    - ``mse``: ``rewards`` is ``(n,)`` and the output ``(batch,)`` regresses it as it is (not
+      standardised, so the guidance scale stays in reward units).
+    - ``cross-entropy``: ``rewards`` is ``(n, K)``, each row's non-negative rewards against K targets
+      (class probabilities), normalised into soft labels for the ``(batch, K)`` logits. A row that no
+      target rewards gets the uniform label.
     """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown guide objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     if len(rewards) != len(data):
         raise ValueError(f"got {len(rewards)} rewards for {len(data)} data rows")
     device = data.x.device
     rewards = rewards.to(device=device, dtype=data.x.dtype)
+    if objective == "cross-entropy":
+        if rewards.ndim != 2 or rewards.shape[1] < 2:
+            raise ValueError(f"cross-entropy needs rewards of shape (rows, targets >= 2), got {tuple(rewards.shape)}")
+        if bool((rewards < 0).any()):
+            raise ValueError("cross-entropy needs non-negative rewards (class probabilities); use objective 'mse'")
+        rewards = (rewards + 1e-6) / (rewards + 1e-6).sum(dim=1, keepdim=True)
     optimizer = torch.optim.Adam(regressor.parameters(), lr=lr)
     was_training = regressor.training
     regressor.train()
@@ -56,7 +76,10 @@ def train_regressor(
                           device=generator.device).to(device)
         xt = diffusion.q_sample(batch.x, t, diffusion.noise_like(batch.x, batch.mask, generator))
         prediction = regressor(xt, t.to(xt.dtype) / diffusion.timesteps, batch.cond, batch.mask)
-        loss = ((prediction - rewards[index]) ** 2).mean()
+        if objective == "mse":
+            loss = ((prediction - rewards[index]) ** 2).mean()
+        else:
+            loss = -(rewards[index] * torch.log_softmax(prediction, dim=-1)).sum(dim=-1).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -66,24 +89,39 @@ def train_regressor(
 
 
 class ClassifierGuidance:
-    """A sampling transition: the reverse step rebuilt from the regressor-shifted noise prediction.
+    """A sampling transition: the reverse step rebuilt from the guide-shifted noise prediction.
 
-    ``evaluations`` counts regressor evaluations (rows, each with a backward pass).
+    ``classes`` is None for a regressor guide (``grad f``), or the targets whose logits a classifier
+    guide outputs, in order (``grad log p(c | x_t)`` for each row's target ``c``).
+    ``evaluations`` counts guide evaluations (rows, each with a backward pass).
     """
 
-    def __init__(self, regressor: nn.Module, scale: float) -> None:
+    def __init__(self, regressor: nn.Module, scale: float, classes: list[int] | None = None) -> None:
         self.regressor = regressor
         self.scale = float(scale)
+        self.classes = classes
         self.evaluations = 0
+
+    def _value(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        if self.classes is None:
+            return self.regressor(x, t, cond, mask).sum()
+        if cond is None:
+            raise ValueError("a classifier guide steers towards a target; sample with --target")
+        missing = sorted(set(cond.tolist()) - set(self.classes))
+        if missing:
+            raise ValueError(f"this classifier guide knows the targets {self.classes}, not {missing}")
+        columns = torch.tensor([self.classes.index(c) for c in cond.tolist()], device=x.device)
+        log_probs = torch.log_softmax(self.regressor(x, t, None, mask), dim=-1)
+        return log_probs.gather(1, columns[:, None]).sum()
 
     def gradient(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
                  mask: torch.Tensor | None, diffusion: GaussianDiffusion) -> torch.Tensor:
-        """``grad_x f(x_t, t)`` per row (masked and projected onto the sample space)."""
+        """``grad_x f(x_t, t)`` (or ``grad_x log p(c | x_t)``) per row, masked and projected onto the sample space."""
         self.evaluations += x.shape[0]
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            value = self.regressor(x, t.to(x.dtype) / diffusion.timesteps, cond, mask).sum()
-            (grad,) = torch.autograd.grad(value, x)
+            (grad,) = torch.autograd.grad(self._value(x, t.to(x.dtype) / diffusion.timesteps, cond, mask), x)
         m = expand_mask(mask, grad)
         if m is not None:
             grad = grad * m

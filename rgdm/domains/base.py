@@ -58,8 +58,9 @@ class Domain(Protocol):
         """A fresh denoiser ``net(x_t, t / T, cond, mask) -> eps``."""
         ...
 
-    def build_regressor(self, options: dict[str, Any]) -> nn.Module:
-        """A fresh noise-aware scalar network ``f(x_t, t / T, cond, mask) -> (batch,)`` (guidance)."""
+    def build_regressor(self, options: dict[str, Any], outputs: int = 1) -> nn.Module:
+        """A fresh noise-aware network ``f(x_t, t / T, cond, mask)`` (guidance): a scalar ``(batch,)``,
+        or ``(batch, outputs)`` logits of a noise-aware classifier when ``outputs > 1``."""
         ...
 
     def dataset(self, split: str = "train") -> Batch:

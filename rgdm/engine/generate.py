@@ -5,19 +5,19 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch import nn
 
-from rgdm.algorithms import CandidateSelection, ClassifierGuidance, GradientStep, GuidedEpsModel
+from rgdm.algorithms import CandidateSelection, GradientStep, GuidedEpsModel
 from rgdm.batch import Batch
 from rgdm.diffusion import Transition, ancestral_transition, sample
 from rgdm.engine.builder import LoadedModel
+from rgdm.engine.guide import Guide
 from rgdm.rewards import Scorer
 
 Guidance = Literal["none", "select", "gradient", "regressor"]
 
 
 def make_transition(guidance: Guidance, scorer: Scorer | None, temperature: float, candidates: int,
-                    radius: float, guide: nn.Module | None = None) -> Transition:
+                    radius: float, guide: Guide | None = None) -> Transition:
     """The reverse transition of ``rgdm sample --guidance``: plain, candidate selection or a reward
     gradient (both need ``scorer``), or classifier guidance by a noise-aware ``guide`` at scale ``1 / tau``."""
     if guidance == "none":
@@ -25,7 +25,7 @@ def make_transition(guidance: Guidance, scorer: Scorer | None, temperature: floa
     if guidance == "regressor":
         if guide is None:
             raise ValueError("guidance 'regressor' needs a guide (--guide DIR, trained with rgdm train-guide)")
-        return ClassifierGuidance(guide, scale=1.0 / temperature)
+        return guide.transition(temperature)
     if scorer is None:
         raise ValueError(f"guidance {guidance!r} needs a reward (--reward NAME or FILE.py:FUNC)")
     if guidance == "select":

@@ -1,20 +1,23 @@
 """Noise-aware guides for classifier guidance: train, save and load one for a trained model.
 
-A guide is the regressor ``f(x_t, t, c)`` of ``rgdm.algorithms.classifier_guidance``: it is fitted to
+A guide is the network of ``rgdm.algorithms.classifier_guidance``: a regressor ``f(x_t, t, c)``
+(objective ``mse``) or a classifier over the targets (objective ``cross-entropy``). It is fitted to
 reward values of the model's training data, scored once against each target (so its reward calls
-are a budget like RGDM's), and steers the fixed model at sampling time with ``grad f / tau``. It lives
-in its own folder: ``guide.safetensors`` (weights) and ``guide.json`` (what rebuilds it, its budget).
+are a budget like RGDM's), and steers the fixed model at sampling time with ``grad f / tau`` or
+``grad log p(c | x_t) / tau``. It lives in its own folder: ``guide.safetensors`` (weights) and
+``guide.json`` (what rebuilds it, its budget).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from rgdm.algorithms import train_regressor
+from rgdm.algorithms import ClassifierGuidance, train_regressor
 from rgdm.batch import Batch
 from rgdm.engine.builder import LoadedModel
 from rgdm.engine.checkpoint import CheckpointError, load_tensors, read_json, save_tensors, write_json
@@ -22,6 +25,17 @@ from rgdm.rewards.scorer import Scorer
 
 GUIDE_FORMAT = "rgdm-guide/1"
 WEIGHTS, META = "guide.safetensors", "guide.json"
+
+
+@dataclass
+class Guide:
+    """A loaded guide: its network and, for a classifier, the targets its logits stand for."""
+
+    network: nn.Module
+    classes: list[int] | None = None
+
+    def transition(self, temperature: float) -> ClassifierGuidance:
+        return ClassifierGuidance(self.network, scale=1.0 / temperature, classes=self.classes)
 
 
 def scored_rows(model: LoadedModel, scorer: Scorer, targets: list[int] | None, rows: int,
@@ -38,22 +52,33 @@ def scored_rows(model: LoadedModel, scorer: Scorer, targets: list[int] | None, r
 
 
 def train_guide(model: LoadedModel, scorer: Scorer, targets: list[int] | None, *, rows: int, steps: int,
-                batch_size: int, lr: float, seed: int, progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """Fit a noise-aware regressor of the reward on ``rows`` scored training rows (per target).
+                batch_size: int, lr: float, seed: int, objective: str = "mse",
+                progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """Fit a noise-aware guide on ``rows`` scored training rows (per target).
 
-    Returns the regressor and its metadata; reward calls are ``rows * len(targets)``.
+    ``mse`` regresses each (row, target) reward; ``cross-entropy`` fits a classifier over the targets
+    with each row's rewards as soft labels. Returns the network and its metadata; reward calls are
+    ``rows * len(targets)``.
     """
+    if objective == "cross-entropy" and len(targets or []) < 2:
+        raise ValueError("a cross-entropy guide classifies among targets; give --targets with two or more")
     generator = torch.Generator().manual_seed(seed)
     data, rewards = scored_rows(model, scorer, targets, rows, generator)
+    outputs = 1
+    if objective == "cross-entropy":
+        outputs = len(targets)
+        rewards = rewards.view(outputs, -1).T  # copy-major: column k holds the rewards against targets[k]
+        first_copy = data.select(torch.arange(len(rewards)))
+        data = Batch(first_copy.x, first_copy.mask)  # a classifier takes no condition
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        regressor = model.domain.build_regressor(model.meta["network"])
+        regressor = model.domain.build_regressor(model.meta["network"], outputs)
     losses = train_regressor(regressor, model.diffusion, data, rewards, steps=steps, batch_size=batch_size,
-                             lr=lr, generator=generator, progress=progress)
+                             lr=lr, generator=generator, progress=progress, objective=objective)
     tail = losses[-max(1, steps // 10):]
     meta = {"network": model.meta["network"], "domain": model.domain.config(), "targets": targets,
-            "reward_calls": len(rewards), "rows": len(data) // len(targets or [None]), "steps": steps,
-            "batch_size": batch_size, "lr": lr, "seed": seed, "final_mse": sum(tail) / len(tail)}
+            "objective": objective, "reward_calls": rewards.numel(), "rows": rewards.numel() // len(targets or [None]),
+            "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "final_loss": sum(tail) / len(tail)}
     return regressor.eval(), meta
 
 
@@ -64,7 +89,7 @@ def save_guide(folder: Path, regressor: nn.Module, meta: dict[str, Any]) -> Path
     return folder
 
 
-def load_guide(folder: str | Path, model: LoadedModel) -> nn.Module:
+def load_guide(folder: str | Path, model: LoadedModel) -> Guide:
     """A saved guide, checked against the model it will steer (same domain and network options)."""
     folder = Path(folder)
     if not (folder / META).is_file():
@@ -75,9 +100,10 @@ def load_guide(folder: str | Path, model: LoadedModel) -> nn.Module:
     if meta["domain"] != model.domain.config():
         raise CheckpointError(f"the guide in {folder} was trained for another domain "
                               f"({meta['domain'].get('name')}, {meta['domain']}); train one for this model")
-    regressor = model.domain.build_regressor(meta["network"])
+    classes = meta["targets"] if meta.get("objective") == "cross-entropy" else None
+    regressor = model.domain.build_regressor(meta["network"], len(classes) if classes else 1)
     try:
         regressor.load_state_dict(load_tensors(folder / WEIGHTS, meta["sha256"]))
     except RuntimeError as error:
         raise CheckpointError(f"weights in {folder} do not fit the regressor its {META} describes: {error}") from None
-    return regressor.eval()
+    return Guide(regressor.eval(), classes)

@@ -128,9 +128,9 @@ class MoleculeDomain:
         net = NetworkOptions.model_validate(options)
         return EGNNDenoiser(self.atom_features, self.num_targets, net.hidden, net.layers, net.coords_range)
 
-    def build_regressor(self, options: dict[str, Any]) -> nn.Module:
+    def build_regressor(self, options: dict[str, Any], outputs: int = 1) -> nn.Module:
         net = NetworkOptions.model_validate(options)
-        return EGNNRegressor(self.atom_features, self.num_targets, net.hidden, net.layers, net.coords_range)
+        return EGNNRegressor(self.atom_features, self.num_targets, net.hidden, net.layers, net.coords_range, outputs)
 
     def dataset(self, split: str = "train") -> Batch:
         split = self.options.split if split == "train" else split

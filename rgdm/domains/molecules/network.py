@@ -119,19 +119,21 @@ class EGNNDenoiser(nn.Module):
 
 
 class EGNNRegressor(EGNNDenoiser):
-    """A scalar per molecule ``f(x_t, t, c, mask)``: the sum of invariant per-atom read-outs.
+    """A scalar per molecule ``f(x_t, t, c, mask)``: the sum of invariant per-atom read-outs
+    (``(b, outputs)`` logits when ``outputs > 1``).
 
     Serves as the noise-aware regressor of classifier guidance and, at ``t = 0``, as a property
     predictor (alpha, gap, ...) trained on one half of QM9.
     """
 
     def __init__(self, atom_features: int, num_targets: int = 0, hidden: int = 128, layers: int = 6,
-                 coords_range: float = 15.0) -> None:
+                 coords_range: float = 15.0, outputs: int = 1) -> None:
         super().__init__(atom_features, num_targets, hidden, layers, coords_range)
-        self.read_out = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        self.read_out = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, outputs))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         x, mask = _trim(x, mask)
         h, _ = self.egnn(self._inputs(x, t, cond, mask), x[..., :3], mask)
-        return (self.read_out(h).squeeze(-1) * mask).sum(1)
+        out = (self.read_out(h) * mask[..., None]).sum(1)
+        return out.squeeze(-1) if out.shape[-1] == 1 else out

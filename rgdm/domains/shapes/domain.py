@@ -165,9 +165,9 @@ class ShapeDomain:
         net = NetworkOptions.model_validate(options)
         return PointDenoiser(self.num_targets, net.width, net.depth, net.neighbours, net.edge_width)
 
-    def build_regressor(self, options: dict[str, Any]) -> nn.Module:
+    def build_regressor(self, options: dict[str, Any], outputs: int = 1) -> nn.Module:
         net = NetworkOptions.model_validate(options)
-        return PointRegressor(self.num_targets, net.width, net.depth, net.neighbours, net.edge_width)
+        return PointRegressor(self.num_targets, net.width, net.depth, net.neighbours, net.edge_width, outputs)
 
     def dataset(self, split: str = "train") -> Batch:
         """The training clouds, without class labels: pre-training is unconditional."""

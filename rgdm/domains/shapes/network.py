@@ -137,17 +137,19 @@ class PointDenoiser(PointTrunk):
 
 
 class PointRegressor(PointTrunk):
-    """A noise-aware scalar per cloud ``f(x_t, t, c) -> (b,)`` (classifier guidance), permutation invariant."""
+    """A noise-aware scalar per cloud ``f(x_t, t, c) -> (b,)`` (classifier guidance), permutation invariant;
+    ``(b, outputs)`` logits when ``outputs > 1``."""
 
     def __init__(self, num_targets: int = 0, width: int = 128, depth: int = 4, neighbours: int = 16,
-                 edge_width: int = 32) -> None:
+                 edge_width: int = 32, outputs: int = 1) -> None:
         super().__init__(num_targets, width, depth, neighbours, edge_width)
         self.norm = nn.LayerNorm(width)
-        self.head = nn.Sequential(nn.Linear(2 * width, width), nn.SiLU(), nn.Linear(width, 1))
+        self.head = nn.Sequential(nn.Linear(2 * width, width), nn.SiLU(), nn.Linear(width, outputs))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.norm(self.features(x, t, cond))
-        return self.head(torch.cat([h.max(dim=1).values, h.mean(dim=1)], dim=-1)).squeeze(-1)
+        out = self.head(torch.cat([h.max(dim=1).values, h.mean(dim=1)], dim=-1))
+        return out.squeeze(-1) if out.shape[-1] == 1 else out

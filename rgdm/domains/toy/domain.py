@@ -81,9 +81,9 @@ class ToyDomain:
         net = NetworkOptions.model_validate(options)
         return MLPDenoiser(self.mixture.dim, self.num_targets, width=net.width, depth=net.depth)
 
-    def build_regressor(self, options: dict[str, Any]) -> nn.Module:
+    def build_regressor(self, options: dict[str, Any], outputs: int = 1) -> nn.Module:
         net = NetworkOptions.model_validate(options)
-        return MLPRegressor(self.mixture.dim, self.num_targets, width=net.width, depth=net.depth)
+        return MLPRegressor(self.mixture.dim, self.num_targets, width=net.width, depth=net.depth, outputs=outputs)
 
     def dataset(self, split: str = "train") -> Batch:
         if self._data is None:

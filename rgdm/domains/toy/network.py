@@ -55,11 +55,13 @@ class MLPDenoiser(nn.Module):
 
 
 class MLPRegressor(MLPDenoiser):
-    """A noise-aware scalar head ``f(x_t, t, c)`` (classifier guidance's regressor), same trunk."""
+    """A noise-aware head ``f(x_t, t, c)`` on the same trunk (classifier guidance): a scalar ``(b,)``,
+    or ``(b, outputs)`` logits when ``outputs > 1``."""
 
-    def __init__(self, dim: int, num_targets: int = 0, width: int = 256, depth: int = 4) -> None:
-        super().__init__(dim, num_targets, width, depth, out_features=1)
+    def __init__(self, dim: int, num_targets: int = 0, width: int = 256, depth: int = 4, outputs: int = 1) -> None:
+        super().__init__(dim, num_targets, width, depth, out_features=outputs)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        return super().forward(x, t, cond, mask).squeeze(-1)
+        out = super().forward(x, t, cond, mask)
+        return out.squeeze(-1) if out.shape[-1] == 1 else out
