@@ -247,3 +247,21 @@ def test_cross_entropy_guides_need_non_negative_rewards_per_target():
     with pytest.raises(ValueError, match="unknown guide objective"):
         train_regressor(classifier, loaded.diffusion, data, torch.rand(8, 3), steps=1, batch_size=4, lr=1e-3,
                         generator=torch.Generator(), objective="hinge")
+
+
+def test_a_classifier_guide_takes_each_rows_target_log_probability_and_names_unknown_targets():
+    model = make_model(timesteps=20)
+    torch.manual_seed(0)
+    classifier = MLPRegressor(2, 0, width=8, depth=1, outputs=2)
+    nn.init.normal_(classifier.output[-1].weight)  # the head starts at zero: give the logits a gradient
+    guidance = ClassifierGuidance(classifier, scale=1.0, classes=[2, 5])
+    x, t = torch.randn(3, 2), torch.full((3,), 10)
+    grad = guidance.gradient(x, t, torch.tensor([2, 5, 2]), None, model.diffusion)
+    with torch.enable_grad():
+        leaf = x.clone().requires_grad_(True)
+        log_probs = torch.log_softmax(classifier(leaf, t / model.diffusion.timesteps), dim=-1)
+        (expected,) = torch.autograd.grad(log_probs[[0, 1, 2], [0, 1, 0]].sum(), leaf)
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(grad, model.diffusion.project(expected, None))
+    with pytest.raises(ValueError, match=r"knows the targets \[2, 5\], not \[0, 9\]"):
+        guidance.gradient(x, t, torch.tensor([2, 9, 0]), None, model.diffusion)

@@ -100,6 +100,9 @@ class ClassifierGuidance:
         self.regressor = regressor
         self.scale = float(scale)
         self.classes = classes
+        if classes is not None:  # target id -> its logit's column (-1: a target the classifier does not know)
+            self.columns = torch.full((max(classes) + 1,), -1, dtype=torch.long)
+            self.columns[torch.as_tensor(classes)] = torch.arange(len(classes))
         self.evaluations = 0
 
     def _value(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
@@ -108,10 +111,12 @@ class ClassifierGuidance:
             return self.regressor(x, t, cond, mask).sum()
         if cond is None:
             raise ValueError("a classifier guide steers towards a target; sample with --target")
-        missing = sorted(set(cond.tolist()) - set(self.classes))
-        if missing:
+        cond = cond.long()
+        known = cond < len(self.columns)
+        columns = torch.where(known, self.columns.to(cond.device)[cond.clamp(max=len(self.columns) - 1)], -1)
+        if bool((columns < 0).any()):
+            missing = sorted(set(cond[columns < 0].tolist()))
             raise ValueError(f"this classifier guide knows the targets {self.classes}, not {missing}")
-        columns = torch.tensor([self.classes.index(c) for c in cond.tolist()], device=x.device)
         log_probs = torch.log_softmax(self.regressor(x, t, None, mask), dim=-1)
         return log_probs.gather(1, columns[:, None]).sum()
 
