@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -127,6 +129,24 @@ def test_atom_counts_follow_the_training_histogram(domain):
     assert counts.min() >= 3 and counts.max() <= 29
 
 
+def test_refitted_atom_counts_are_the_weighted_counts_and_survive_config(domain):
+    mask = (torch.arange(29)[None] < torch.tensor([[3], [5], [5]])).float()
+    domain = build_domain(domain.config())
+    domain.refit_prior(mask, torch.tensor([0.5, 0.25, 0.25]))
+    assert domain.atom_count_histogram[[3, 5]].tolist() == [0.5, 0.5]
+    counts = domain.prior_batch(200, torch.Generator().manual_seed(0)).mask.sum(1)
+    assert set(counts.long().tolist()) == {3, 5}
+    rebuilt = build_domain(domain.config())
+    assert torch.equal(rebuilt.atom_count_histogram, domain.atom_count_histogram)
+
+
+@pytest.mark.parametrize(("counts", "message"), [([1.0] * 7, "needs 30"), ([0.0] * 30, "some atom count"),
+                                                 ([-1.0] + [1.0] * 29, "greater than or equal")])
+def test_bad_atom_counts_are_refused_with_the_reason(counts, message):
+    with pytest.raises(ValueError, match=message):
+        build_domain({"name": "molecules", "subset": 500, "atom_counts": counts}).prior_batch(1, torch.Generator())
+
+
 def test_without_hydrogens_uses_four_elements():
     heavy = build_domain({"name": "molecules", "subset": 50, "hydrogens": False, "charges": False})
     batch = heavy.dataset()
@@ -238,6 +258,34 @@ def test_property_reward_and_measure_use_different_predictors(alpha_domain):
 def test_a_model_without_target_property_refuses_targets(domain):
     with pytest.raises(ValueError, match=r"domain\.target_property=alpha"):
         domain.parse_target("75")
+
+
+ATOM_COUNT_REWARD = """
+import numpy as np
+
+def atoms(molecules):
+    return np.array([float(len(m.atomic_numbers)) for m in molecules])
+"""
+
+
+@pytest.mark.parametrize("algorithm", ["rgdm-data", "rgdm-model"])
+def test_payoff_fine_tunes_refit_the_atom_counts_and_resume_refits_the_same(tmp_path, algorithm):
+    """``p*(M) ∝ p(M) E[exp(r / tau) | M]``: a reward for size moves the histogram to large molecules."""
+    from rgdm.cli import main
+    from rgdm.engine.trainer import Trainer
+
+    (tmp_path / "reward.py").write_text(ATOM_COUNT_REWARD)
+    run = tmp_path / "run"
+    assert main(["-q", "finetune", "--checkpoint", "qm9-pretrained", "--reward", f"{tmp_path / 'reward.py'}:atoms",
+                 "--algorithm", algorithm, "--temperature", "1.0", "--steps", "2", "--set", "domain.subset=500",
+                 "--set", "algorithm.scored_size=300", "--set", "algorithm.rounds=2", "--set",
+                 "algorithm.buffer_size=16", "--set", "algorithm.sample_steps=2", "--set", "train.batch_size=4",
+                 "--out", str(run)]) == 0
+    fitted = torch.tensor(json.loads((run / "model.json").read_text())["domain"]["atom_counts"], dtype=torch.float64)
+    data = build_domain({"name": "molecules", "subset": 500}).atom_count_histogram
+    sizes = torch.arange(len(data), dtype=torch.float64)
+    assert float((fitted * sizes).sum()) > float((data * sizes).sum()) + 1.0
+    assert Trainer.resume(run).domain.config()["atom_counts"] == fitted.tolist()
 
 
 def test_molecule_demo_writes_its_report(tmp_path):

@@ -86,6 +86,15 @@ class Algorithm(ABC):
              ) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss for training step ``step`` and scalar statistics to log."""
 
+    def weighted_sizes(self, ctx: TrainingContext) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The masks of the samples the loss fits now and their pay-off weights, or ``None``.
+
+        The network learns ``p(x | size)`` only; the engine refits the domain's size distribution
+        (a molecule's atom count) to these, so that samples follow the pay-off distribution over
+        sizes too.
+        """
+        return None
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {}
 

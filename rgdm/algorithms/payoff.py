@@ -54,6 +54,12 @@ class DataPayoff(Algorithm):
         loss = weighted_denoising_loss(ctx.model, batch, generator, ctx.shard)
         return loss + anchor_loss(ctx, self.anchor, generator), {"ess": effective_sample_size(self.weights[0])}
 
+    def weighted_sizes(self, ctx: TrainingContext) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The scored rows with their weights (unconditional runs: one weight vector)."""
+        if ctx.targets or ctx.data.mask is None or not len(self.rows):
+            return None
+        return ctx.data.mask[self.rows.to(ctx.data.mask.device)], self.weights[0]
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {"rows": self.rows, "weights": self.weights}
 
@@ -105,6 +111,13 @@ class ModelPayoff(Algorithm):
         loss = weighted_denoising_loss(ctx.model, batch, generator, ctx.shard)
         loss = loss + anchor_loss(ctx, self.anchor, generator)
         return loss, {"ess": effective_sample_size(self.weights), "round": float(self.round)}
+
+    def weighted_sizes(self, ctx: TrainingContext) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """This round's buffer with its weights: drawn from the previous round's sizes, so the refits
+        compound over rounds to ``exp(r / tau)`` as the network's tempering does."""
+        if self.buffer.mask is None or self.buffer.cond is not None or not len(self.weights):
+            return None
+        return self.buffer.mask, self.weights
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {"round": torch.tensor(self.round), "x": self.buffer.x, "weights": self.weights}

@@ -71,6 +71,11 @@ class Domain(Protocol):
         """An all-zero batch of ``n`` samples with masks drawn as the domain does (atom counts)."""
         ...
 
+    def refit_prior(self, mask: torch.Tensor, weights: torch.Tensor) -> None:
+        """Refit the size distribution ``prior_batch`` draws from to weighted sample masks (a molecule's
+        atom count), kept in ``config()``; a no-op for fixed-size samples."""
+        ...
+
     def decode(self, x: torch.Tensor, mask: torch.Tensor | None) -> Sequence[Any]:
         """Tensors to the objects rewards score (arrays, molecules, point clouds)."""
         ...

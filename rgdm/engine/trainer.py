@@ -125,6 +125,7 @@ class Trainer:
         )
         self.step = 0
         self._stop_signal: int | None = None
+        self._fitted_weights: torch.Tensor | None = None
 
     def _prior_on_device(self, n: int, generator: torch.Generator, cond: torch.Tensor | None) -> Batch:
         """The domain's prior batch (atom counts, targets) on the training device."""
@@ -188,6 +189,15 @@ class Trainer:
             self.context.ledger.calls = sum(c["calls"] for c in counters)
         self.parent_conditional = bool(meta.get("parent_conditional", False))
         self.step = int(meta["step"])
+        self._refit_prior()
+
+    def _refit_prior(self) -> None:
+        """Refit the domain's size distribution to the algorithm's weighted samples whenever they change
+        (it is a function of the algorithm's state, so a resumed run refits the same)."""
+        sizes = self.algorithm.weighted_sizes(self.context)
+        if sizes is not None and sizes[1] is not self._fitted_weights:
+            self.domain.refit_prior(*sizes)
+            self._fitted_weights = sizes[1]
 
     def save_checkpoint(self) -> None:
         """Every process takes part (the reward counters are gathered); rank 0 writes."""
@@ -236,6 +246,7 @@ class Trainer:
             if self.main:
                 (self.run_dir / "config.yaml").write_text(dump_config(self.config))
             self.algorithm.setup(self.context, self.generator)
+            self._refit_prior()
             self.save_checkpoint()
         logger = RunLogger(self.run_dir, resume_step=None if fresh else self.step) if self.main else None
         handlers = {}
@@ -247,6 +258,7 @@ class Trainer:
             while self.step < train.steps:
                 try:
                     loss, stats = self.algorithm.loss(self.context, self.step, self.generator)
+                    self._refit_prior()
                 except BudgetExhausted as spent:
                     log.warning("%s; stopping at step %d and saving the model", spent, self.step)
                     self.save_checkpoint()

@@ -3,7 +3,8 @@
 A molecule is a row of ``x`` with shape ``(atoms, 3 + F)``: positions in Å (zero centre of mass)
 then atom features, the one-hot element scaled by 0.25 and, with charges, the atomic number / 10
 (EDM's normalisation). Padding atoms are masked out. The atom count of a new sample is drawn from
-the training histogram.
+the training histogram, or from a fine-tuned model's own (``atom_counts``: the pay-off
+distribution's, refitted by the engine).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, field_validator
 from torch import nn
 
 from rgdm.batch import Batch
@@ -66,6 +67,15 @@ class MoleculeOptions(BaseModel):
     property_bins: int = Field(8, ge=0, le=64, description="conditional targets: equal-mass bins of a property")
     target_property: Literal["alpha", "gap", "homo", "lumo", "mu", "Cv"] | None = Field(
         None, description="the property whose bins are the targets (set when fine-tuning for it)")
+    atom_counts: list[NonNegativeFloat] | None = Field(
+        None, description="p(M), index M: a fine-tuned model's atom-count histogram (default: the training data's)")
+
+    @field_validator("atom_counts")
+    @classmethod
+    def _some_mass(cls, counts: list[float] | None) -> list[float] | None:
+        if counts is not None and sum(counts) <= 0:
+            raise ValueError("atom_counts must put weight on some atom count")
+        return counts
 
 
 class NetworkOptions(BaseModel):
@@ -141,9 +151,24 @@ class MoleculeDomain:
 
     @cached_property
     def atom_count_histogram(self) -> torch.Tensor:
-        """``p(M)``: the share of training molecules with ``M`` atoms, index ``M``."""
+        """``p(M)``, index ``M``: ``atom_counts`` if set, else the share of training molecules with ``M`` atoms."""
+        width = self.dataset().x.shape[1]
+        if self.options.atom_counts is not None:
+            if len(self.options.atom_counts) != width + 1:
+                raise ValueError(f"atom_counts has {len(self.options.atom_counts)} entries; a molecule of this "
+                                 f"domain has 0..{width} atoms, so it needs {width + 1}")
+            histogram = torch.tensor(self.options.atom_counts, dtype=torch.float64)
+            return histogram / histogram.sum()
         counts = self.dataset().mask.sum(1).long()
-        return torch.bincount(counts, minlength=self.dataset().x.shape[1] + 1).double() / len(counts)
+        return torch.bincount(counts, minlength=width + 1).double() / len(counts)
+
+    def refit_prior(self, mask: torch.Tensor, weights: torch.Tensor) -> None:
+        """``p(M) = sum_i w_i [M_i = M] / sum_i w_i``: the atom counts of weighted samples."""
+        counts = mask.sum(1).long().cpu()
+        histogram = torch.bincount(counts, weights=weights.detach().double().cpu(),
+                                   minlength=self.dataset().x.shape[1] + 1)
+        self.options = self.options.model_copy(update={"atom_counts": (histogram / histogram.sum()).tolist()})
+        self.__dict__.pop("atom_count_histogram", None)
 
     @cached_property
     def property_bins(self) -> tuple[torch.Tensor, torch.Tensor]:

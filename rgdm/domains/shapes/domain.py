@@ -178,6 +178,9 @@ class ShapeDomain:
     def prior_batch(self, n: int, generator: torch.Generator, cond: torch.Tensor | None = None) -> Batch:
         return Batch(torch.zeros(n, self.options.num_points, 3), cond=cond)
 
+    def refit_prior(self, mask: torch.Tensor, weights: torch.Tensor) -> None:
+        """Every sample has the same size: nothing to refit."""
+
     def decode(self, x: torch.Tensor, mask: torch.Tensor | None) -> np.ndarray:
         """Normalised tensors ``(b, N, 3)`` to object-frame clouds, a float32 array whose rows are ``(N, 3)``."""
         return self.shapes.denormalize(x.detach().float().cpu().numpy()).astype(np.float32)

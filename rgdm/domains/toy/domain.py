@@ -95,6 +95,9 @@ class ToyDomain:
     def prior_batch(self, n: int, generator: torch.Generator, cond: torch.Tensor | None = None) -> Batch:
         return Batch(torch.zeros(n, self.mixture.dim), cond=cond)
 
+    def refit_prior(self, mask: torch.Tensor, weights: torch.Tensor) -> None:
+        """Every sample has the same size: nothing to refit."""
+
     def decode(self, x: torch.Tensor, mask: torch.Tensor | None) -> Sequence[Any]:
         return x.float().numpy()
 
