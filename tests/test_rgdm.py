@@ -16,6 +16,7 @@ from rgdm.algorithms import (
     StepwiseExploration,
     TrainingContext,
 )
+from rgdm.algorithms.base import score_data_rows
 from rgdm.algorithms.rgdm import (
     denoising_loss,
     explore,
@@ -99,6 +100,19 @@ def test_data_payoff_resamples_in_proportion_to_exp_reward():
     drawn = torch.multinomial(algorithm.weights[0], 20_000, replacement=True, generator=generator)
     share_right = (x[algorithm.rows[drawn], 0] > 0).float().mean()
     assert share_right == pytest.approx(math.exp(2) / (1 + math.exp(2)), abs=0.015)
+
+
+def test_data_rows_are_scored_in_chunks_exactly_once_per_target():
+    x = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    model = make_model()
+    counter = RewardCounter()
+    context = TrainingContext(model=model, ema=model, reference=None, data=Batch(x),
+                              scorer=make_scorer(right_half, counter), batch_size=4, prior=None, targets=[0, 1],
+                              progress=True)
+    rows, rewards = score_data_rows(context, "rgdm-data", None, torch.Generator().manual_seed(0), chunk=7)
+    assert sorted(rows.tolist()) == list(range(20)) and counter.calls == 40
+    expected = torch.as_tensor(right_half(x[rows].numpy()), dtype=torch.float32)
+    torch.testing.assert_close(rewards, expected.repeat(2, 1))
 
 
 def test_data_payoff_with_more_targets_than_a_small_batch_draws():

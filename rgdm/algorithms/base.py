@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from rgdm.algorithms.rgdm import WHOLE, weighted_denoising_loss
 from rgdm.batch import Batch, Shard
@@ -33,6 +34,8 @@ class TrainingContext:
     #: Under data parallelism, the reward budget over all processes: charged with each global batch
     #: before its rows are split, identically on every process, so all stop at the same step.
     ledger: RewardCounter | None = None
+    #: Whether long set-up work (scoring the data) shows a progress bar.
+    progress: bool = False
 
     def charge(self, calls: int) -> None:
         """Count ``calls`` global reward calls against the budget (a no-op in a single process, where
@@ -102,19 +105,29 @@ class Algorithm(ABC):
         """Restore what ``state_tensors`` saved."""
 
 
-def score_data_rows(ctx: TrainingContext, algorithm: str, scored_size: int | None, generator: torch.Generator
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def score_data_rows(ctx: TrainingContext, algorithm: str, scored_size: int | None, generator: torch.Generator,
+                    chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
     """Score ``scored_size`` random data rows once, against each conditional target if any.
 
-    Returns the row indices and the rewards, shape ``(targets or 1, rows)``.
+    Rows are scored ``chunk`` at a time under a progress bar. Returns the row indices and the
+    rewards, shape ``(targets or 1, rows)``.
     """
     n = len(ctx.data) if scored_size is None else min(scored_size, len(ctx.data))
     rows = torch.randperm(len(ctx.data), generator=generator, device=generator.device)[:n].cpu()
     scored = ctx.data.select(rows.to(ctx.data.x.device))
+    targets = ctx.targets or [None]
+    bar = tqdm(total=n * len(targets), desc=f"{algorithm}: scoring data", unit="row",
+               disable=not ctx.progress or n <= chunk, leave=False, dynamic_ncols=True)
     rewards = []
-    for target in ctx.targets or [None]:
-        cond = None if target is None else torch.full((n,), target, dtype=torch.long)
-        rewards.append(ctx.score(algorithm, scored.x, scored.mask, cond))
+    for target in targets:
+        values = []
+        for start in range(0, n, chunk):
+            part = scored.select(slice(start, start + chunk))
+            cond = None if target is None else torch.full((len(part),), target, dtype=torch.long)
+            values.append(ctx.score(algorithm, part.x, part.mask, cond))
+            bar.update(len(part))
+        rewards.append(torch.cat(values))
+    bar.close()
     return rows, torch.stack(rewards)
 
 

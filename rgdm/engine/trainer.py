@@ -245,6 +245,7 @@ class Trainer:
         if fresh:
             if self.main:
                 (self.run_dir / "config.yaml").write_text(dump_config(self.config))
+            self.context.progress = progress and self.main
             self.algorithm.setup(self.context, self.generator)
             self._refit_prior()
             self.save_checkpoint()
