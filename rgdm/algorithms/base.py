@@ -36,6 +36,15 @@ class TrainingContext:
     ledger: RewardCounter | None = None
     #: Whether long set-up work (scoring the data) shows a progress bar.
     progress: bool = False
+    #: The domain's ``refit_prior``. The network learns ``p(x | size)`` only, so pay-off algorithms
+    #: hand it the masks and weights of the samples their loss fits whenever those change, and
+    #: samples follow the pay-off distribution over sizes (a molecule's atom count) too.
+    refit_prior: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+
+    def refit_sizes(self, mask: torch.Tensor | None, weights: torch.Tensor) -> None:
+        """Refit the domain's size distribution to weighted samples (a no-op for fixed-size samples)."""
+        if self.refit_prior is not None and mask is not None:
+            self.refit_prior(mask, weights)
 
     def charge(self, calls: int) -> None:
         """Count ``calls`` global reward calls against the budget (a no-op in a single process, where
@@ -88,15 +97,6 @@ class Algorithm(ABC):
     def loss(self, ctx: TrainingContext, step: int, generator: torch.Generator
              ) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss for training step ``step`` and scalar statistics to log."""
-
-    def weighted_sizes(self, ctx: TrainingContext) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The masks of the samples the loss fits now and their pay-off weights, or ``None``.
-
-        The network learns ``p(x | size)`` only; the engine refits the domain's size distribution
-        (a molecule's atom count) to these, so that samples follow the pay-off distribution over
-        sizes too.
-        """
-        return None
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {}

@@ -37,6 +37,8 @@ class DataPayoff(Algorithm):
     def setup(self, ctx: TrainingContext, generator: torch.Generator) -> None:
         self.rows, rewards = score_data_rows(ctx, self.name, self.scored_size, generator)
         self.weights = payoff_weights(rewards, self.temperature, dim=1)
+        if not ctx.targets and ctx.data.mask is not None:  # conditional runs keep p(M | c) from the data
+            ctx.refit_sizes(ctx.data.mask[self.rows.to(ctx.data.mask.device)], self.weights[0])
 
     def loss(self, ctx: TrainingContext, step: int, generator: torch.Generator
              ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -53,12 +55,6 @@ class DataPayoff(Algorithm):
         batch = Batch(picked.x, picked.mask, None if cond is None else cond.to(picked.x.device))
         loss = weighted_denoising_loss(ctx.model, batch, generator, ctx.shard)
         return loss + anchor_loss(ctx, self.anchor, generator), {"ess": effective_sample_size(self.weights[0])}
-
-    def weighted_sizes(self, ctx: TrainingContext) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The scored rows with their weights (unconditional runs: one weight vector)."""
-        if ctx.targets or ctx.data.mask is None or not len(self.rows):
-            return None
-        return ctx.data.mask[self.rows.to(ctx.data.mask.device)], self.weights[0]
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {"rows": self.rows, "weights": self.weights}
@@ -96,6 +92,8 @@ class ModelPayoff(Algorithm):
                    generator=generator, device=prior.x.device, progress=ctx.progress).x0
         self.buffer = Batch(x, prior.mask, prior.cond)
         self.weights = self.round_weights(ctx.score(self.name, x, prior.mask, prior.cond))
+        if prior.cond is None:  # drawn from the previous round's sizes: the refits compound like the weights
+            ctx.refit_sizes(prior.mask, self.weights)
 
     def round_weights(self, rewards: torch.Tensor) -> torch.Tensor:
         """One round's share of the tempering: ``softmax(r / (R tau))``."""
@@ -111,13 +109,6 @@ class ModelPayoff(Algorithm):
         loss = weighted_denoising_loss(ctx.model, batch, generator, ctx.shard)
         loss = loss + anchor_loss(ctx, self.anchor, generator)
         return loss, {"ess": effective_sample_size(self.weights), "round": float(self.round)}
-
-    def weighted_sizes(self, ctx: TrainingContext) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """This round's buffer with its weights: drawn from the previous round's sizes, so the refits
-        compound over rounds to ``exp(r / tau)`` as the network's tempering does."""
-        if self.buffer.mask is None or self.buffer.cond is not None or not len(self.weights):
-            return None
-        return self.buffer.mask, self.weights
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {"round": torch.tensor(self.round), "x": self.buffer.x, "weights": self.weights}

@@ -119,13 +119,13 @@ class Trainer:
             scorer=make_scorer(config.reward, self.domain, self.counter),
             batch_size=config.train.batch_size,
             prior=self._prior_on_device,
+            refit_prior=self.domain.refit_prior,
             targets=config.algorithm.targets,
             shard=self.shard,
             ledger=ledger,
         )
         self.step = 0
         self._stop_signal: int | None = None
-        self._fitted_weights: torch.Tensor | None = None
 
     def _prior_on_device(self, n: int, generator: torch.Generator, cond: torch.Tensor | None) -> Batch:
         """The domain's prior batch (atom counts, targets) on the training device."""
@@ -143,12 +143,20 @@ class Trainer:
 
     @classmethod
     def resume(cls, run_dir: str | Path) -> Trainer:
-        """Rebuild a run from its ``config.yaml`` and load its newest intact checkpoint."""
+        """Rebuild a run from its ``config.yaml`` and load its newest intact checkpoint.
+
+        The domain comes from the checkpoint where it holds one: what training fitted into it (a
+        pay-off fine-tune's atom counts) is state like the weights.
+        """
         run_dir = Path(run_dir)
         if not (run_dir / "config.yaml").is_file():
             raise CheckpointError(f"{run_dir} has no config.yaml: it is not an rgdm run folder")
-        trainer = cls(load_config(run_dir / "config.yaml"), run_dir)
-        trainer._load(*load_checkpoint(run_dir))
+        tensors, meta = load_checkpoint(run_dir)
+        config = load_config(run_dir / "config.yaml")
+        if "domain" in meta:
+            config = config.model_copy(update={"domain": meta["domain"]})
+        trainer = cls(config, run_dir)
+        trainer._load(tensors, meta)
         return trainer
 
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -165,7 +173,7 @@ class Trainer:
         counters = gather({"calls": self.counter.calls, "invalid": self.counter.invalid,
                            "failures": dict(self.counter.failures)}, self.shard)
         meta = {"optimizer": optimizer_layout, "scheduler": scheduler, "counters": counters,
-                "parent_conditional": self.parent_conditional}
+                "domain": self.domain.config(), "parent_conditional": self.parent_conditional}
         return tensors, meta
 
     def _load(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -189,15 +197,6 @@ class Trainer:
             self.context.ledger.calls = sum(c["calls"] for c in counters)
         self.parent_conditional = bool(meta.get("parent_conditional", False))
         self.step = int(meta["step"])
-        self._refit_prior()
-
-    def _refit_prior(self) -> None:
-        """Refit the domain's size distribution to the algorithm's weighted samples whenever they change
-        (it is a function of the algorithm's state, so a resumed run refits the same)."""
-        sizes = self.algorithm.weighted_sizes(self.context)
-        if sizes is not None and sizes[1] is not self._fitted_weights:
-            self.domain.refit_prior(*sizes)
-            self._fitted_weights = sizes[1]
 
     def save_checkpoint(self) -> None:
         """Every process takes part (the reward counters are gathered); rank 0 writes."""
@@ -247,7 +246,6 @@ class Trainer:
                 (self.run_dir / "config.yaml").write_text(dump_config(self.config))
             self.context.progress = progress and self.main
             self.algorithm.setup(self.context, self.generator)
-            self._refit_prior()
             self.save_checkpoint()
         logger = RunLogger(self.run_dir, resume_step=None if fresh else self.step) if self.main else None
         handlers = {}
@@ -259,7 +257,6 @@ class Trainer:
             while self.step < train.steps:
                 try:
                     loss, stats = self.algorithm.loss(self.context, self.step, self.generator)
-                    self._refit_prior()
                 except BudgetExhausted as spent:
                     log.warning("%s; stopping at step %d and saving the model", spent, self.step)
                     self.save_checkpoint()
