@@ -4,7 +4,7 @@ A molecule is a row of ``x`` with shape ``(atoms, 3 + F)``: positions in Å (zer
 then atom features, the one-hot element scaled by 0.25 and, with charges, the atomic number / 10
 (EDM's normalisation). Padding atoms are masked out. The atom count of a new sample is drawn from
 the training histogram, or from a fine-tuned model's own (``atom_counts``: the pay-off
-distribution's, refitted by the engine).
+distribution's, refitted by the pay-off fine-tunes).
 """
 
 from __future__ import annotations
