@@ -138,7 +138,7 @@ def cmd_train_guide(args: argparse.Namespace) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     model = load_trained(args.checkpoint)
-    target = None if args.target is None else model.domain.parse_target(args.target)
+    target = args.target if args.target in (None, "all") else model.domain.parse_target(args.target)
     if (args.guide is not None) != (args.guidance == "regressor"):
         raise UsageError("--guidance regressor and --guide DIR go together")
     counter = RewardCounter()
@@ -342,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", required=True, help="shipped name or run folder")
     sample.add_argument("-n", type=int, default=1000, help="number of samples")
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--target", help="condition (class index) for a conditional model")
+    sample.add_argument("--target", help="condition for a conditional model (a class, or a property value for "
+                        "molecules); 'all' spreads the samples evenly over every target")
     sample.add_argument("--steps", type=int, help="DDIM steps (default: every step, DDPM)")
     sample.add_argument("--eta", type=float, default=1.0, help="DDIM eta (1: ancestral, 0: deterministic)")
     sample.add_argument("--guidance", choices=["none", "select", "gradient", "regressor"], default="none",

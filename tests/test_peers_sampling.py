@@ -71,6 +71,12 @@ def test_cfg_scale_needs_a_guidance_condition(ring_model):
         generate(ring_model, 4, seeded_generator(0), cfg_scale=2.0)
 
 
+def test_target_all_spreads_the_samples_over_every_target(ring_model):
+    count = ring_model.domain.num_targets + 3
+    batch = generate(ring_model, count, seeded_generator(0), target="all", steps=2, batch_size=4)
+    assert batch.cond.tolist() == [i % ring_model.domain.num_targets for i in range(count)]
+
+
 def test_benchmark_runs_and_reports_the_schema():
     tiny = Budget(finetune_steps=20, eval_every=10, eval_samples=64, curve_steps=10, data_scored=256,
                   model_rounds=2, model_buffer=64, stepwise_batch=8, ddpo_trajectories=8, candidates=2,

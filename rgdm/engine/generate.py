@@ -40,7 +40,7 @@ def generate(
     n: int,
     generator: torch.Generator,
     *,
-    target: int | None = None,
+    target: int | Literal["all"] | None = None,
     steps: int | None = None,
     eta: float = 1.0,
     transition: Transition = ancestral_transition,
@@ -51,27 +51,43 @@ def generate(
 ) -> Batch:
     """``n`` samples (with masks and targets as the domain draws them), ``batch_size`` at a time.
 
+    ``target="all"`` spreads the samples evenly over every target of a conditional model (sample
+    ``i`` aims at target ``i mod num_targets``), as a property-target evaluation needs.
+
     ``cfg_scale`` samples a model fine-tuned with ``cfg`` under classifier-free guidance; its
     condition is ``target`` if given, else the top reward class recorded in the model.
     """
-    if target is not None and not 0 <= target < model.domain.num_targets:
-        raise ValueError(f"target {target} is out of range 0..{model.domain.num_targets - 1}")
+    num_targets = model.domain.num_targets
+    if target == "all" and num_targets == 0:
+        raise ValueError("target 'all' needs a conditional model; this one has no targets")
+    if isinstance(target, int) and not 0 <= target < num_targets:
+        raise ValueError(f"target {target} is out of range 0..{num_targets - 1}")
     eps_model, condition = model.eps_model, target
     if cfg_scale is not None:
         condition = model.meta.get("guidance_condition") if target is None else target
         if condition is None:
             raise ValueError("cfg_scale needs a model fine-tuned with the cfg algorithm, or a --target")
-        eps_model = GuidedEpsModel(model.eps_model, cfg_scale, null_token=model.domain.num_targets)
+        eps_model = GuidedEpsModel(model.eps_model, cfg_scale, null_token=num_targets)
     parts = []
     for start in range(0, n, batch_size):
         size = min(batch_size, n - start)
-        cond = None if condition is None else torch.full((size,), condition, dtype=torch.long)
+        cond = _conditions(condition, start, size, num_targets)
         prior = model.domain.prior_batch(size, generator, cond).to(device)
         x = sample(eps_model, prior.x.shape, steps=steps, eta=eta, cond=prior.cond, mask=prior.mask,
                    generator=generator, transition=transition, progress=progress, device=device).x0
         # A reward class is a condition of the network, not a target of the samples.
-        targets = None if target is None else torch.full((size,), target, dtype=torch.long)
+        targets = None if target is None else cond
         parts.append(Batch(x.cpu(), None if prior.mask is None else prior.mask.cpu(), targets))
     return Batch(torch.cat([p.x for p in parts]),
                  None if parts[0].mask is None else torch.cat([p.mask for p in parts]),
                  None if parts[0].cond is None else torch.cat([p.cond for p in parts]))
+
+
+def _conditions(condition: int | Literal["all"] | None, start: int, size: int, num_targets: int
+                ) -> torch.Tensor | None:
+    """The condition of samples ``start .. start + size``: one class, or every target in turn."""
+    if condition is None:
+        return None
+    if condition == "all":
+        return torch.arange(start, start + size) % num_targets
+    return torch.full((size,), condition, dtype=torch.long)
