@@ -291,11 +291,11 @@ def test_payoff_fine_tunes_refit_the_atom_counts_and_resume_refits_the_same(tmp_
 def test_molecule_demo_writes_its_report(tmp_path):
     from rgdm.benchmarks.demo import run_molecule_demo
 
-    report = run_molecule_demo(tmp_path, progress=False, finetune_steps=2, scored_size=64, samples=6,
+    report = run_molecule_demo(tmp_path, progress=False, finetune_steps=2, rounds=2, buffer_size=8, samples=6,
                                sample_steps=4, percentile_molecules=500)
     for name in ("table.md", "metrics.json", "qed_histograms.png", "before/samples.xyz", "after/samples.xyz",
                  "after/molecules.png", "run/final.safetensors"):
         assert (tmp_path / name).is_file(), name
-    assert report["reward_calls"] == 64 and report["rgdm"]["n"] == 6
+    assert report["algorithm"] == "rgdm-model" and report["reward_calls"] == 2 * 8 and report["rgdm"]["n"] == 6
     assert 0.4 < report["qm9_qed_p90"] < 0.7
     assert (tmp_path / "table.md").read_text().count("\n") == 4

@@ -59,10 +59,18 @@ MOLECULE_DEMO_SAMPLES = 256
 MOLECULE_DEMO_STEPS = 100
 
 
-def molecule_demo_config(pretrained: str, steps: int, scored_size: int) -> RunConfig:
+def molecule_demo_config(pretrained: str, steps: int, rounds: int, buffer_size: int, sample_steps: int
+                         ) -> RunConfig:
+    """The demo's fine-tune: ``rgdm-model`` (the model's own samples, tilted over ``rounds``).
+
+    The data tilt is not used here: on QM9 it does not lift the QED of the *generated* valid
+    molecules (README, molecules), while the own-sample tilt scores what the model actually builds.
+    """
     preset = Path(__file__).resolve().parent.parent / "configs" / "finetune-molecules.yaml"
     return load_config(preset, [f"init={pretrained}", "reward.name=qed", f"train.steps={steps}",
-                                f"algorithm.scored_size={scored_size}", "train.checkpoint_every=100"])
+                                "algorithm.name=rgdm-model", f"algorithm.rounds={rounds}",
+                                f"algorithm.buffer_size={buffer_size}", f"algorithm.sample_steps={sample_steps}",
+                                "train.checkpoint_every=100"])
 
 
 def _qed_histograms(before: list[float], after: list[float], qm9_p90: float, path: Path) -> Path:
@@ -85,21 +93,23 @@ def _qed_histograms(before: list[float], after: list[float], qm9_p90: float, pat
 
 
 def run_molecule_demo(out: Path, progress: bool = True, pretrained: str = "qm9-pretrained",
-                      finetune_steps: int = 300, scored_size: int = 5000,
+                      finetune_steps: int = 600, rounds: int = 3, buffer_size: int = 512,
                       samples: int = MOLECULE_DEMO_SAMPLES, sample_steps: int = MOLECULE_DEMO_STEPS,
                       percentile_molecules: int = 20_000) -> dict[str, Any]:
     """Sample the shipped QM9 model, RGDM-fine-tune it for QED for a few minutes, and report.
 
     Writes ``run/`` (the fine-tuning run), ``before/`` and ``after/`` (``samples.xyz``,
     ``samples.sdf``, ``molecules.png``), ``qed_histograms.png``, ``metrics.json`` and ``table.md``.
-    Samples use ``sample_steps`` DDIM steps (eta 1) to keep the demo short; QM9's 90th percentile
-    of QED is taken over the first ``percentile_molecules`` training molecules.
+    Samples and the fine-tune's buffers use ``sample_steps`` DDIM steps (eta 1) to keep the demo
+    short; QM9's 90th percentile of QED is taken over the first ``percentile_molecules`` training
+    molecules.
     """
     from rgdm.domains.molecules.rewards import qed, qm9_qed_percentile
 
     out.mkdir(parents=True, exist_ok=True)
     before_model = load_trained(pretrained)
-    trainer = Trainer(molecule_demo_config(pretrained, finetune_steps, scored_size), out / "run")
+    trainer = Trainer(molecule_demo_config(pretrained, finetune_steps, rounds, buffer_size, sample_steps),
+                      out / "run")
     trainer.fit(progress=progress)
     after_model = load_trained(out / "run")
     domain = after_model.domain
