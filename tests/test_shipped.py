@@ -24,8 +24,8 @@ def test_every_shipped_checkpoint_loads_and_samples(name):
 
 @pytest.mark.parametrize(("half", "split"), [("a", "train_a"), ("b", "train_b")])
 def test_the_shipped_alpha_predictors_predict_held_out_molecules(half, split):
-    from rgdm.domains.molecules.properties import PropertyPredictor
     from rgdm.domains import build_domain
+    from rgdm.domains.molecules.properties import PropertyPredictor
 
     predictor = PropertyPredictor.load(f"qm9-alpha-{half}")
     assert predictor.meta["split"] == split, "one predictor rewards (train_a), the other measures (train_b)"
