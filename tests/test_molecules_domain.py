@@ -249,7 +249,8 @@ def test_property_reward_and_measure_use_different_predictors(alpha_domain):
     reward = alpha_domain.rewards()["property"].fn(molecules, cond.tolist())
     expected = -(rewarding.predict(data) - alpha_domain.target_value(cond)).abs()
     assert np.allclose(reward, expected.numpy(), atol=1e-4)
-    metrics = alpha_domain.evaluate(Batch(data.x, data.mask, cond), None, None, torch.Generator())
+    metrics = alpha_domain.evaluate(Batch(data.x, data.mask, cond), "property", None, torch.Generator())
+    assert metrics["mean_reward"] == pytest.approx(float(np.mean(reward)), rel=1e-4), "scored against each target"
     measured = (measuring.predict(data) - alpha_domain.target_value(cond)).abs().mean()
     assert metrics["property_mae"] == pytest.approx(float(measured), rel=1e-4)
     assert metrics["atoms_baseline_mae"] < metrics["naive_baseline_mae"]

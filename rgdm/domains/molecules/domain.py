@@ -35,6 +35,7 @@ from rgdm.domains.molecules.data import (
     split_indices,
 )
 from rgdm.domains.molecules.network import EGNNDenoiser, EGNNRegressor
+from rgdm.rewards.base import accepts_targets
 
 ONE_HOT_SCALE = 0.25
 CHARGE_SCALE = 0.1
@@ -287,7 +288,9 @@ class MoleculeDomain:
             named = self.rewards()
             if reward not in named:
                 raise ValueError(f"unknown molecule reward {reward!r}; choose one of {', '.join(sorted(named))}")
-            values = np.asarray(named[reward].fn(molecules), dtype=float)
+            fn = named[reward].fn
+            targets = None if samples.cond is None else samples.cond.tolist()
+            values = np.asarray(fn(molecules, targets) if accepts_targets(fn) else fn(molecules), dtype=float)
             finite = values[np.isfinite(values)]
             metrics["mean_reward"] = float(finite.mean()) if len(finite) else None
             metrics["reward_valid"] = len(finite) / max(len(values), 1)
