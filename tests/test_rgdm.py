@@ -18,6 +18,7 @@ from rgdm.algorithms import (
 )
 from rgdm.algorithms.base import score_data_rows
 from rgdm.algorithms.rgdm import (
+    conditional_payoff_weights,
     denoising_loss,
     explore,
     payoff_weights,
@@ -143,6 +144,17 @@ def test_model_payoff_tempers_to_exactly_one_over_tau_across_rounds():
     assert counter.calls == 4 * 16
     rewards = torch.as_tensor(right_half(algorithm.buffer.x.numpy()), dtype=torch.float32)
     torch.testing.assert_close(algorithm.weights, torch.softmax(rewards / (0.25 * 4), 0))
+
+
+def test_conditional_payoff_weights_normalise_within_each_target():
+    rewards = torch.tensor([0.0, 1.0, 5.0, 6.0, 7.0, 0.5])
+    cond = torch.tensor([0, 0, 1, 1, 1, 2])
+    weights = conditional_payoff_weights(rewards, 0.5, cond)
+    # each target keeps its share of the buffer, however much easier its rewards are to earn
+    shares = torch.stack([weights[cond == c].sum() for c in range(3)])
+    torch.testing.assert_close(shares, torch.tensor([2 / 6, 3 / 6, 1 / 6]))
+    torch.testing.assert_close(weights[:2] / weights[:2].sum(), torch.softmax(rewards[:2] / 0.5, 0))
+    torch.testing.assert_close(conditional_payoff_weights(rewards, 0.5, None), torch.softmax(rewards / 0.5, 0))
 
 
 @pytest.mark.parametrize("radius", [0.1, 0.5, 2.0])

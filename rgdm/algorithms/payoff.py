@@ -17,7 +17,13 @@ from __future__ import annotations
 import torch
 
 from rgdm.algorithms.base import Algorithm, TrainingContext, anchor_loss, score_data_rows
-from rgdm.algorithms.rgdm import effective_sample_size, payoff_weights, stepwise_loss, weighted_denoising_loss
+from rgdm.algorithms.rgdm import (
+    conditional_payoff_weights,
+    effective_sample_size,
+    payoff_weights,
+    stepwise_loss,
+    weighted_denoising_loss,
+)
 from rgdm.batch import Batch
 from rgdm.diffusion.sampling import sample
 
@@ -91,13 +97,13 @@ class ModelPayoff(Algorithm):
         x = sample(ctx.ema, prior.x.shape, steps=self.sample_steps, cond=prior.cond, mask=prior.mask,
                    generator=generator, device=prior.x.device, progress=ctx.progress).x0
         self.buffer = Batch(x, prior.mask, prior.cond)
-        self.weights = self.round_weights(ctx.score(self.name, x, prior.mask, prior.cond))
+        self.weights = self.round_weights(ctx.score(self.name, x, prior.mask, prior.cond), prior.cond)
         if prior.cond is None:  # drawn from the previous round's sizes: the refits compound like the weights
             ctx.refit_sizes(prior.mask, self.weights)
 
-    def round_weights(self, rewards: torch.Tensor) -> torch.Tensor:
-        """One round's share of the tempering: ``softmax(r / (R tau))``."""
-        return payoff_weights(rewards, self.temperature * self.rounds)
+    def round_weights(self, rewards: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """One round's share of the tempering: ``softmax(r / (R tau))``, per target if any."""
+        return conditional_payoff_weights(rewards, self.temperature * self.rounds, cond)
 
     def loss(self, ctx: TrainingContext, step: int, generator: torch.Generator
              ) -> tuple[torch.Tensor, dict[str, float]]:

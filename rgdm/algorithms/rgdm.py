@@ -32,6 +32,24 @@ def payoff_weights(rewards: torch.Tensor, temperature: float, dim: int = 0) -> t
     return torch.softmax(rewards / temperature, dim=dim)
 
 
+def conditional_payoff_weights(rewards: torch.Tensor, temperature: float, cond: torch.Tensor | None
+                               ) -> torch.Tensor:
+    """``softmax(r / tau)`` within each target's rows, each target keeping its share of the rows.
+
+    The pay-off distribution ``p_ref(x | c) exp(r(x, c) / tau) / Z(c)`` is normalised per target:
+    one softmax over a buffer of mixed targets would also reweight the targets themselves, towards
+    those whose rewards are easiest to earn. Without targets this is ``payoff_weights``.
+    """
+    if cond is None:
+        return payoff_weights(rewards, temperature)
+    cond = cond.to(rewards.device)
+    weights = torch.empty_like(rewards)
+    for target in cond.unique():
+        rows = cond == target
+        weights[rows] = payoff_weights(rewards[rows], temperature) * rows.sum() / len(rewards)
+    return weights
+
+
 def effective_sample_size(weights: torch.Tensor) -> float:
     """Kish's effective sample size ``(sum w)^2 / sum w^2`` of importance weights."""
     return float(weights.sum() ** 2 / (weights**2).sum())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from rgdm.algorithms.payoff import ModelPayoff
-from rgdm.algorithms.rgdm import payoff_weights
+from rgdm.algorithms.rgdm import conditional_payoff_weights
 
 
 class RWR(ModelPayoff):
@@ -34,6 +34,6 @@ class RWR(ModelPayoff):
         super().__init__(temperature, total_steps, rounds=rounds, buffer_size=buffer_size,
                          sample_steps=sample_steps, anchor=0.0)
 
-    def round_weights(self, rewards: torch.Tensor) -> torch.Tensor:
-        """The full temperature every round: ``softmax(r / tau)``."""
-        return payoff_weights(rewards, self.temperature)
+    def round_weights(self, rewards: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The full temperature every round: ``softmax(r / tau)``, per target if any."""
+        return conditional_payoff_weights(rewards, self.temperature, cond)
