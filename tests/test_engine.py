@@ -127,6 +127,39 @@ def test_sigint_writes_a_checkpoint_and_resume_finishes_exactly(pretrained_dir, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("algorithm", ["rgdm-model", "ddpo"])
+def test_a_stop_during_a_buffer_is_honoured_before_the_buffer_finishes(pretrained_dir, tmp_path, algorithm):
+    # rgdm-model draws its second buffer at step 7; ddpo (8 trajectories x 20 steps in minibatches of 16) at step 10
+    overrides = ["train.steps=14", "train.checkpoint_every=100", f"algorithm.name={algorithm}",
+                 f"init={pretrained_dir}", "reward.name=region", "algorithm.rounds=2", "algorithm.buffer_size=64",
+                 "algorithm.trajectories=8", "algorithm.minibatch=16", "algorithm.inner_epochs=1",
+                 "algorithm.sample_steps=20"]
+    Trainer(tiny_config(*overrides), tmp_path / "straight").fit(progress=False)
+
+    sampling_calls = []
+
+    def signal_on_third_sampling_call(module, inputs) -> None:
+        if not torch.is_grad_enabled():  # the buffer's network calls, not the training step's
+            sampling_calls.append(1)
+            if len(sampling_calls) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def watch_the_next_buffer(trainer: Trainer, step: int) -> None:
+        if step == 1:
+            sampler = trainer.ema.module if algorithm == "rgdm-model" else trainer.net
+            sampler.register_forward_pre_hook(signal_on_third_sampling_call)
+
+    with pytest.raises(TrainingInterrupted):
+        Trainer(tiny_config(*overrides), tmp_path / "stopped").fit(on_step=watch_the_next_buffer, progress=False)
+    assert len(sampling_calls) == 3, "the buffer went on sampling after the stop request"
+    resumed = Trainer.resume(tmp_path / "stopped")
+    assert resumed.step == {"rgdm-model": 7, "ddpo": 10}[algorithm]
+    resumed.fit(progress=False)
+    a = load_tensors(tmp_path / "straight" / "final.safetensors")
+    b = load_tensors(tmp_path / "stopped" / "final.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_corrupt_checkpoint_is_skipped_for_the_previous_one(pretrained_dir, tmp_path, caplog):
     run = tmp_path / "run"
     Trainer(tiny_config("train.steps=8", "train.checkpoint_every=4"), run).fit(progress=False)

@@ -40,6 +40,9 @@ class TrainingContext:
     #: hand it the masks and weights of the samples their loss fits whenever those change, and
     #: samples follow the pay-off distribution over sizes (a molecule's atom count) too.
     refit_prior: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+    #: Whether a stop was requested: sampling loops inside a step (a buffer, DDPO's trajectories)
+    #: check it between steps and raise ``SamplingInterrupted``, so the engine stops promptly.
+    interrupt: Callable[[], bool] | None = None
 
     def refit_sizes(self, mask: torch.Tensor | None, weights: torch.Tensor) -> None:
         """Refit the domain's size distribution to weighted samples (a no-op for fixed-size samples)."""

@@ -111,7 +111,8 @@ class DDPO(Algorithm):
         prior = ctx.prior(n, generator, ctx.draw_targets(n, generator))
         with torch.no_grad():
             out = sample(ctx.model, prior.x.shape, steps=self.sample_steps, eta=1.0, cond=prior.cond,
-                         mask=prior.mask, generator=generator, device=prior.x.device, record=True)
+                         mask=prior.mask, generator=generator, device=prior.x.device, record=True,
+                         interrupt=ctx.interrupt)
             rewards = ctx.score(self.name, out.x0, prior.mask, prior.cond).float()
         self.states = torch.stack(out.trajectory.states)
         self.timesteps = torch.as_tensor(out.trajectory.timesteps, dtype=torch.long)

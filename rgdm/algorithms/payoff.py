@@ -95,7 +95,7 @@ class ModelPayoff(Algorithm):
         """
         prior = ctx.prior(self.buffer_size, generator, ctx.draw_targets(self.buffer_size, generator))
         x = sample(ctx.ema, prior.x.shape, steps=self.sample_steps, cond=prior.cond, mask=prior.mask,
-                   generator=generator, device=prior.x.device, progress=ctx.progress).x0
+                   generator=generator, device=prior.x.device, progress=ctx.progress, interrupt=ctx.interrupt).x0
         self.buffer = Batch(x, prior.mask, prior.cond)
         self.weights = self.round_weights(ctx.score(self.name, x, prior.mask, prior.cond), prior.cond)
         if prior.cond is None:  # drawn from the previous round's sizes: the refits compound like the weights

@@ -4,6 +4,7 @@ from rgdm.diffusion.process import GaussianDiffusion, ReverseStep, identity_proj
 from rgdm.diffusion.sampling import (
     EpsModel,
     SampleOutput,
+    SamplingInterrupted,
     StepContext,
     Transition,
     TransitionResult,
@@ -19,6 +20,7 @@ __all__ = [
     "NoiseSchedule",
     "ReverseStep",
     "SampleOutput",
+    "SamplingInterrupted",
     "StepContext",
     "Transition",
     "TransitionResult",

@@ -9,7 +9,7 @@ among candidates or nudge the draw.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -110,6 +110,10 @@ class Trajectory:
     timesteps: list[int] = field(default_factory=list)
 
 
+class SamplingInterrupted(RuntimeError):
+    """Raised by ``sample`` when its ``interrupt`` callback asks it to stop (a training run's SIGTERM)."""
+
+
 @dataclass
 class SampleOutput:
     x0: torch.Tensor
@@ -139,11 +143,13 @@ def sample(
     record: bool = False,
     progress: bool = False,
     device: torch.device | str = "cpu",
+    interrupt: Callable[[], bool] | None = None,
 ) -> SampleOutput:
     """Run the reverse process from pure noise to ``x_0``.
 
     ``record=True`` keeps every state (DDPO re-scores the steps with ``gaussian_log_prob``);
-    ``progress`` shows a progress bar over the steps.
+    ``progress`` shows a progress bar over the steps. ``interrupt`` is asked before every step and
+    ``SamplingInterrupted`` raised when it returns true, so a long buffer does not delay a stop.
     """
     diffusion = model.diffusion
     x = diffusion.noise_like(torch.zeros(tuple(shape), device=device), mask, generator)
@@ -151,6 +157,8 @@ def sample(
     eps = None
     pairs = timestep_pairs(diffusion.timesteps, steps)
     for t_int, s_int in tqdm(pairs, desc="sampling", disable=not progress, leave=False):
+        if interrupt is not None and interrupt():
+            raise SamplingInterrupted(f"sampling stopped at t = {t_int}")
         t = torch.full((x.shape[0],), t_int, device=x.device, dtype=torch.long)
         s = torch.full_like(t, s_int)
         if eps is None:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from rgdm.algorithms import TrainingContext
 from rgdm.batch import Batch
-from rgdm.diffusion import EpsModel
+from rgdm.diffusion import EpsModel, SamplingInterrupted
 from rgdm.domains import build_domain
 from rgdm.engine.builder import (
     LoadedModel,
@@ -126,6 +126,7 @@ class Trainer:
         )
         self.step = 0
         self._stop_signal: int | None = None
+        self.context.interrupt = lambda: any_process(self._stop_signal is not None, self.shard)
 
     def _prior_on_device(self, n: int, generator: torch.Generator, cond: torch.Tensor | None) -> Batch:
         """The domain's prior batch (atom counts, targets) on the training device."""
@@ -235,6 +236,13 @@ class Trainer:
     def _request_stop(self, signum: int, frame: Any) -> None:
         self._stop_signal = signum
 
+    def _stop_and_save(self) -> None:
+        """Checkpoint the current step after a stop request and raise ``TrainingInterrupted``."""
+        self.save_checkpoint()
+        command = "train" if self.config.algorithm.name == "pretrain" else "finetune"
+        raise TrainingInterrupted(f"stopped by signal {self._stop_signal} at step {self.step}; checkpoint saved. "
+                                  f"Continue with: rgdm {command} --resume {self.run_dir}")
+
     def fit(self, on_step: StepCallback | None = None, progress: bool = True) -> Path:
         """Train to ``train.steps``; returns the run folder holding ``final.safetensors``."""
         train = self.config.train
@@ -255,12 +263,16 @@ class Trainer:
             bar = tqdm(total=train.steps, initial=self.step, desc=self.config.algorithm.name,
                        disable=not (progress and self.main), dynamic_ncols=True)
             while self.step < train.steps:
+                rng_state = self.generator.get_state()
                 try:
                     loss, stats = self.algorithm.loss(self.context, self.step, self.generator)
                 except BudgetExhausted as spent:
                     log.warning("%s; stopping at step %d and saving the model", spent, self.step)
                     self.save_checkpoint()
                     break
+                except SamplingInterrupted:
+                    self.generator.set_state(rng_state)  # the step never happened: resume redraws it exactly
+                    self._stop_and_save()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if train.grad_clip is not None:
@@ -281,12 +293,8 @@ class Trainer:
                     on_step(self, self.step)
                 if self.step % train.checkpoint_every == 0 or self.step == train.steps:
                     self.save_checkpoint()
-                if any_process(self._stop_signal is not None, self.shard):
-                    self.save_checkpoint()
-                    command = "train" if self.config.algorithm.name == "pretrain" else "finetune"
-                    raise TrainingInterrupted(
-                        f"stopped by signal {self._stop_signal} at step {self.step}; checkpoint saved. "
-                        f"Continue with: rgdm {command} --resume {self.run_dir}")
+                if self.context.interrupt():
+                    self._stop_and_save()
             bar.close()
         finally:
             if logger is not None:
