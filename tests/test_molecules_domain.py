@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from rgdm.algorithms import TrainingContext
+from rgdm.algorithms.base import score_data_rows
 from rgdm.batch import Batch
 from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, sample
 from rgdm.domains import build_domain
@@ -16,6 +18,10 @@ from rgdm.domains.molecules.data import QM9DataError, convert_qm9, load_qm9, spl
 from rgdm.domains.molecules.domain import MoleculeDomain, remove_center_of_mass
 from rgdm.domains.molecules.io import read_sdf, read_xyz
 from rgdm.domains.molecules.network import EGNN, EGNNDenoiser
+from rgdm.domains.molecules.properties import train_property_predictor
+from rgdm.engine.builder import make_scorer
+from rgdm.engine.config import RewardConfig
+from rgdm.rewards import RewardCounter
 
 
 def random_rotation(generator: torch.Generator) -> torch.Tensor:
@@ -237,8 +243,6 @@ def test_property_targets_are_equal_mass_bins_with_their_own_atom_counts(alpha_d
 
 
 def test_property_reward_and_measure_use_different_predictors(alpha_domain):
-    from rgdm.domains.molecules.properties import train_property_predictor
-
     rewarding = train_property_predictor(alpha_domain, "alpha", "train_a", steps=3, batch_size=8, progress=False)
     measuring = train_property_predictor(alpha_domain, "alpha", "train_b", steps=3, batch_size=8, seed=1,
                                          progress=False)
@@ -254,6 +258,23 @@ def test_property_reward_and_measure_use_different_predictors(alpha_domain):
     measured = (measuring.predict(data) - alpha_domain.target_value(cond)).abs().mean()
     assert metrics["property_mae"] == pytest.approx(float(measured), rel=1e-4)
     assert metrics["atoms_baseline_mae"] < metrics["naive_baseline_mae"]
+
+
+def test_scoring_data_against_every_target_predicts_each_molecule_once(alpha_domain):
+    predictor = train_property_predictor(alpha_domain, "alpha", "train_a", steps=2, batch_size=8, progress=False)
+    alpha_domain._predictors["qm9-alpha-a"] = predictor
+    predicted_rows = []
+    predict = predictor.predict
+    predictor.predict = lambda batch: predicted_rows.append(len(batch)) or predict(batch)
+    data = alpha_domain.dataset().select(slice(0, 50))
+    counter = RewardCounter()
+    context = TrainingContext(model=None, ema=None, reference=None, data=data, batch_size=8, prior=None,
+                              scorer=make_scorer(RewardConfig(name="property"), alpha_domain, counter),
+                              targets=[0, 1, 2, 3])
+    rows, rewards = score_data_rows(context, "rgdm-data", None, torch.Generator().manual_seed(0), chunk=20)
+    assert counter.calls == 4 * 50 and predicted_rows == [20, 20, 10], "one prediction per molecule, not per target"
+    expected = -(predict(data.select(rows)) - alpha_domain.target_value(torch.arange(4))[:, None]).abs()
+    torch.testing.assert_close(rewards, expected, atol=1e-3, rtol=1e-5)
 
 
 def test_a_model_without_target_property_refuses_targets(domain):

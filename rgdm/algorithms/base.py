@@ -112,8 +112,9 @@ def score_data_rows(ctx: TrainingContext, algorithm: str, scored_size: int | Non
                     chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
     """Score ``scored_size`` random data rows once, against each conditional target if any.
 
-    Rows are scored ``chunk`` at a time under a progress bar. Returns the row indices and the
-    rewards, shape ``(targets or 1, rows)``.
+    Rows are scored ``chunk`` at a time under a progress bar, each chunk against every target in
+    turn (a reward may reuse work that does not depend on the target). Returns the row indices and
+    the rewards, shape ``(targets or 1, rows)``.
     """
     n = len(ctx.data) if scored_size is None else min(scored_size, len(ctx.data))
     rows = torch.randperm(len(ctx.data), generator=generator, device=generator.device)[:n].cpu()
@@ -121,17 +122,15 @@ def score_data_rows(ctx: TrainingContext, algorithm: str, scored_size: int | Non
     targets = ctx.targets or [None]
     bar = tqdm(total=n * len(targets), desc=f"{algorithm}: scoring data", unit="row",
                disable=not ctx.progress or n <= chunk, leave=False, dynamic_ncols=True)
-    rewards = []
-    for target in targets:
-        values = []
-        for start in range(0, n, chunk):
-            part = scored.select(slice(start, start + chunk))
+    rewards: list[list[torch.Tensor]] = [[] for _ in targets]
+    for start in range(0, n, chunk):
+        part = scored.select(slice(start, start + chunk))
+        for values, target in zip(rewards, targets, strict=True):
             cond = None if target is None else torch.full((len(part),), target, dtype=torch.long)
             values.append(ctx.score(algorithm, part.x, part.mask, cond))
             bar.update(len(part))
-        rewards.append(torch.cat(values))
     bar.close()
-    return rows, torch.stack(rewards)
+    return rows, torch.stack([torch.cat(values) for values in rewards])
 
 
 def anchor_loss(ctx: TrainingContext, weight: float, generator: torch.Generator) -> torch.Tensor:

@@ -9,6 +9,7 @@ distribution's, refitted by the pay-off fine-tunes).
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Sequence
 from functools import cached_property
@@ -102,6 +103,8 @@ class MoleculeDomain:
         self.num_targets = self.options.property_bins
         self._datasets: dict[str, Batch] = {}
         self._predictors: dict[str, Any] = {}
+        #: The last batch's predictions: data rows are scored against every target in turn.
+        self._last_prediction: tuple[Any, bytes, torch.Tensor, np.ndarray] | None = None
 
     def config(self) -> dict[str, Any]:
         return self.options.model_dump()
@@ -246,14 +249,27 @@ class MoleculeDomain:
     def _property_error(self, molecules: Sequence[Molecule], targets: Sequence[int] | None, half: Literal["a", "b"]
                         ) -> np.ndarray:
         """``|predicted property - target value|`` per molecule; NaN where a molecule has no atoms."""
-        from rgdm.domains.molecules.properties import encode_molecules
-
         if targets is None:
             raise ValueError("the property reward needs targets: fine-tune with --targets, sample with --target")
-        batch, usable = encode_molecules(self, molecules)
-        predicted = self.predictor(half).predict(batch)
+        predicted, usable = self._predict(molecules, half)
         error = (predicted - self.target_value(torch.as_tensor(list(targets)))).abs().numpy()
         return np.where(usable, error, np.nan)
+
+    def _predict(self, molecules: Sequence[Molecule], half: Literal["a", "b"]) -> tuple[torch.Tensor, np.ndarray]:
+        """Predicted ``target_property`` and usability per molecule, reused while the molecules repeat."""
+        from rgdm.domains.molecules.properties import encode_molecules
+
+        predictor = self.predictor(half)
+        digest = hashlib.sha256()
+        for mol in molecules:
+            digest.update(len(mol.atomic_numbers).to_bytes(4, "little"))
+            digest.update(mol.atomic_numbers.tobytes())
+            digest.update(mol.positions.tobytes())
+        last = self._last_prediction
+        if last is None or last[0] is not predictor or last[1] != digest.digest():
+            batch, usable = encode_molecules(self, molecules)
+            last = self._last_prediction = (predictor, digest.digest(), predictor.predict(batch), usable)
+        return last[2], last[3]
 
     def _property_reward(self, samples: Sequence[Molecule], targets: Sequence[int] | None = None) -> np.ndarray:
         return -self._property_error(samples, targets, "a")
