@@ -265,10 +265,11 @@ class MoleculeDomain:
             digest.update(len(mol.atomic_numbers).to_bytes(4, "little"))
             digest.update(mol.atomic_numbers.tobytes())
             digest.update(mol.positions.tobytes())
+        key = digest.digest()
         last = self._last_prediction
-        if last is None or last[0] is not predictor or last[1] != digest.digest():
+        if last is None or last[0] is not predictor or last[1] != key:
             batch, usable = encode_molecules(self, molecules)
-            last = self._last_prediction = (predictor, digest.digest(), predictor.predict(batch), usable)
+            last = self._last_prediction = (predictor, key, predictor.predict(batch), usable)
         return last[2], last[3]
 
     def _property_reward(self, samples: Sequence[Molecule], targets: Sequence[int] | None = None) -> np.ndarray:
