@@ -174,9 +174,10 @@ def test_chemistry_metrics_counts_exactly(methane, benzene, ch3_radical, two_met
     other_methane = molecule_from_smiles("C", seed=1)
     mols = [methane, other_methane, benzene, ch3_radical, two_methanes]
     metrics = chemistry_metrics(mols, training_smiles={"C"})
-    # 36 atoms; only the radical's carbon is unstable. Valid: C, C, c1ccccc1, [CH3]; unique: 3; novel: 2.
+    # 36 atoms; only the radical's carbon is unstable. Valid: C, C, c1ccccc1, [CH3]; closed-shell: all but
+    # [CH3]; unique: 3; novel: 2.
     assert metrics == pytest.approx({"atom_stability": 35 / 36, "molecule_stability": 4 / 5, "validity": 4 / 5,
-                                     "uniqueness": 3 / 4, "novelty": 2 / 3, "n": 5.0})
+                                     "closed_shell": 3 / 5, "uniqueness": 3 / 4, "novelty": 2 / 3, "n": 5.0})
     edm = chemistry_metrics(mols, training_smiles=None, kekulize=False)
     assert "novelty" not in edm
     assert edm["atom_stability"] == pytest.approx(29 / 36)  # benzene's six carbons are short of a bond
@@ -185,8 +186,8 @@ def test_chemistry_metrics_counts_exactly(methane, benzene, ch3_radical, two_met
 
 def test_chemistry_metrics_without_valid_molecules_reports_zeros(two_methanes):
     assert chemistry_metrics([], training_smiles=set()) == {
-        "atom_stability": 0.0, "molecule_stability": 0.0, "validity": 0.0, "uniqueness": 0.0, "novelty": 0.0,
-        "n": 0.0}
+        "atom_stability": 0.0, "molecule_stability": 0.0, "validity": 0.0, "closed_shell": 0.0, "uniqueness": 0.0,
+        "novelty": 0.0, "n": 0.0}
     metrics = chemistry_metrics([two_methanes], training_smiles=set())
     assert metrics["validity"] == metrics["uniqueness"] == metrics["novelty"] == 0.0
     assert metrics["molecule_stability"] == 1.0
@@ -219,8 +220,19 @@ def test_substructure_reward_matches_smarts(methane, benzene):
         substructure("C(((")
 
 
+def test_closed_shell_rewards_score_radicals_as_failures(methane, ch3_radical, two_methanes):
+    # The radical is valid, so the plain reward scores it; its closed-shell variant does not.
+    for name in ("qed", "logp", "sa"):
+        plain, _ = MOLECULE_REWARDS[name]
+        closed, _ = MOLECULE_REWARDS[f"{name}-closed-shell"]
+        methane_score, radical_score, fragments = plain([methane, ch3_radical, two_methanes])
+        assert math.isfinite(radical_score) and math.isnan(fragments)
+        scores = closed([methane, ch3_radical, two_methanes])
+        assert scores[0] == methane_score and math.isnan(scores[1]) and math.isnan(scores[2])
+
+
 def test_named_rewards_are_listed_with_descriptions(benzene):
-    assert set(MOLECULE_REWARDS) == {"qed", "logp", "sa"}
+    assert set(MOLECULE_REWARDS) == {"qed", "logp", "sa", "qed-closed-shell", "logp-closed-shell", "sa-closed-shell"}
     for fn, description in MOLECULE_REWARDS.values():
         assert description and len(fn([benzene, benzene])) == 2
 

@@ -128,9 +128,10 @@ def run_molecule_demo(out: Path, progress: bool = True, pretrained: str = "qm9-p
     reference = domain.molecules("train").smiles[:percentile_molecules]
     report["qm9_qed_p90"] = qm9_qed_percentile([str(s) for s in reference], 90)
     _qed_histograms(qed_values["pretrained"], qed_values["rgdm"], report["qm9_qed_p90"], out / "qed_histograms.png")
-    keys = ("mean_reward", "atom_stability", "molecule_stability", "validity", "uniqueness", "novelty")
-    lines = ["| model | mean QED | atom stab. | mol. stab. | validity | uniqueness | novelty |",
-             "|---|---|---|---|---|---|---|"]
+    keys = ("mean_reward", "atom_stability", "molecule_stability", "validity", "closed_shell", "uniqueness",
+            "novelty")
+    lines = ["| model | mean QED | atom stab. | mol. stab. | validity | closed-shell | uniqueness | novelty |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | " + " | ".join("n/a" if report[name][k] is None else f"{report[name][k]:.3f}"
                                          for k in keys) + " |"
               for name in ("pretrained", "rgdm")]

@@ -242,6 +242,11 @@ def valid_rdkit(mol: Molecule, keep_hydrogens: bool = False) -> Chem.Mol | None:
     return rdkit_mol if keep_hydrogens else Chem.RemoveHs(rdkit_mol)
 
 
+def is_closed_shell(rdkit_mol: Chem.Mol | None) -> bool:
+    """Whether a (valid) RDKit molecule has no unpaired electrons; False for None."""
+    return rdkit_mol is not None and all(atom.GetNumRadicalElectrons() == 0 for atom in rdkit_mol.GetAtoms())
+
+
 def canonical_smiles(mol: Molecule) -> str | None:
     """Canonical SMILES (hydrogens implicit, no stereo) of a valid molecule, else None."""
     rdkit_mol = valid_rdkit(mol)
@@ -269,15 +274,19 @@ def chemistry_metrics(
 
     Uniqueness is unique valid SMILES over valid molecules; novelty is unique valid SMILES outside
     ``training_smiles`` (canonicalised with ``canonicalize_smiles``) over unique valid SMILES.
+    ``closed_shell`` is the share of molecules that are valid and have no unpaired electrons (validity
+    admits radicals).
     ``kekulize`` applies to the stability metrics only (``False`` reproduces EDM's numbers).
     """
     stable_atoms = [atom_stability(mol, kekulize) for mol in mols]
-    smiles = [s for s in map(canonical_smiles, mols) if s is not None]
+    valid = [valid_rdkit(mol) for mol in mols]
+    smiles = [Chem.MolToSmiles(m) for m in valid if m is not None]
     unique = set(smiles)
     metrics = {
         "atom_stability": _fraction(sum(int(s.sum()) for s in stable_atoms), sum(len(s) for s in stable_atoms)),
         "molecule_stability": _fraction(sum(bool(s.all()) for s in stable_atoms), len(mols)),
         "validity": _fraction(len(smiles), len(mols)),
+        "closed_shell": _fraction(sum(map(is_closed_shell, valid)), len(mols)),
         "uniqueness": _fraction(len(unique), len(smiles)),
         "n": float(len(mols)),
     }

@@ -229,7 +229,8 @@ class MoleculeDomain:
     def rewards(self) -> dict[str, NamedReward]:
         from rgdm.domains.molecules.rewards import MOLECULE_REWARDS
 
-        named = {name: NamedReward(fn, description, max_value=1.0 if name in ("qed", "sa") else None)
+        named = {name: NamedReward(fn, description,
+                                   max_value=1.0 if name.removesuffix("-closed-shell") in ("qed", "sa") else None)
                  for name, (fn, description) in MOLECULE_REWARDS.items()}
         if self.options.target_property is not None:
             named["property"] = NamedReward(

@@ -3,6 +3,10 @@
 Each reward maps a sequence of ``Molecule`` to one float per molecule, ``nan`` for a molecule that is not
 valid (see ``chemistry.valid_rdkit``); the caller replaces NaN by a floor value and counts it. Scores are
 computed on the sanitised molecule with hydrogens implicit, as its SMILES describes it.
+
+Validity lets radicals through (no hydrogens are invented for an atom short of bonds), and on QM9 models
+most valid samples are radicals whose missing hydrogens raise QED. The ``-closed-shell`` variants score
+only molecules without unpaired electrons, so a reward cannot be earned by dropping hydrogens.
 """
 
 from __future__ import annotations
@@ -17,28 +21,30 @@ import numpy as np
 from rdkit import Chem, RDConfig
 from rdkit.Chem import QED, Crippen
 
-from rgdm.domains.molecules.chemistry import Molecule, valid_rdkit
+from rgdm.domains.molecules.chemistry import Molecule, is_closed_shell, valid_rdkit
 
 MoleculeReward = Callable[[Sequence[Molecule]], list[float]]
 
 
-def _score_valid(samples: Sequence[Molecule], score: Callable[[Chem.Mol], float]) -> list[float]:
-    """``score`` of each valid molecule's RDKit form; NaN for invalid ones."""
+def _score_valid(samples: Sequence[Molecule], score: Callable[[Chem.Mol], float], closed_shell: bool = False
+                 ) -> list[float]:
+    """``score`` of each valid molecule's RDKit form; NaN for invalid ones (and radicals if ``closed_shell``)."""
     scores = []
     for mol in samples:
         rdkit_mol = valid_rdkit(mol)
-        scores.append(float("nan") if rdkit_mol is None else float(score(rdkit_mol)))
+        scored = rdkit_mol is not None and (not closed_shell or is_closed_shell(rdkit_mol))
+        scores.append(float(score(rdkit_mol)) if scored else float("nan"))
     return scores
 
 
-def qed(samples: Sequence[Molecule]) -> list[float]:
+def qed(samples: Sequence[Molecule], *, closed_shell: bool = False) -> list[float]:
     """Quantitative estimate of drug-likeness (Bickerton et al. 2012), in [0, 1]."""
-    return _score_valid(samples, QED.qed)
+    return _score_valid(samples, QED.qed, closed_shell)
 
 
-def logp(samples: Sequence[Molecule]) -> list[float]:
+def logp(samples: Sequence[Molecule], *, closed_shell: bool = False) -> list[float]:
     """Crippen's octanol-water partition coefficient (Wildman & Crippen 1999)."""
-    return _score_valid(samples, Crippen.MolLogP)
+    return _score_valid(samples, Crippen.MolLogP, closed_shell)
 
 
 @functools.cache
@@ -55,13 +61,13 @@ def _sascorer() -> ModuleType:
     return module
 
 
-def sa_score(samples: Sequence[Molecule]) -> list[float]:
+def sa_score(samples: Sequence[Molecule], *, closed_shell: bool = False) -> list[float]:
     """Synthetic accessibility (Ertl & Schuffenhauer 2009) rescaled so higher is better: ``(10 - SA) / 9``.
 
     RDKit's SA score runs from 1 (easy to make) to 10 (hard), so the reward runs from 1 (easy) to 0 (hard).
     """
     calculate = _sascorer().calculateScore
-    return _score_valid(samples, lambda rdkit_mol: (10.0 - calculate(rdkit_mol)) / 9.0)
+    return _score_valid(samples, lambda rdkit_mol: (10.0 - calculate(rdkit_mol)) / 9.0, closed_shell)
 
 
 def substructure(smarts: str) -> MoleculeReward:
@@ -80,11 +86,15 @@ def substructure(smarts: str) -> MoleculeReward:
     return matches
 
 
-MOLECULE_REWARDS: dict[str, tuple[MoleculeReward, str]] = {
+_PLAIN_REWARDS: dict[str, tuple[MoleculeReward, str]] = {
     "qed": (qed, "drug-likeness QED in [0, 1] (RDKit), NaN for invalid molecules"),
     "logp": (logp, "Crippen logP (RDKit), unbounded, NaN for invalid molecules"),
     "sa": (sa_score, "synthetic accessibility rescaled to [0, 1] as (10 - SA) / 9, higher is easier to make; "
                      "NaN for invalid molecules"),
+}
+MOLECULE_REWARDS: dict[str, tuple[MoleculeReward, str]] = _PLAIN_REWARDS | {
+    f"{name}-closed-shell": (functools.partial(fn, closed_shell=True), f"{description} and for radicals")
+    for name, (fn, description) in _PLAIN_REWARDS.items()
 }
 
 
