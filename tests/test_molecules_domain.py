@@ -206,6 +206,25 @@ def test_a_missing_or_broken_cache_gives_a_clear_error(tmp_path, monkeypatch):
         convert_qm9(source, tmp_path / "out.npz")
 
 
+def test_concurrent_conversions_of_the_cache_both_succeed(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rgdm.domains.molecules.data import CACHE_NAME, CSV_PARTS, PROPERTIES
+
+    source = tmp_path / "csv"
+    source.mkdir()
+    header = ",".join(["Elements", "XYZ_Ang", "SMILES", *(column for column, _ in PROPERTIES.values())])
+    row = ",".join(['"[\'C\']"', '"[[0.,0.,0.]]"', "C", *("1.5" for _ in PROPERTIES)])
+    for part in CSV_PARTS:
+        (source / part).write_text(f"{header}\n{row}\n")
+    destination = tmp_path / "cache" / CACHE_NAME
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda _: convert_qm9(source, destination), range(2)))
+    assert [p.name for p in destination.parent.iterdir()] == [CACHE_NAME]  # no temporary file left
+    data = load_qm9(destination.parent)
+    assert list(data.smiles) == ["C"] * len(CSV_PARTS) and data.properties["alpha"].tolist() == [1.5] * 3
+
+
 def test_unknown_split_and_elements_are_refused(domain):
     with pytest.raises(ValueError, match="unknown QM9 split"):
         domain.molecules("training")

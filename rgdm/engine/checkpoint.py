@@ -30,8 +30,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt or incompatible; the message says what to do."""
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through ``write(tmp_path)`` into a temporary file beside ``path``, then rename over it."""
+def atomic_write(path: Path, write: Any) -> None:
+    """Write through ``write(tmp_path)`` into a temporary file beside ``path``, then rename over it.
+
+    The temporary name is unique, so concurrent writers of the same file never collide.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -47,7 +50,7 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True)))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True)))
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -73,7 +76,7 @@ def sha256(path: Path) -> str:
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     """Atomically write ``tensors`` to a safetensors file; returns its SHA-256."""
     owned = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(owned, str(tmp)))
+    atomic_write(path, lambda tmp: save_file(owned, str(tmp)))
     return sha256(path)
 
 

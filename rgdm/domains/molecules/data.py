@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from rgdm.domains.base import cache_folder
+from rgdm.engine.checkpoint import atomic_write
 
 #: Elements of QM9 in the one-hot order of EDM.
 ELEMENTS = ("H", "C", "N", "O", "F")
@@ -139,12 +139,16 @@ def convert_qm9(source: Path, destination: Path) -> Path:
                 smiles.append(row["SMILES"])
                 for name, (column, factor) in PROPERTIES.items():
                     properties[name].append(float(row[column]) * factor)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_suffix(".tmp.npz")
-    np.savez(temporary, atomic_numbers=np.stack(numbers), positions=np.stack(positions),
-             smiles=np.array(smiles, dtype=str), canonical=np.array([canonicalize_smiles(s) or "" for s in smiles]),
-             **{f"property_{k}": np.array(v) for k, v in properties.items()})
-    os.replace(temporary, destination)
+    arrays = {"atomic_numbers": np.stack(numbers), "positions": np.stack(positions),
+              "smiles": np.array(smiles, dtype=str),
+              "canonical": np.array([canonicalize_smiles(s) or "" for s in smiles]),
+              **{f"property_{k}": np.array(v) for k, v in properties.items()}}
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:  # a handle, so numpy does not append ".npz" to the name
+            np.savez(handle, **arrays)
+
+    atomic_write(destination, write)
     return destination
 
 
