@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt or incompatible; the message says what to do."""
 
 
-def atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write through ``write(tmp_path)`` into a temporary file beside ``path``, then rename over it.
 
     The temporary name is unique, so concurrent writers of the same file never collide.
