@@ -144,12 +144,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
     counter = RewardCounter()
     scorer = make_scorer(RewardConfig(name=args.reward), model.domain, counter)
     guide = None if args.guide is None else load_guide(args.guide, model)
-    transition = make_transition(args.guidance, scorer, args.temperature, args.candidates, args.radius, guide)
+    transition = make_transition(args.guidance, scorer, args.temperature, args.candidates, args.radius, guide,
+                                 args.guidance_start)
     samples = generate(model, args.n, seeded_generator(args.seed), target=target, steps=args.steps,
                        eta=args.eta, transition=transition, cfg_scale=args.cfg_scale, progress=not args.quiet)
     meta = {"checkpoint": str(args.checkpoint), "n": args.n, "seed": args.seed, "target": target,
             "steps": args.steps, "eta": args.eta, "guidance": args.guidance, "reward": args.reward,
-            "temperature": args.temperature, "candidates": args.candidates, "cfg_scale": args.cfg_scale,
+            "temperature": args.temperature, "candidates": args.candidates,
+            "guidance_start": args.guidance_start, "cfg_scale": args.cfg_scale,
             "network_evaluations": model.eps_model.evaluations, **counter.as_dict()}
     if isinstance(transition, ClassifierGuidance):
         meta |= {"guide": args.guide, "guide_evaluations": transition.evaluations}
@@ -351,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--reward", help="reward for guidance")
     sample.add_argument("--temperature", type=float, default=0.1)
     sample.add_argument("--candidates", type=int, default=8)
+    sample.add_argument("--guidance-start", type=int, metavar="T",
+                        help="select candidates only on steps landing at diffusion time <= T (of the model's "
+                             "timesteps); noisier steps are plain draws, saving their evaluations and reward calls")
     sample.add_argument("--radius", type=float, default=0.5, help="exploration radius of gradient steps")
     sample.add_argument("--guide", metavar="DIR", help="noise-aware guide of --guidance regressor (rgdm train-guide)")
     sample.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (models trained with cfg)")

@@ -6,7 +6,10 @@ Both are transitions for ``rgdm.diffusion.sample`` and work with or without RGDM
   each by the reward of its Tweedie estimate, keep one with probability ``softmax(v / tau)``
   (``tau = 0``: the best one, which is SVDD's greedy decoding). The
   network's noise prediction at the kept candidate is reused by the next step, so guidance costs
-  ``K`` evaluations a step instead of ``K + 1``.
+  ``K`` evaluations a step instead of ``K + 1``. ``start`` limits selection to the steps that land at
+  diffusion time ``s <= start``: where every candidate's Tweedie estimate scores the same (molecules
+  so noisy that none is valid), a uniform pick among ``K`` draws is just an ancestral draw, so skipping
+  those steps leaves the samples' distribution unchanged and saves their ``K`` evaluations and calls.
 * ``GradientStep`` (differentiable rewards): draw ``x_s``, then move it along the gradient of the
   value, ``sigma^2 grad V / tau`` (the mean shift of the soft-optimal transition), clipped to the
   exploration radius.
@@ -31,9 +34,15 @@ class CandidateSelection:
     candidates: int = 8
     temperature: float = 0.1
     radius: float | None = None
+    start: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.start is not None and self.start < 0:
+            raise ValueError(f"the guidance start is a diffusion time (0 = the data), got {self.start}")
 
     def __call__(self, ctx: StepContext) -> TransitionResult:
-        if float(ctx.step.std.max()) == 0.0:
+        unguided = self.start is not None and int(ctx.s[0]) > self.start
+        if unguided or float(ctx.step.std.max()) == 0.0:
             return ancestral_transition(ctx)
         diffusion, k, n = ctx.model.diffusion, self.candidates, ctx.x.shape[0]
         proposals = explore(diffusion, ctx.step.mean, ctx.step.std, k, self.radius, ctx.mask, ctx.generator)

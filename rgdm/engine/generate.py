@@ -17,9 +17,11 @@ Guidance = Literal["none", "select", "gradient", "regressor"]
 
 
 def make_transition(guidance: Guidance, scorer: Scorer | None, temperature: float, candidates: int,
-                    radius: float, guide: Guide | None = None) -> Transition:
+                    radius: float, guide: Guide | None = None, start: int | None = None) -> Transition:
     """The reverse transition of ``rgdm sample --guidance``: plain, candidate selection or a reward
-    gradient (both need ``scorer``), or classifier guidance by a noise-aware ``guide`` at scale ``1 / tau``."""
+    gradient (both need ``scorer``), or classifier guidance by a noise-aware ``guide`` at scale ``1 / tau``.
+
+    ``start`` (candidate selection only) is the diffusion time below which candidates are selected."""
     if guidance == "none":
         return ancestral_transition
     if guidance == "regressor":
@@ -28,8 +30,10 @@ def make_transition(guidance: Guidance, scorer: Scorer | None, temperature: floa
         return guide.transition(temperature)
     if scorer is None:
         raise ValueError(f"guidance {guidance!r} needs a reward (--reward NAME or FILE.py:FUNC)")
+    if start is not None and guidance != "select":
+        raise ValueError(f"a guidance start applies to candidate selection (select), not to {guidance!r}")
     if guidance == "select":
-        return CandidateSelection(scorer, candidates=candidates, temperature=temperature)
+        return CandidateSelection(scorer, candidates=candidates, temperature=temperature, start=start)
     if guidance == "gradient":
         return GradientStep(scorer, temperature=temperature, radius=radius)
     raise ValueError(f"unknown guidance {guidance!r}; choose none, select, gradient or regressor")
