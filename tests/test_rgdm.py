@@ -223,6 +223,8 @@ def test_a_guidance_start_is_a_diffusion_time_of_candidate_selection():
         CandidateSelection(make_scorer(right_half), start=-1)
     with pytest.raises(ValueError, match="candidate selection"):
         make_transition("gradient", make_scorer(right_half), 0.1, 8, 0.5, start=10)
+    with pytest.raises(ValueError, match="candidate selection"):
+        make_transition("none", None, 0.1, 8, 0.5, start=10)
 
 def test_gradient_step_moves_samples_up_the_reward_within_the_radius(pretrained_gaussian):
     model = pretrained_gaussian

@@ -22,6 +22,8 @@ def make_transition(guidance: Guidance, scorer: Scorer | None, temperature: floa
     gradient (both need ``scorer``), or classifier guidance by a noise-aware ``guide`` at scale ``1 / tau``.
 
     ``start`` (candidate selection only) is the diffusion time below which candidates are selected."""
+    if start is not None and guidance != "select":
+        raise ValueError(f"a guidance start applies to candidate selection (select), not to {guidance!r}")
     if guidance == "none":
         return ancestral_transition
     if guidance == "regressor":
@@ -30,8 +32,6 @@ def make_transition(guidance: Guidance, scorer: Scorer | None, temperature: floa
         return guide.transition(temperature)
     if scorer is None:
         raise ValueError(f"guidance {guidance!r} needs a reward (--reward NAME or FILE.py:FUNC)")
-    if start is not None and guidance != "select":
-        raise ValueError(f"a guidance start applies to candidate selection (select), not to {guidance!r}")
     if guidance == "select":
         return CandidateSelection(scorer, candidates=candidates, temperature=temperature, start=start)
     if guidance == "gradient":
