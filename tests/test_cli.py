@@ -61,6 +61,19 @@ def test_sample_with_guidance_and_evaluate(tmp_path):
     assert {"energy_distance", "noise_floor", "payoff_mean_reward"} <= set(metrics)
 
 
+
+def test_sample_with_a_guidance_start_selects_only_on_the_later_steps(tmp_path):
+    calls = {}
+    for start in (None, 200):
+        out = tmp_path / f"guided-{start}"
+        window = [] if start is None else ["--guidance-start", str(start)]
+        assert main(["-q", "sample", "--checkpoint", "toy-ring-pretrained", "-n", "20", "--steps", "10",
+                     "--guidance", "select", "--reward", "region", *window, "--out", str(out)]) == 0
+        meta = json.loads((out / "sample.json").read_text())
+        assert meta["guidance_start"] == start
+        calls[start] = meta["reward_calls"]
+    assert 0 < calls[200] < calls[None]
+
 def test_sample_with_a_target_writes_targets(tmp_path):
     out = tmp_path / "targeted"
     assert main(["-q", "sample", "--checkpoint", "toy-ring-pretrained", "-n", "10", "--steps", "10",

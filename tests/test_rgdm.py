@@ -203,7 +203,6 @@ def test_candidate_selection_raises_the_reward_of_samples(pretrained_gaussian):
     assert counter.calls == 8 * 400 * 39  # the last step is deterministic and costs nothing
 
 
-
 def test_candidate_selection_with_a_start_selects_only_below_it(pretrained_gaussian):
     model = pretrained_gaussian
     plain = sample(model, (400, 2), generator=torch.Generator().manual_seed(0)).x0
@@ -225,6 +224,7 @@ def test_a_guidance_start_is_a_diffusion_time_of_candidate_selection():
         make_transition("gradient", make_scorer(right_half), 0.1, 8, 0.5, start=10)
     with pytest.raises(ValueError, match="candidate selection"):
         make_transition("none", None, 0.1, 8, 0.5, start=10)
+
 
 def test_gradient_step_moves_samples_up_the_reward_within_the_radius(pretrained_gaussian):
     model = pretrained_gaussian
