@@ -309,9 +309,10 @@ def atoms(molecules):
 """
 
 
-@pytest.mark.parametrize("algorithm", ["rgdm-data", "rgdm-model"])
+@pytest.mark.parametrize("algorithm", ["rgdm-data", "rgdm-model", "cfg"])
 def test_payoff_fine_tunes_refit_the_atom_counts_and_resume_refits_the_same(tmp_path, algorithm):
-    """``p*(M) ∝ p(M) E[exp(r / tau) | M]``: a reward for size moves the histogram to large molecules."""
+    """``p*(M) ∝ p(M) E[exp(r / tau) | M]``: a reward for size moves the histogram to large molecules.
+    The CFG peer's top class (the largest molecules here) moves it the same way: ``p(M | top class)``."""
     from rgdm.cli import main
     from rgdm.engine.trainer import Trainer
 

@@ -18,6 +18,10 @@ against every target (as ``DataPayoff`` does) and classed per target; the condit
 honour ``c``); the null token is paired with rows drawn uniformly, so it stays the data model. The
 user samples with ``cond = c`` and a guidance scale; ``sampling_condition`` gives the condition for
 either case.
+
+Sizes. The network learns ``p(x | size, c)``; like EDM's conditional model, the sizes come from
+``p(size | c)``. Untargeted, the model is sampled at its top class, so set-up refits the domain's
+size distribution to the top class's rows; a targeted run keeps the domain's ``p(size | c)``.
 """
 
 from __future__ import annotations
@@ -86,6 +90,10 @@ class ConditionalFinetune(Algorithm):
             raise ValueError(f"the null token {self.null_token} is also a conditional target")
         self.rows, rewards = score_data_rows(ctx, self.name, self.scored_size, generator)
         self.labels = torch.stack([reward_classes(row, self.num_classes) for row in rewards])
+        if not ctx.targets:  # sampled at the top class, so at its sizes: p(M | top class), as EDM conditions
+            top_class_rows = (self.labels[0] == self.top_class).double()
+            ctx.refit_sizes(None if ctx.data.mask is None else ctx.data.mask[self.rows.to(ctx.data.mask.device)],
+                            top_class_rows)
 
     def minibatch(self, ctx: TrainingContext, generator: torch.Generator) -> Batch:
         """``ctx.batch_size`` scored rows with their condition (a class, a target or the null token)."""
