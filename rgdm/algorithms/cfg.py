@@ -133,9 +133,9 @@ class GuidedEpsModel:
     A drop-in ``EpsModel`` for ``rgdm.diffusion.sample`` and the guided transitions: same call
     ``(x, t, cond, mask)``, same ``diffusion``. Both predictions come from one forward pass over
     ``2B`` rows (the condition, then the null token), and ``evaluations`` counts those network rows
-    (two per sample row and step). ``scale = 1`` returns the conditional prediction and ``scale = 0``
-    the unconditional one, bit for bit (``torch.lerp`` is exact at both ends). Without a condition
-    (``cond=None``) there is nothing to guide: the unconditional prediction, one pass of ``B`` rows.
+    (two per sample row and step). At the ends one prediction is the answer, so one pass of ``B``
+    rows gives it: ``scale = 1`` is the conditional model and ``scale = 0`` the unconditional one.
+    Without a condition (``cond=None``) there is nothing to guide: the unconditional prediction.
     """
 
     def __init__(self, model: EpsModel, scale: float, null_token: int) -> None:
@@ -160,7 +160,9 @@ class GuidedEpsModel:
         cond: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if cond is None:
+        if cond is not None and self.scale == 1.0:
+            return self.model(x, t, cond, mask)
+        if cond is None or self.scale == 0.0:
             return self.model(x, t, torch.full((x.shape[0],), self.null_token, device=x.device, dtype=torch.long),
                               mask)
         null = torch.full_like(cond, self.null_token)
