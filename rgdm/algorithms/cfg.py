@@ -90,10 +90,9 @@ class ConditionalFinetune(Algorithm):
             raise ValueError(f"the null token {self.null_token} is also a conditional target")
         self.rows, rewards = score_data_rows(ctx, self.name, self.scored_size, generator)
         self.labels = torch.stack([reward_classes(row, self.num_classes) for row in rewards])
-        if not ctx.targets:  # sampled at the top class, so at its sizes: p(M | top class), as EDM conditions
+        if not ctx.targets and ctx.data.mask is not None:  # sampled at the top class: p(M | top class), as EDM
             top_class_rows = (self.labels[0] == self.top_class).double()
-            ctx.refit_sizes(None if ctx.data.mask is None else ctx.data.mask[self.rows.to(ctx.data.mask.device)],
-                            top_class_rows)
+            ctx.refit_sizes(ctx.data.mask[self.rows.to(ctx.data.mask.device)], top_class_rows)
 
     def minibatch(self, ctx: TrainingContext, generator: torch.Generator) -> Batch:
         """``ctx.batch_size`` scored rows with their condition (a class, a target or the null token)."""
