@@ -28,7 +28,7 @@ from rgdm.engine import (
     make_transition,
 )
 from rgdm.engine.builder import seeded_generator
-from rgdm.engine.checkpoint import CheckpointError, read_json, write_json
+from rgdm.engine.checkpoint import CheckpointError, read_json, save_arrays, write_json
 from rgdm.engine.config import RewardConfig
 from rgdm.engine.distributed import leave_process_group
 from rgdm.engine.guide import load_guide, save_guide, train_guide
@@ -115,7 +115,7 @@ def write_samples(model: Any, samples: Batch, out: Path, meta: dict[str, Any]) -
         arrays["mask"] = samples.mask.numpy()
     if samples.cond is not None:
         arrays["targets"] = samples.cond.numpy()
-    np.savez(out / "samples.npz", **arrays)
+    save_arrays(out / "samples.npz", arrays)
     write_json(out / "sample.json", meta)
     files = [out / "samples.npz", out / "sample.json", model.domain.plot({"samples": samples}, out / "samples.png")]
     return files + model.domain.save_samples(samples, out)

@@ -11,6 +11,7 @@ import numpy as np
 from rgdm.batch import Batch
 from rgdm.engine import Trainer, generate, load_config, load_trained
 from rgdm.engine.builder import seeded_generator
+from rgdm.engine.checkpoint import save_arrays
 from rgdm.engine.config import RunConfig
 
 DEMO_REWARD = "region"
@@ -46,7 +47,7 @@ def run_toy_demo(out: Path, progress: bool = True) -> dict[str, Any]:
         "reward_calls": trainer.counter.calls,
         "algorithm": trainer.config.algorithm.name,
     }
-    np.savez(out / "samples.npz", samples=after.x.numpy(), pretrained=before.x.numpy())
+    save_arrays(out / "samples.npz", {"samples": after.x.numpy(), "pretrained": before.x.numpy()})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     exact = domain.exact_payoff(domain.rewards()[DEMO_REWARD], DEMO_TEMPERATURE, DEMO_SAMPLES, generator)
     data = domain.dataset().select(np.arange(DEMO_SAMPLES))

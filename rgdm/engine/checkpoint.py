@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -52,6 +53,16 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True)))
+
+
+def save_arrays(path: Path, arrays: dict[str, Any]) -> None:
+    """Atomically write NumPy ``arrays`` to an ``.npz`` file (read back with ``allow_pickle=False``)."""
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:  # a handle, so numpy does not append ".npz" to the name
+            np.savez(handle, **arrays)
+
+    atomic_write(path, write)
 
 
 def read_json(path: Path) -> dict[str, Any]:

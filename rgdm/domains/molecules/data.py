@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from rgdm.domains.base import cache_folder
-from rgdm.engine.checkpoint import atomic_write
+from rgdm.engine.checkpoint import save_arrays
 
 #: Elements of QM9 in the one-hot order of EDM.
 ELEMENTS = ("H", "C", "N", "O", "F")
@@ -144,11 +144,7 @@ def convert_qm9(source: Path, destination: Path) -> Path:
               "canonical": np.array([canonicalize_smiles(s) or "" for s in smiles]),
               **{f"property_{k}": np.array(v) for k, v in properties.items()}}
 
-    def write(temporary: Path) -> None:
-        with open(temporary, "wb") as handle:  # a handle, so numpy does not append ".npz" to the name
-            np.savez(handle, **arrays)
-
-    atomic_write(destination, write)
+    save_arrays(destination, arrays)
     return destination
 
 

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from rgdm.domains.shapes.descriptors import box_aspect, height_width_ratio, shape_descriptors, voxel_occupancy
-from rgdm.engine.checkpoint import CheckpointError, load_tensors, read_json, save_tensors, write_json
+from rgdm.engine.checkpoint import CheckpointError, load_tensors, read_json, save_arrays, save_tensors, write_json
 from rgdm.rewards.base import TensorRewardFn
 
 RECIPE_FORMAT = "rgdm-shape-recipe/1"
@@ -115,7 +115,7 @@ class RecipeClassifier(ABC):
             raise RuntimeError(f"{type(self).__name__} is not fitted; nothing to save")
         data_path, recipe_path = Path(path).with_suffix(".npz"), Path(path).with_suffix(".json")
         data_path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(data_path, features=self._training_features, labels=self._training_labels)
+        save_arrays(data_path, {"features": self._training_features, "labels": self._training_labels})
         # The JSON comes last and holds the data's hash, so a torn or swapped .npz is caught on load.
         write_json(recipe_path, {
             "format": RECIPE_FORMAT,
