@@ -7,6 +7,7 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from rgdm.engine.checkpoint import (
     flatten_state,
     load_checkpoint,
     load_tensors,
+    save_arrays,
     save_tensors,
     unflatten_state,
 )
@@ -184,6 +186,22 @@ def test_tensor_files_carry_a_checksum(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="SHA-256"):
         load_tensors(path, digest)
+
+
+def test_array_files_are_written_whole_under_their_exact_name_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "qm9.cache"  # not ".npz": numpy must not append a suffix
+    save_arrays(path, {"x": np.arange(3)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qm9.cache"]
+
+    def torn_write(handle, **arrays):
+        handle.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", torn_write)
+    with pytest.raises(OSError, match="disk full"):
+        save_arrays(path, {"x": np.arange(5)})
+    assert np.array_equal(np.load(path, allow_pickle=False)["x"], np.arange(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qm9.cache"]
 
 
 def test_resume_of_a_folder_without_a_run_is_a_clear_error(tmp_path):
