@@ -70,6 +70,48 @@ def test_stepwise_loss_with_the_reference_centre_distils_the_reference_for_a_con
     assert float(same.detach()) == pytest.approx(0.0, abs=1e-10)
 
 
+def first_times(seed: int, rows: int = 64, timesteps: int = 50) -> torch.Tensor:
+    """The training times ``stepwise_loss`` draws first from a generator seeded ``seed``."""
+    return torch.randint(1, timesteps + 1, (rows,), generator=torch.Generator().manual_seed(seed))
+
+
+def test_stepwise_exploration_start_scores_only_the_pairs_landing_at_or_below_it():
+    model, reference = make_model(seed=0), make_model(seed=1)
+    batch = Batch(torch.randn(64, 2))
+    t = first_times(3)
+    start = int(t.median())
+    counter = RewardCounter()
+    charged = []
+    _, stats = stepwise_loss(model, reference, make_scorer(right_half, counter), batch,
+                             torch.Generator().manual_seed(3), candidates=8, radius=0.5, temperature=0.3,
+                             center="reference", start=start, charge=charged.append)
+    explored = int((t - 1 <= start).sum())
+    assert 0 < explored < 64
+    assert counter.calls == charged[0] == 8 * explored
+    assert stats is not None and 1.0 <= stats.effective_candidates <= 8.0
+
+    everything = [stepwise_loss(model, reference, make_scorer(right_half), batch, torch.Generator().manual_seed(3),
+                                candidates=8, radius=0.5, temperature=0.3, center="reference", start=limit)[0]
+                  for limit in (None, 49)]
+    torch.testing.assert_close(everything[0], everything[1])
+
+
+def test_stepwise_pairs_above_the_exploration_start_distil_the_reference_whatever_the_reward():
+    model, reference = make_model(seed=0), make_model(seed=1)
+    batch = Batch(torch.randn(64, 2))
+    t = first_times(10)
+    assert int(t.min()) >= 2, "the seed must draw no pair at t = 1 for this check"
+    counter = RewardCounter()
+    loss, stats = stepwise_loss(model, reference, make_scorer(right_half, counter), batch,
+                                torch.Generator().manual_seed(10), candidates=8, radius=0.5, temperature=0.3,
+                                center="reference", start=int(t.min()) - 2)
+    distilled, _ = stepwise_loss(model, reference, make_scorer(constant_reward), batch,
+                                 torch.Generator().manual_seed(10), candidates=8, radius=0.5, temperature=0.3,
+                                 center="reference")
+    torch.testing.assert_close(loss, distilled, rtol=1e-5, atol=1e-6)
+    assert counter.calls == 0 and stats is None
+
+
 def test_weighted_loss_reduces_to_denoising_for_uniform_data_weights():
     model = make_model()
     x = torch.randn(32, 2)

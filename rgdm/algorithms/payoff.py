@@ -136,15 +136,18 @@ class StepwiseExploration(Algorithm):
     name = "rgdm-stepwise"
 
     def __init__(self, temperature: float, candidates: int = 8, radius: float = 0.5, anchor: float = 0.0,
-                 center: str = "reference", value_model: str = "frozen") -> None:
+                 center: str = "reference", value_model: str = "frozen", start: int | None = None) -> None:
         if value_model not in ("frozen", "ema"):
             raise ValueError(f"value_model must be 'frozen' or 'ema', got {value_model!r}")
+        if start is not None and start < 0:
+            raise ValueError(f"the exploration start is a diffusion time (0 = the data), got {start}")
         self.temperature = temperature
         self.candidates = candidates
         self.radius = radius
         self.anchor = anchor
         self.center = center
         self.value_model = value_model
+        self.start = start
 
     def loss(self, ctx: TrainingContext, step: int, generator: torch.Generator
              ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -154,10 +157,12 @@ class StepwiseExploration(Algorithm):
         cond = ctx.draw_targets(ctx.batch_size, generator)
         if cond is not None:
             batch = Batch(batch.x, batch.mask, cond.to(batch.x.device))
-        ctx.charge(self.candidates * ctx.batch_size)
         loss, stats = stepwise_loss(ctx.model, value_model, scorer, batch, generator,
                                     candidates=self.candidates, radius=self.radius,
-                                    temperature=self.temperature, center=self.center, shard=ctx.shard)
+                                    temperature=self.temperature, center=self.center, start=self.start,
+                                    shard=ctx.shard, charge=ctx.charge)
         loss = loss + anchor_loss(ctx, self.anchor, generator)
+        if stats is None:
+            return loss, {}
         return loss, {"value": stats.mean_value, "value_spread": stats.value_spread,
                       "ess_candidates": stats.effective_candidates}

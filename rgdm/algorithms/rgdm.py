@@ -15,6 +15,7 @@ per-step constant ``c_t``, which is dropped exactly as in plain DDPM training.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -123,6 +124,11 @@ class StepwiseStats:
     effective_candidates: float
 
 
+def explored_pairs(t: torch.Tensor, start: int | None) -> torch.Tensor:
+    """Which training pairs at times ``t`` step-wise exploration scores: those landing at ``t - 1 <= start``."""
+    return torch.ones_like(t, dtype=torch.bool) if start is None else t - 1 <= start
+
+
 def tweedie_values(
     value_model: EpsModel, scorer: Scorer, x: torch.Tensor, s: torch.Tensor, batch: Batch
 ) -> torch.Tensor:
@@ -149,8 +155,10 @@ def stepwise_loss(
     radius: float,
     temperature: float,
     center: str,
+    start: int | None = None,
     shard: Shard = WHOLE,
-) -> tuple[torch.Tensor, StepwiseStats]:
+    charge: Callable[[int], None] = lambda calls: None,
+) -> tuple[torch.Tensor, StepwiseStats | None]:
     """Step-wise guided exploration (DESIGN.md §1.3, item 3).
 
     For each ``(x_0, t)`` build ``x_t``; around the transition centre ``m`` (the posterior mean of
@@ -163,11 +171,19 @@ def stepwise_loss(
     is the plain denoising loss exactly, with the reference centre it is distillation of the
     reference. Both have the same expected target; the reference centre has far less variance (the
     data noise ``eps`` drops out of the target), which is why it is the default.
+
+    ``start`` explores only the pairs whose transition lands at ``t - 1 <= start`` (``explored_pairs``);
+    the others keep uniform weights, so their target is the centre, and spend no reward calls. As with
+    guided sampling's ``start``, this skips only the times where every candidate's Tweedie estimate
+    scores the same (a molecule so noisy that none is valid). ``charge`` is told the global reward
+    calls before any is made (the budget under data parallelism). The stats cover the explored pairs;
+    they are ``None`` when there are none.
     """
     diffusion = model.diffusion
     global_rows = len(batch)
     t = torch.randint(1, diffusion.timesteps + 1, (global_rows,), generator=generator,
                       device=generator.device).to(batch.x.device)
+    charge(candidates * int(explored_pairs(t, start).sum()))
     noise = diffusion.noise_like(batch.x, batch.mask, generator)
     batch, t, noise = shard(batch), shard(t), shard(noise)
     n = len(batch)
@@ -183,8 +199,12 @@ def stepwise_loss(
     # Candidates and their rewards are computed for this process's rows only.
     proposals = explore(diffusion, step.mean, step.std, candidates, radius, batch.mask, generator, shard,
                         global_rows)
-    repeated = batch.repeat(candidates)
-    values = tweedie_values(value_model, scorer, proposals, (t - 1).repeat(candidates), repeated)
+    explored = explored_pairs(t, start)
+    scored = explored.repeat(candidates)
+    values = torch.zeros(candidates * n, device=xt.device)
+    if scored.any():
+        values[scored] = tweedie_values(value_model, scorer, proposals[scored], (t - 1).repeat(candidates)[scored],
+                                        batch.repeat(candidates).select(scored)).to(xt.device)
     weights = payoff_weights(values.view(candidates, n), temperature, dim=0)
     # c_t = beta_t / (sqrt(alpha_t) sqrt(1 - abar_t)): how far mu moves per unit of eps.
     betas = diffusion.schedule.betas
@@ -195,6 +215,9 @@ def stepwise_loss(
     target = eps_center - shift / c_t
     error = model(xt, t, batch.cond, batch.mask) - target
     loss = shard.mean(sum_per_sample(error**2, batch.mask) / diffusion.dof(xt, batch.mask), global_rows)
-    ess = (1.0 / (weights**2).sum(0)).mean()
-    stats = StepwiseStats(float(values.mean()), float(values.view(candidates, n).std(0).mean()), float(ess))
+    if not explored.any():
+        return loss, None
+    explored_values = values.view(candidates, n)[:, explored]
+    ess = (1.0 / (weights[:, explored] ** 2).sum(0)).mean()
+    stats = StepwiseStats(float(explored_values.mean()), float(explored_values.std(0).mean()), float(ess))
     return loss, stats

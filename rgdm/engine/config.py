@@ -71,6 +71,8 @@ class AlgorithmConfig(Section):
     sample_steps: int | None = Field(None, ge=1, description="rgdm-model, rwr, ddpo: sampler steps (ddpo: 20)")
     candidates: int = Field(8, ge=2, description="rgdm-stepwise: K")
     radius: float = Field(0.5, gt=0, allow_inf_nan=False, description="rgdm-stepwise: exploration radius rho")
+    explore_start: int | None = Field(None, ge=0, description="rgdm-stepwise: explore only transitions "
+                                      "landing at t <= this (the rest cost no reward calls; default: all)")
     center: Literal["posterior", "reference"] = "reference"
     value_model: Literal["frozen", "ema"] = "frozen"
     num_classes: int | None = Field(None, ge=1, description="cfg: reward classes (default: the domain's)")
