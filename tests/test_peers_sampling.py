@@ -66,6 +66,14 @@ def test_every_configured_algorithm_builds(name):
     assert isinstance(algorithm, Algorithm) and algorithm.name == name
 
 
+def test_the_exploration_start_reaches_the_step_wise_algorithm_and_must_be_a_time():
+    algorithm = make_algorithm(AlgorithmConfig(name="rgdm-stepwise", explore_start=20), total_steps=100,
+                               domain=ToyDomain())
+    assert algorithm.start == 20
+    with pytest.raises(ValueError, match="explore_start"):
+        AlgorithmConfig(name="rgdm-stepwise", explore_start=-1)
+
+
 def test_cfg_scale_needs_a_guidance_condition(ring_model):
     with pytest.raises(ValueError, match="cfg algorithm"):
         generate(ring_model, 4, seeded_generator(0), cfg_scale=2.0)

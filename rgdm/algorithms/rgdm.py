@@ -174,7 +174,7 @@ def stepwise_loss(
 
     ``start`` explores only the pairs whose transition lands at ``t - 1 <= start`` (``explored_pairs``);
     the others keep uniform weights, so their target is the centre, and spend no reward calls. As with
-    guided sampling's ``start``, this skips only the times where every candidate's Tweedie estimate
+    guided sampling's ``start``, it is meant for the times where every candidate's Tweedie estimate
     scores the same (a molecule so noisy that none is valid). ``charge`` is told the global reward
     calls before any is made (the budget under data parallelism). The stats cover the explored pairs;
     they are ``None`` when there are none.
