@@ -87,3 +87,18 @@ def test_a_reward_budget_stops_two_processes_where_it_stops_one(pretrained, tmp_
     assert_same_training(runs[1], runs[2])
     assert json.loads((runs[2] / "reward_counter.json").read_text())["reward_calls"] == 5 * 8 * 32
     assert len(losses(runs[2])) == 5, "the sixth step would pass the budget of 1300 calls"
+
+
+def test_step_wise_exploration_start_spends_and_stops_alike_on_two_processes(pretrained, tmp_path):
+    runs = {}
+    for processes in (1, 2):
+        runs[processes] = tmp_path / f"explore-start-{processes}"
+        run(["finetune", "--checkpoint", str(pretrained[1]), "--reward", "region", "--algorithm", "rgdm-stepwise",
+             "--steps", "30", "--out", str(runs[processes]), "--set", "train.batch_size=32",
+             "--set", "train.log_every=1", "--set", "algorithm.explore_start=6", "--set", "reward.budget=1300"],
+            processes)
+    assert_same_training(runs[1], runs[2])
+    calls = json.loads((runs[2] / "reward_counter.json").read_text())["reward_calls"]
+    steps = len(losses(runs[2]))
+    assert calls <= 1300 and calls % 8 == 0
+    assert 5 < steps < 30, "pairs above the start cost nothing, so the budget lasts longer than 5 full steps"
