@@ -77,28 +77,29 @@ def test_finetuning_on_two_processes_matches_one(pretrained, tmp_path, algorithm
     assert_same_training(runs[1], runs[2])
 
 
-def test_a_reward_budget_stops_two_processes_where_it_stops_one(pretrained, tmp_path):
+def budgeted_stepwise_runs(pretrained, folder: Path, steps: int, *settings: str) -> Path:
+    """Step-wise fine-tunes with a budget of 1300 calls on one and two processes; asserts they train
+    alike and returns the two-process run."""
     runs = {}
     for processes in (1, 2):
-        runs[processes] = tmp_path / f"budget-{processes}"
+        runs[processes] = folder / f"stepwise-{processes}"
+        extra = [arg for setting in settings for arg in ("--set", setting)]
         run(["finetune", "--checkpoint", str(pretrained[1]), "--reward", "region", "--algorithm", "rgdm-stepwise",
-             "--steps", "12", "--out", str(runs[processes]), "--set", "train.batch_size=32",
-             "--set", "train.log_every=1", "--set", "reward.budget=1300"], processes)
+             "--steps", str(steps), "--out", str(runs[processes]), "--set", "train.batch_size=32",
+             "--set", "train.log_every=1", "--set", "reward.budget=1300", *extra], processes)
     assert_same_training(runs[1], runs[2])
-    assert json.loads((runs[2] / "reward_counter.json").read_text())["reward_calls"] == 5 * 8 * 32
-    assert len(losses(runs[2])) == 5, "the sixth step would pass the budget of 1300 calls"
+    return runs[2]
+
+
+def test_a_reward_budget_stops_two_processes_where_it_stops_one(pretrained, tmp_path):
+    two = budgeted_stepwise_runs(pretrained, tmp_path, 12)
+    assert json.loads((two / "reward_counter.json").read_text())["reward_calls"] == 5 * 8 * 32
+    assert len(losses(two)) == 5, "the sixth step would pass the budget of 1300 calls"
 
 
 def test_step_wise_exploration_start_spends_and_stops_alike_on_two_processes(pretrained, tmp_path):
-    runs = {}
-    for processes in (1, 2):
-        runs[processes] = tmp_path / f"explore-start-{processes}"
-        run(["finetune", "--checkpoint", str(pretrained[1]), "--reward", "region", "--algorithm", "rgdm-stepwise",
-             "--steps", "30", "--out", str(runs[processes]), "--set", "train.batch_size=32",
-             "--set", "train.log_every=1", "--set", "algorithm.explore_start=6", "--set", "reward.budget=1300"],
-            processes)
-    assert_same_training(runs[1], runs[2])
-    calls = json.loads((runs[2] / "reward_counter.json").read_text())["reward_calls"]
-    steps = len(losses(runs[2]))
+    two = budgeted_stepwise_runs(pretrained, tmp_path, 30, "algorithm.explore_start=6")
+    calls = json.loads((two / "reward_counter.json").read_text())["reward_calls"]
+    steps = len(losses(two))
     assert calls <= 1300 and calls % 8 == 0
     assert 5 < steps < 30, "pairs above the start cost nothing, so the budget lasts longer than 5 full steps"

@@ -183,9 +183,10 @@ def stepwise_loss(
     global_rows = len(batch)
     t = torch.randint(1, diffusion.timesteps + 1, (global_rows,), generator=generator,
                       device=generator.device).to(batch.x.device)
-    charge(candidates * int(explored_pairs(t, start).sum()))
+    explored = explored_pairs(t, start)
+    charge(candidates * int(explored.sum()))
     noise = diffusion.noise_like(batch.x, batch.mask, generator)
-    batch, t, noise = shard(batch), shard(t), shard(noise)
+    batch, t, noise, explored = shard(batch), shard(t), shard(noise), shard(explored)
     n = len(batch)
     xt = diffusion.q_sample(batch.x, t, noise)
     if center == "posterior":
@@ -199,7 +200,6 @@ def stepwise_loss(
     # Candidates and their rewards are computed for this process's rows only.
     proposals = explore(diffusion, step.mean, step.std, candidates, radius, batch.mask, generator, shard,
                         global_rows)
-    explored = explored_pairs(t, start)
     scored = explored.repeat(candidates)
     values = torch.zeros(candidates * n, device=xt.device)
     if scored.any():
