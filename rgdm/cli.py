@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -146,13 +147,15 @@ def cmd_sample(args: argparse.Namespace) -> None:
     guide = None if args.guide is None else load_guide(args.guide, model)
     transition = make_transition(args.guidance, scorer, args.temperature, args.candidates, args.radius, guide,
                                  args.guidance_start)
+    started = time.perf_counter()
     samples = generate(model, args.n, seeded_generator(args.seed), target=target, steps=args.steps,
                        eta=args.eta, transition=transition, cfg_scale=args.cfg_scale, progress=not args.quiet)
+    wall_s = round(time.perf_counter() - started, 1)
     meta = {"checkpoint": str(args.checkpoint), "n": args.n, "seed": args.seed, "target": target,
             "steps": args.steps, "eta": args.eta, "guidance": args.guidance, "reward": args.reward,
             "temperature": args.temperature, "candidates": args.candidates,
             "guidance_start": args.guidance_start, "cfg_scale": args.cfg_scale,
-            "network_evaluations": model.eps_model.evaluations, **counter.as_dict()}
+            "network_evaluations": model.eps_model.evaluations, **counter.as_dict(), "wall_s": wall_s}
     if isinstance(transition, ClassifierGuidance):
         meta |= {"guide": args.guide, "guide_evaluations": transition.evaluations}
     files = write_samples(model, samples, Path(args.out), meta)

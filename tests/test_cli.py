@@ -52,14 +52,13 @@ def test_sample_with_guidance_and_evaluate(tmp_path):
     assert main(["-q", "sample", "--checkpoint", "toy-ring-pretrained", "-n", "200", "--steps", "50",
                  "--guidance", "select", "--reward", "region", "--temperature", "0.1", "--out", str(out)]) == 0
     meta = json.loads((out / "sample.json").read_text())
-    assert meta["reward_calls"] > 0 and meta["network_evaluations"] > 0
+    assert meta["reward_calls"] > 0 and meta["network_evaluations"] > 0 and meta["wall_s"] > 0
     report = tmp_path / "metrics.json"
     assert main(["-q", "evaluate", str(out), "--reward", "region", "--temperature", "0.3",
                  "--json", str(report)]) == 0
     metrics = json.loads(report.read_text())
     assert metrics["mean_reward"] > 0.5
     assert {"energy_distance", "noise_floor", "payoff_mean_reward"} <= set(metrics)
-
 
 
 def test_sample_with_a_guidance_start_selects_only_on_the_later_steps(tmp_path):
@@ -73,6 +72,7 @@ def test_sample_with_a_guidance_start_selects_only_on_the_later_steps(tmp_path):
         assert meta["guidance_start"] == start
         calls[start] = meta["reward_calls"]
     assert 0 < calls[200] < calls[None]
+
 
 def test_sample_with_a_target_writes_targets(tmp_path):
     out = tmp_path / "targeted"

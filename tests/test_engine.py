@@ -123,10 +123,15 @@ def test_sigint_writes_a_checkpoint_and_resume_finishes_exactly(pretrained_dir, 
         Trainer(tiny_config(*overrides), tmp_path / "stopped").fit(on_step=interrupt, progress=False)
     resumed = Trainer.resume(tmp_path / "stopped")
     assert resumed.step == 6
+    stopped_after = resumed.wall_s
+    assert stopped_after > 0, "the checkpoint holds the seconds trained before the stop"
     resumed.fit(progress=False)
     a = load_tensors(tmp_path / "straight" / "final.safetensors")
     b = load_tensors(tmp_path / "stopped" / "final.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.wall_s > stopped_after, "the resumed run adds its seconds to the stopped run's"
+    training = json.loads((tmp_path / "stopped" / "model.json").read_text())["training"]
+    assert training["wall_s"] == round(resumed.wall_s, 1)
 
 
 @pytest.mark.parametrize("algorithm", ["rgdm-model", "ddpo"])

@@ -12,6 +12,7 @@ import logging
 import signal
 import statistics
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -125,6 +126,9 @@ class Trainer:
             ledger=ledger,
         )
         self.step = 0
+        #: Seconds spent in ``fit`` up to the newest checkpoint, summed over resumes.
+        self.wall_s = 0.0
+        self._clock: tuple[float, float] | None = None  # (perf_counter at fit start, wall_s then)
         self._stop_signal: int | None = None
         self.context.interrupt = lambda: any_process(self._stop_signal is not None, self.shard)
 
@@ -173,7 +177,10 @@ class Trainer:
         scheduler = None if self.scheduler is None else self.scheduler.state_dict()
         counters = gather({"calls": self.counter.calls, "invalid": self.counter.invalid,
                            "failures": dict(self.counter.failures)}, self.shard)
-        meta = {"optimizer": optimizer_layout, "scheduler": scheduler, "counters": counters,
+        if self._clock is not None:
+            started, before = self._clock
+            self.wall_s = before + time.perf_counter() - started
+        meta = {"optimizer": optimizer_layout, "scheduler": scheduler, "counters": counters, "wall_s": self.wall_s,
                 "domain": self.domain.config(), "parent_conditional": self.parent_conditional}
         return tensors, meta
 
@@ -197,6 +204,7 @@ class Trainer:
         if self.context.ledger is not None:
             self.context.ledger.calls = sum(c["calls"] for c in counters)
         self.parent_conditional = bool(meta.get("parent_conditional", False))
+        self.wall_s = float(meta.get("wall_s", 0.0))
         self.step = int(meta["step"])
 
     def save_checkpoint(self) -> None:
@@ -223,7 +231,7 @@ class Trainer:
             "training": {"algorithm": config.algorithm.name, "steps": self.step, "seed": config.train.seed,
                          "reward": config.reward.name,
                          "temperature": config.algorithm.temperature if config.reward.name else None,
-                         "reward_calls": reward_calls},
+                         "reward_calls": reward_calls, "wall_s": round(self.wall_s, 1)},
             "guidance_condition": getattr(self.algorithm, "top_class", None),
             "conditional": self._conditional(),
         }
@@ -248,6 +256,7 @@ class Trainer:
         train = self.config.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         fresh = not (self.run_dir / "checkpoints").exists()
+        self._clock = (time.perf_counter(), self.wall_s)
         barrier(self.shard)  # every process has looked before rank 0 writes
         if fresh:
             if self.main:
