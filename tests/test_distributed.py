@@ -81,9 +81,9 @@ def budgeted_stepwise_runs(pretrained, folder: Path, steps: int, *settings: str)
     """Step-wise fine-tunes with a budget of 1300 calls on one and two processes; asserts they train
     alike and returns the two-process run."""
     runs = {}
+    extra = [arg for setting in settings for arg in ("--set", setting)]
     for processes in (1, 2):
         runs[processes] = folder / f"stepwise-{processes}"
-        extra = [arg for setting in settings for arg in ("--set", setting)]
         run(["finetune", "--checkpoint", str(pretrained[1]), "--reward", "region", "--algorithm", "rgdm-stepwise",
              "--steps", str(steps), "--out", str(runs[processes]), "--set", "train.batch_size=32",
              "--set", "train.log_every=1", "--set", "reward.budget=1300", *extra], processes)

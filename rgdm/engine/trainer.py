@@ -177,9 +177,6 @@ class Trainer:
         scheduler = None if self.scheduler is None else self.scheduler.state_dict()
         counters = gather({"calls": self.counter.calls, "invalid": self.counter.invalid,
                            "failures": dict(self.counter.failures)}, self.shard)
-        if self._clock is not None:
-            started, before = self._clock
-            self.wall_s = before + time.perf_counter() - started
         meta = {"optimizer": optimizer_layout, "scheduler": scheduler, "counters": counters, "wall_s": self.wall_s,
                 "domain": self.domain.config(), "parent_conditional": self.parent_conditional}
         return tensors, meta
@@ -209,6 +206,9 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Every process takes part (the reward counters are gathered); rank 0 writes."""
+        if self._clock is not None:
+            started, before = self._clock
+            self.wall_s = before + time.perf_counter() - started
         tensors, meta = self._state()
         if self.main:
             save_checkpoint(self.run_dir, self.step, tensors, meta, keep=self.config.train.keep_checkpoints)
