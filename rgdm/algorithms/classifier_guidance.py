@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rgdm.batch import Batch
-from rgdm.diffusion.process import GaussianDiffusion, expand_mask
+from rgdm.diffusion.process import GaussianDiffusion, sample_gradient
 from rgdm.diffusion.sampling import StepContext, TransitionResult
 
 OBJECTIVES = ("mse", "cross-entropy")
@@ -124,13 +124,8 @@ class ClassifierGuidance:
                  mask: torch.Tensor | None, diffusion: GaussianDiffusion) -> torch.Tensor:
         """``grad_x f(x_t, t)`` (or ``grad_x log p(c | x_t)``) per row, masked and projected onto the sample space."""
         self.evaluations += x.shape[0]
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self._value(x, t.to(x.dtype) / diffusion.timesteps, cond, mask), x)
-        m = expand_mask(mask, grad)
-        if m is not None:
-            grad = grad * m
-        return diffusion.project(grad, mask)
+        grad = sample_gradient(lambda x: self._value(x, t.to(x.dtype) / diffusion.timesteps, cond, mask), x)
+        return diffusion.onto_sample_space(grad, mask)
 
     def __call__(self, ctx: StepContext) -> TransitionResult:
         diffusion = ctx.model.diffusion

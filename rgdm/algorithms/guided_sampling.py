@@ -23,7 +23,7 @@ import torch
 
 from rgdm.algorithms.rgdm import explore, payoff_weights
 from rgdm.batch import Batch
-from rgdm.diffusion.process import sum_per_sample
+from rgdm.diffusion.process import Sample, per_row, sample_gradient
 from rgdm.diffusion.sampling import StepContext, TransitionResult, ancestral_transition
 from rgdm.rewards.scorer import Scorer
 
@@ -76,16 +76,15 @@ class GradientStep:
         if float(ctx.step.std.max()) == 0.0:
             return TransitionResult(drawn)
         diffusion = ctx.model.diffusion
-        with torch.enable_grad():
-            x = drawn.detach().requires_grad_(True)
+        def value(x: Sample) -> torch.Tensor:
             x0_hat = x
             if int(ctx.s[0]) > 0:
                 x0_hat = diffusion.x0_from_eps(x, ctx.s, ctx.model(x, ctx.s, ctx.cond, ctx.mask))
-            value = self.scorer.differentiable(x0_hat, ctx.cond).sum()
-            (grad,) = torch.autograd.grad(value, x)
-        variance = ctx.step.std**2
-        shift = diffusion.project(variance * grad / self.temperature, ctx.mask)
-        limit = self.radius * ctx.step.std.flatten(1)[:, 0] * diffusion.dof(x, ctx.mask).sqrt()
-        norm = sum_per_sample(shift**2, ctx.mask).sqrt()
-        scale = (limit / norm.clamp(min=1e-12)).clamp(max=1.0).view(-1, *([1] * (x.dim() - 1)))
-        return TransitionResult(drawn + scale * shift)
+            return self.scorer.differentiable(x0_hat, ctx.cond).sum()
+
+        grad = sample_gradient(value, drawn)
+        std = ctx.step.std.reshape(len(ctx.s), -1)[:, 0]
+        shift = diffusion.onto_sample_space(per_row(std**2, grad) * grad / self.temperature, ctx.mask)
+        limit = self.radius * std * diffusion.dof(drawn, ctx.mask).sqrt()
+        norm = diffusion.sum_per_sample(shift**2, ctx.mask).sqrt()
+        return TransitionResult(drawn + per_row((limit / norm.clamp(min=1e-12)).clamp(max=1.0), shift) * shift)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from rgdm.batch import Batch, Shard
-from rgdm.diffusion.process import GaussianDiffusion, sum_per_sample
+from rgdm.diffusion.process import GaussianDiffusion, Sample, per_row, repeat_rows
 from rgdm.diffusion.sampling import EpsModel
 from rgdm.rewards.scorer import Scorer
 
@@ -69,7 +69,7 @@ def denoising_loss(model: EpsModel, batch: Batch, generator: torch.Generator, sh
     batch, t, noise = shard(batch), shard(t), shard(noise)
     xt = diffusion.q_sample(batch.x, t, noise)
     error = model(xt, t, batch.cond, batch.mask) - noise
-    return sum_per_sample(error**2, batch.mask) / diffusion.dof(batch.x, batch.mask)
+    return diffusion.sum_per_sample(error**2, batch.mask) / diffusion.dof(batch.x, batch.mask)
 
 
 def weighted_denoising_loss(model: EpsModel, batch: Batch, generator: torch.Generator, shard: Shard = WHOLE
@@ -83,7 +83,7 @@ def weighted_denoising_loss(model: EpsModel, batch: Batch, generator: torch.Gene
 
 def explore(
     diffusion: GaussianDiffusion,
-    center: torch.Tensor,
+    center: Sample,
     std: torch.Tensor,
     candidates: int,
     radius: float | None,
@@ -91,7 +91,7 @@ def explore(
     generator: torch.Generator | None,
     shard: Shard = WHOLE,
     global_rows: int | None = None,
-) -> torch.Tensor:
+) -> Sample:
     """``K`` candidates ``center + std z_k`` inside the feasible set ``||z_k|| <= radius sqrt(d)``.
 
     Draws come in antithetic pairs ``(z, -z)`` so their mean is exactly the centre, and any draw
@@ -103,18 +103,15 @@ def explore(
     if candidates < 2 or candidates % 2:
         raise ValueError(f"the number of candidates must be even and at least 2, got {candidates}")
     rows = center.shape[0] if global_rows is None else global_rows
-    device = center.device if generator is None else generator.device
-    raw = torch.randn((candidates // 2, rows, *center.shape[1:]), generator=generator, device=device,
-                      dtype=center.dtype).to(center.device)
+    raw = diffusion.standard_normal((candidates // 2, rows), center, generator)
     mask_half = None if mask is None else mask.repeat(candidates // 2, 1)
     z = diffusion.onto_sample_space(raw[:, shard.rows(rows)].flatten(0, 1), mask_half)
     if radius is not None:
         limit = radius * diffusion.dof(z, mask_half).sqrt()
-        norm = sum_per_sample(z**2, mask_half).sqrt()
-        z = z * (limit / norm.clamp(min=1e-12)).clamp(max=1.0).view(-1, *([1] * (z.dim() - 1)))
+        norm = diffusion.sum_per_sample(z**2, mask_half).sqrt()
+        z = z * per_row((limit / norm.clamp(min=1e-12)).clamp(max=1.0), z)
     z = torch.cat([z, -z])
-    return center.repeat(candidates, *([1] * (center.dim() - 1))) + std.repeat(
-        candidates, *([1] * (std.dim() - 1))) * z
+    return repeat_rows(center, candidates) + repeat_rows(std, candidates) * z
 
 
 @dataclass
@@ -210,11 +207,11 @@ def stepwise_loss(
     betas = diffusion.schedule.betas
     c_t = diffusion.schedule.at(betas / ((1 - betas).sqrt() * (1 - diffusion.schedule.alpha_bar).sqrt()
                                          .clamp(min=1e-12)), t, xt)
-    offsets = (proposals - step.mean.repeat(candidates, *([1] * (xt.dim() - 1)))).view(candidates, *xt.shape)
-    shift = (weights.view(candidates, n, *([1] * (xt.dim() - 1))) * offsets).sum(0)
+    offsets = proposals - repeat_rows(step.mean, candidates)
+    shift = (per_row(weights.reshape(-1), offsets) * offsets).view(candidates, *xt.shape).sum(0)
     target = eps_center - shift / c_t
     error = model(xt, t, batch.cond, batch.mask) - target
-    loss = shard.mean(sum_per_sample(error**2, batch.mask) / diffusion.dof(xt, batch.mask), global_rows)
+    loss = shard.mean(diffusion.sum_per_sample(error**2, batch.mask) / diffusion.dof(xt, batch.mask), global_rows)
     if not explored.any():
         return loss, None
     explored_values = values.view(candidates, n)[:, explored]

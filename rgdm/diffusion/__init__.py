@@ -1,6 +1,13 @@
 """Domain-agnostic diffusion maths: schedules, the Gaussian process, and samplers."""
 
-from rgdm.diffusion.process import GaussianDiffusion, ReverseStep, identity_projection, sum_per_sample
+from rgdm.diffusion.process import (
+    GaussianDiffusion,
+    Part,
+    ReverseStep,
+    Sample,
+    identity_projection,
+    sum_per_sample,
+)
 from rgdm.diffusion.sampling import (
     EpsModel,
     SampleOutput,
@@ -18,7 +25,9 @@ __all__ = [
     "EpsModel",
     "GaussianDiffusion",
     "NoiseSchedule",
+    "Part",
     "ReverseStep",
+    "Sample",
     "SampleOutput",
     "SamplingInterrupted",
     "StepContext",

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+from tensordict import TensorDict
 from torch import nn
 from tqdm.auto import tqdm
 
-from rgdm.diffusion.process import GaussianDiffusion, ReverseStep, expand_mask
+from rgdm.diffusion.process import GaussianDiffusion, ReverseStep, Sample, elements_per_row
 
 #: Input elements per network call on the CPU outside autograd: larger calls run in row chunks of about this
 #: size. Activations of a bigger call spill out of the cache and every row gets slower. The K candidates of
@@ -29,7 +30,8 @@ CPU_CHUNK_ELEMENTS = 16384
 class EpsModel:
     """A noise-prediction network bound to a diffusion, with masking, projection and an NFE count.
 
-    The wrapped network is called as ``net(x_t, t / T, cond, mask)`` and predicts the noise.
+    The wrapped network is called as ``net(x_t, t / T, cond, mask)`` and predicts the noise (of every
+    part, for a multi-part sample); the prediction is put on the sample space like the noise itself.
     ``evaluations`` counts network evaluations per sample row, the budget unit of comparisons.
     Calls outside autograd on the CPU run in chunks of ``chunk_elements`` input elements (rows are
     independent, so the result is the same); calls that build a graph run whole, as distributed
@@ -45,23 +47,20 @@ class EpsModel:
 
     def __call__(
         self,
-        x: torch.Tensor,
+        x: Sample,
         t: torch.Tensor,
         cond: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> Sample:
         self.evaluations += x.shape[0]
         eps = self._network(x, t.to(x.dtype) / self.diffusion.timesteps, cond, mask)
-        m = expand_mask(mask, eps)
-        if m is not None:
-            eps = eps * m
-        return self.diffusion.project(eps, mask)
+        return self.diffusion.onto_sample_space(eps, mask)
 
-    def _network(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, mask: torch.Tensor | None
-                 ) -> torch.Tensor:
+    def _network(self, x: Sample, t: torch.Tensor, cond: torch.Tensor | None, mask: torch.Tensor | None
+                 ) -> Sample:
         """The network on every row: whole, or in cache-sized chunks (see ``CPU_CHUNK_ELEMENTS``)."""
         rows = x.shape[0]
-        chunk = rows if self.chunk_elements is None else max(1, self.chunk_elements // max(1, x[0].numel()))
+        chunk = rows if self.chunk_elements is None else max(1, self.chunk_elements // max(1, elements_per_row(x)))
         if chunk >= rows or x.device.type != "cpu" or torch.is_grad_enabled():
             return self.net(x, t, cond, mask)
         return torch.cat([self.net(x[part], t[part], None if cond is None else cond[part],
@@ -74,7 +73,7 @@ class StepContext:
     """Everything a transition may use to choose ``x_s`` from the reverse step at ``t``."""
 
     model: EpsModel
-    x: torch.Tensor
+    x: Sample
     t: torch.Tensor
     s: torch.Tensor
     step: ReverseStep
@@ -88,8 +87,8 @@ class StepContext:
 class TransitionResult:
     """The next state, and optionally the network's noise prediction there (saves one evaluation)."""
 
-    x: torch.Tensor
-    eps: torch.Tensor | None = None
+    x: Sample
+    eps: Sample | None = None
 
 
 class Transition(Protocol):
@@ -106,7 +105,7 @@ def ancestral_transition(ctx: StepContext) -> TransitionResult:
 class Trajectory:
     """The states ``x_T, ..., x_0`` of a sampling run and their timesteps, for policy gradients."""
 
-    states: list[torch.Tensor] = field(default_factory=list)
+    states: list[Sample] = field(default_factory=list)
     timesteps: list[int] = field(default_factory=list)
 
 
@@ -116,7 +115,7 @@ class SamplingInterrupted(RuntimeError):
 
 @dataclass
 class SampleOutput:
-    x0: torch.Tensor
+    x0: Sample
     trajectory: Trajectory | None = None
 
 
@@ -132,7 +131,7 @@ def timestep_pairs(timesteps: int, steps: int | None = None) -> list[tuple[int, 
 @torch.no_grad()
 def sample(
     model: EpsModel,
-    shape: Sequence[int],
+    shape: Sequence[int] | Sample,
     *,
     steps: int | None = None,
     eta: float = 1.0,
@@ -147,12 +146,15 @@ def sample(
 ) -> SampleOutput:
     """Run the reverse process from pure noise to ``x_0``.
 
+    ``shape`` is the shape of a single-tensor batch, or an all-zero sample to take the shape of
+    (a domain's ``prior_batch(...).x``, which a multi-part sample needs).
     ``record=True`` keeps every state (DDPO re-scores the steps with ``gaussian_log_prob``);
     ``progress`` shows a progress bar over the steps. ``interrupt`` is asked before every step and
     ``SamplingInterrupted`` raised when it returns true, so a long buffer does not delay a stop.
     """
     diffusion = model.diffusion
-    x = diffusion.noise_like(torch.zeros(tuple(shape), device=device), mask, generator)
+    template = shape if isinstance(shape, torch.Tensor | TensorDict) else torch.zeros(tuple(shape), device=device)
+    x = diffusion.noise_like(template.to(device), mask, generator)
     trajectory = Trajectory(states=[x], timesteps=[diffusion.timesteps]) if record else None
     eps = None
     pairs = timestep_pairs(diffusion.timesteps, steps)

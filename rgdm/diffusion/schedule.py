@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -79,7 +79,11 @@ class NoiseSchedule:
         """``beta[t] = 1 - alpha_bar[t] / alpha_bar[t-1]`` with ``beta[0] = 0``."""
         return torch.cat([torch.zeros(1, dtype=torch.float64), 1 - self.alpha_bar[1:] / self.alpha_bar[:-1]])
 
-    def at(self, table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Gather ``table[t]`` and shape it to broadcast against a batch ``like`` (batch dim first)."""
+    def at(self, table: torch.Tensor, t: torch.Tensor, like: Any) -> torch.Tensor:
+        """Gather ``table[t]`` and shape it to broadcast against a batch ``like`` (batch dim first).
+
+        ``like`` is a tensor, or a ``TensorDict`` whose one batch dimension a ``(batch,)`` vector
+        broadcasts over every part.
+        """
         values = table.to(like.device)[t.long()].to(like.dtype)
         return values.view(-1, *([1] * (like.dim() - 1)))

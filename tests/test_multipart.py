@@ -1,0 +1,168 @@
+"""Samples of several parts (positions, node features, symmetric edge features) through the diffusion core."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tensordict import TensorDict
+from toolkit import make_scorer
+from torch import nn
+
+from rgdm.algorithms.rgdm import denoising_loss, explore, stepwise_loss
+from rgdm.batch import Batch, Shard
+from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, Part, sample
+from rgdm.domains.molecules.domain import remove_center_of_mass
+
+#: Three molecules of 2, 4 and 3 atoms padded to 4: node, atom-feature and bond-feature sizes.
+MASK = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)
+ATOM_FEATURES, BOND_FEATURES = 2, 3
+PARTS = {"positions": Part("nodes", remove_center_of_mass, 3), "atoms": Part("nodes"), "bonds": Part("edges")}
+
+
+def diffusion(timesteps: int = 50) -> GaussianDiffusion:
+    return GaussianDiffusion(NoiseSchedule.create("linear", timesteps), parts=PARTS)
+
+
+def zeros(rows: int = 3) -> TensorDict:
+    nodes = MASK.shape[1]
+    return TensorDict({"positions": torch.zeros(rows, nodes, 3), "atoms": torch.zeros(rows, nodes, ATOM_FEATURES),
+                       "bonds": torch.zeros(rows, nodes, nodes, BOND_FEATURES)}, batch_size=[rows])
+
+
+class PartwiseDenoiser(nn.Module):
+    """A small per-part network whose outputs depend on every input part and on time (bounded, so that
+    a random one samples finite values)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.atoms = nn.Linear(ATOM_FEATURES + 2, ATOM_FEATURES)
+        self.bonds = nn.Linear(BOND_FEATURES + 1, BOND_FEATURES)
+        self.positions = nn.Linear(2, 1)
+        for p in self.parameters():
+            nn.init.normal_(p, std=0.3)
+
+    def forward(self, x: TensorDict, t: torch.Tensor, cond=None, mask=None) -> TensorDict:
+        nodes = x["atoms"].shape[1]
+        time = t[:, None, None].expand(-1, nodes, 1)
+        bond_sum = x["bonds"].sum((2, 3))[..., None]
+        atoms = self.atoms(torch.cat([x["atoms"], time, bond_sum], -1))
+        pair_time = t[:, None, None, None].expand(-1, nodes, nodes, 1)
+        bonds = self.bonds(torch.cat([x["bonds"], pair_time], -1))
+        scale = self.positions(torch.cat([time, x["atoms"][..., :1]], -1))
+        return TensorDict({"positions": x["positions"] * torch.tanh(scale), "atoms": torch.tanh(atoms),
+                           "bonds": torch.tanh(bonds)}, batch_size=x.batch_size)
+
+
+def make_model(seed: int = 0) -> EpsModel:
+    torch.manual_seed(seed)
+    return EpsModel(PartwiseDenoiser(), diffusion())
+
+
+def data(rows: int = 3, seed: int = 0) -> Batch:
+    """Random samples on the sample space, with the masks of ``MASK`` repeated."""
+    mask = MASK.repeat(math.ceil(rows / 3), 1)[:rows]
+    return Batch(diffusion().noise_like(zeros(rows), mask, torch.Generator().manual_seed(seed)), mask)
+
+
+def test_edge_noise_is_symmetric_with_a_zero_diagonal_and_no_padding():
+    noise = diffusion().noise_like(zeros(), MASK, torch.Generator().manual_seed(0))
+    bonds = noise["bonds"]
+    assert torch.equal(bonds, bonds.transpose(1, 2))
+    assert (bonds.diagonal(dim1=1, dim2=2) == 0).all()
+    pairs = MASK[:, :, None] & MASK[:, None, :]
+    assert (bonds[~pairs] == 0).all() and (bonds[pairs & ~torch.eye(4, dtype=torch.bool)] != 0).all()
+    assert (noise["atoms"][~MASK] == 0).all() and (noise["positions"][~MASK] == 0).all()
+    centre = noise["positions"].sum(1)
+    torch.testing.assert_close(centre, torch.zeros_like(centre), atol=1e-6, rtol=0)
+
+
+def test_every_free_edge_coordinate_is_one_standard_normal():
+    noise = diffusion().noise_like(zeros(4000), MASK.repeat(1334, 1)[:4000], torch.Generator().manual_seed(1))
+    upper = noise["bonds"][:, 0, 1]  # the pair (0, 1) is real in every molecule
+    assert float(upper.var()) == pytest.approx(1.0, abs=0.05)
+    assert float(noise["atoms"][:, 0].var()) == pytest.approx(1.0, abs=0.05)
+
+
+def test_degrees_of_freedom_add_up_over_the_parts():
+    atoms = MASK.sum(1)
+    expected = (3 * atoms - 3) + ATOM_FEATURES * atoms + BOND_FEATURES * atoms * (atoms - 1) / 2
+    torch.testing.assert_close(diffusion().dof(zeros(), MASK), expected.float())
+
+
+def test_a_step_log_probability_is_the_sum_of_the_parts_log_probabilities():
+    process = diffusion()
+    x, mean = data(3, seed=1).x, data(3, seed=2).x
+    std = torch.tensor([0.3, 0.5, 0.9])
+    total = process.gaussian_log_prob(x, mean, std, MASK)
+    positions = GaussianDiffusion(process.schedule, project=remove_center_of_mass, dof_offset=3)
+    plain = GaussianDiffusion(process.schedule)
+    upper = torch.triu(torch.ones(4, 4, dtype=torch.bool), diagonal=1)
+    edge_rows = [x["bonds"][row][upper & MASK[row][:, None] & MASK[row][None, :]] for row in range(3)]
+    edge_means = [mean["bonds"][row][upper & MASK[row][:, None] & MASK[row][None, :]] for row in range(3)]
+    edges = torch.stack([plain.gaussian_log_prob(value.flatten()[None], centre.flatten()[None], std[row:row + 1])[0]
+                         for row, (value, centre) in enumerate(zip(edge_rows, edge_means, strict=True))])
+    expected = (positions.gaussian_log_prob(x["positions"], mean["positions"], std, MASK)
+                + plain.gaussian_log_prob(x["atoms"], mean["atoms"], std, MASK) + edges)
+    torch.testing.assert_close(total, expected)
+
+
+def test_reverse_steps_keep_samples_on_the_sample_space():
+    out = sample(make_model(), zeros(), steps=10, mask=MASK, generator=torch.Generator().manual_seed(0))
+    assert isinstance(out.x0, TensorDict)
+    bonds = out.x0["bonds"]
+    torch.testing.assert_close(bonds, bonds.transpose(1, 2))
+    assert (bonds.diagonal(dim1=1, dim2=2) == 0).all() and (out.x0["atoms"][~MASK] == 0).all()
+    positions = out.x0["positions"]
+    scale = float(positions.abs().max())
+    torch.testing.assert_close(positions.sum(1), torch.zeros(3, 3), atol=1e-6 * scale, rtol=0)
+
+
+def test_candidates_of_every_part_stay_inside_the_radius_and_average_to_the_centre():
+    process, centre = diffusion(), data(3).x
+    std = torch.tensor([0.2, 0.4, 0.8])
+    candidates = explore(process, centre, std, 8, 0.5, MASK, torch.Generator().manual_seed(0))
+    assert candidates.batch_size == torch.Size([24])
+    offsets = (candidates - centre.repeat(8)) / std.repeat(8)
+    norms = process.sum_per_sample(offsets**2, MASK.repeat(8, 1)).sqrt()
+    assert (norms <= 0.5 * process.dof(centre, MASK).repeat(8).sqrt() * (1 + 1e-5)).all()
+    torch.testing.assert_close(candidates.view(8, 3).mean(0), centre, atol=1e-6, rtol=0)
+
+
+def constant_reward(samples):
+    return [0.7] * len(samples)
+
+
+def test_stepwise_loss_is_the_plain_denoising_loss_for_a_constant_reward():
+    model, batch = make_model(), data(12)
+    expected = denoising_loss(model, batch, torch.Generator().manual_seed(3)).mean()
+    scorer = make_scorer(constant_reward, decode=lambda x, mask: list(range(x.shape[0])))
+    loss, stats = stepwise_loss(model, model, scorer, batch, torch.Generator().manual_seed(3), candidates=8,
+                                radius=0.5, temperature=0.3, center="posterior")
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert stats.effective_candidates == pytest.approx(8.0)
+
+
+def gradient(model: EpsModel, loss: torch.Tensor) -> torch.Tensor:
+    grads = torch.autograd.grad(loss, list(model.net.parameters()))
+    return torch.cat([g.flatten() for g in grads])
+
+
+@pytest.mark.parametrize("loss", ["denoising", "stepwise"])
+def test_two_shards_add_up_to_the_whole_batch_gradient(loss):
+    """Data parallelism: each process's rows, scaled as ``Shard.mean`` does, sum to the one-process gradient."""
+    model, batch = make_model(), data(12)
+    scorer = make_scorer(lambda samples: [float(i % 5) for i in samples],
+                         decode=lambda x, mask: [int(v * 1e3) % 7 for v in x["atoms"].sum((1, 2)).tolist()])
+
+    def compute(shard: Shard) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(4)
+        if loss == "denoising":
+            return shard.mean(denoising_loss(model, batch, generator, shard), len(batch))
+        return stepwise_loss(model, model, scorer, batch, generator, candidates=4, radius=0.5, temperature=0.3,
+                             center="reference", shard=shard)[0]
+
+    whole = gradient(model, compute(Shard()))
+    parts = sum(gradient(model, compute(Shard(rank, 2))) for rank in range(2)) / 2
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-7)
