@@ -6,13 +6,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tensordict import TensorDict
+
+#: Separates a sample's name from its part's name in flat tensor files (``x/positions``).
+PART_SEPARATOR = "/"
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Samples ``x`` (batch first), a node mask for variable-size samples, targets, loss weights."""
+    """Samples ``x`` (batch first), a node mask for variable-size samples, targets, loss weights.
 
-    x: torch.Tensor
+    ``x`` is a tensor, or a ``TensorDict`` of named parts sharing the batch dimension (a molecule's
+    positions, atom features and bonds); every method acts on all parts alike.
+    """
+
+    x: torch.Tensor | TensorDict
     mask: torch.Tensor | None = None
     cond: torch.Tensor | None = None
     weight: torch.Tensor | None = None
@@ -33,6 +41,7 @@ class Batch:
         return Batch(tile(self.x), tile(self.mask), tile(self.cond), tile(self.weight))
 
     def to(self, device: torch.device | str) -> Batch:
+        """Every field on ``device``."""
         def move(value: torch.Tensor | None) -> torch.Tensor | None:
             return None if value is None else value.to(device)
         return Batch(self.x.to(device), move(self.mask), move(self.cond), move(self.weight))
@@ -74,3 +83,32 @@ class Shard:
     def mean(self, per_row: torch.Tensor, global_rows: int) -> torch.Tensor:
         """``world * sum(own rows) / global_rows``: the global mean once DDP averages the gradients."""
         return per_row.sum() * (self.world / global_rows)
+
+
+def flatten_parts(tensors: dict[str, torch.Tensor | TensorDict]) -> dict[str, torch.Tensor]:
+    """Tensors as a flat dict for a safetensors file: a TensorDict ``x`` becomes ``x/part`` entries."""
+    flat = {}
+    for name, value in tensors.items():
+        if isinstance(value, TensorDict):
+            flat |= {f"{name}{PART_SEPARATOR}{part}": leaf for part, leaf in value.items()}
+        else:
+            flat[name] = value
+    return flat
+
+
+def unflatten_parts(flat: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | TensorDict]:
+    """The inverse of ``flatten_parts``: ``x/part`` entries back into one TensorDict ``x``."""
+    tensors: dict[str, Any] = {}
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
+        name, separator, part = key.partition(PART_SEPARATOR)
+        if separator:
+            grouped.setdefault(name, {})[part] = value
+        else:
+            tensors[key] = value
+    for name, parts in grouped.items():
+        rows = {leaf.shape[0] for leaf in parts.values()}
+        if len(rows) != 1:
+            raise ValueError(f"the parts of {name!r} disagree on the number of rows: {sorted(rows)}")
+        tensors[name] = TensorDict(parts, batch_size=[rows.pop()])
+    return tensors

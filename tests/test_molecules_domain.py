@@ -15,7 +15,8 @@ from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, sample
 from rgdm.domains import build_domain
 from rgdm.domains.molecules.chemistry import Molecule, is_stable, molecule_from_smiles
 from rgdm.domains.molecules.data import QM9DataError, convert_qm9, load_qm9, split_indices
-from rgdm.domains.molecules.domain import MoleculeDomain, remove_center_of_mass
+from rgdm.domains.molecules.domain import MoleculeDomain
+from rgdm.domains.molecules.encoding import remove_center_of_mass
 from rgdm.domains.molecules.io import read_sdf, read_xyz
 from rgdm.domains.molecules.network import EGNN, EGNNDenoiser
 from rgdm.domains.molecules.properties import train_property_predictor

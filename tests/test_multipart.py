@@ -13,7 +13,7 @@ from torch import nn
 from rgdm.algorithms.rgdm import denoising_loss, explore, stepwise_loss
 from rgdm.batch import Batch, Shard
 from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, Part, sample
-from rgdm.domains.molecules.domain import remove_center_of_mass
+from rgdm.domains.molecules.encoding import remove_center_of_mass
 
 #: Three molecules of 2, 4 and 3 atoms padded to 4: node, atom-feature and bond-feature sizes.
 MASK = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)

@@ -69,7 +69,7 @@ class DDPO(Algorithm):
         self.minibatch = minibatch
         self.clip = clip
         self.advantage_clip = advantage_clip
-        self.states = torch.zeros(0)  # (sample_steps + 1, n, ...): x_T, ..., x_0
+        self.states = torch.zeros(0)  # ((sample_steps + 1) * n, ...): x_T, ..., x_0, step-major
         self.timesteps = torch.zeros(0, dtype=torch.long)  # (sample_steps + 1,)
         self.steps = torch.zeros(0, dtype=torch.long)  # indices of the stochastic steps, (K,)
         self.old_log_probs = torch.zeros(0)  # (K * n,), pair p = (step p // n, trajectory p % n)
@@ -97,7 +97,7 @@ class DDPO(Algorithm):
         n = self.advantages.numel()
         k = self.steps[index // n].to(self.states.device)
         i = (index % n).to(self.states.device)
-        xt, xs = self.states[k, i].to(device), self.states[k + 1, i].to(device)
+        xt, xs = self.states[k * n + i].to(device), self.states[(k + 1) * n + i].to(device)
         t, s = self.timesteps[k].to(device), self.timesteps[k + 1].to(device)
         cond = None if self.cond is None else self.cond[i].to(device)
         mask = None if self.mask is None else self.mask[i].to(device)
@@ -110,11 +110,11 @@ class DDPO(Algorithm):
         n = self.batch_trajectories
         prior = ctx.prior(n, generator, ctx.draw_targets(n, generator))
         with torch.no_grad():
-            out = sample(ctx.model, prior.x.shape, steps=self.sample_steps, eta=1.0, cond=prior.cond,
+            out = sample(ctx.model, prior.x, steps=self.sample_steps, eta=1.0, cond=prior.cond,
                          mask=prior.mask, generator=generator, device=prior.x.device, record=True,
                          interrupt=ctx.interrupt)
             rewards = ctx.score(self.name, out.x0, prior.mask, prior.cond).float()
-        self.states = torch.stack(out.trajectory.states)
+        self.states = torch.cat(out.trajectory.states)
         self.timesteps = torch.as_tensor(out.trajectory.timesteps, dtype=torch.long)
         self.cond, self.mask = prior.cond, prior.mask
         diffusion = ctx.model.diffusion

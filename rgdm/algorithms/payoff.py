@@ -94,7 +94,7 @@ class ModelPayoff(Algorithm):
         Every process samples the same buffer (one seed), so data-parallel runs stay in step.
         """
         prior = ctx.prior(self.buffer_size, generator, ctx.draw_targets(self.buffer_size, generator))
-        x = sample(ctx.ema, prior.x.shape, steps=self.sample_steps, cond=prior.cond, mask=prior.mask,
+        x = sample(ctx.ema, prior.x, steps=self.sample_steps, cond=prior.cond, mask=prior.mask,
                    generator=generator, device=prior.x.device, progress=ctx.progress, interrupt=ctx.interrupt).x0
         self.buffer = Batch(x, prior.mask, prior.cond)
         self.weights = self.round_weights(ctx.score(self.name, x, prior.mask, prior.cond), prior.cond)

@@ -281,7 +281,7 @@ def bare_forward_loop(model: LoadedModel, size: int, steps: int, eta: float, dev
     """
     generator = seeded_generator(seed, device)
     prior = model.domain.prior_batch(size, generator).to(device)
-    trajectory = sample(model.eps_model, prior.x.shape, steps=steps, eta=eta, cond=prior.cond, mask=prior.mask,
+    trajectory = sample(model.eps_model, prior.x, steps=steps, eta=eta, cond=prior.cond, mask=prior.mask,
                         generator=generator, record=True, device=device).trajectory
     assert trajectory is not None, "sample keeps the trajectory when asked to record"
     timesteps = model.diffusion.timesteps

@@ -77,7 +77,7 @@ def generate(
         size = min(batch_size, n - start)
         cond = _conditions(condition, start, size, num_targets)
         prior = model.domain.prior_batch(size, generator, cond).to(device)
-        x = sample(eps_model, prior.x.shape, steps=steps, eta=eta, cond=prior.cond, mask=prior.mask,
+        x = sample(eps_model, prior.x, steps=steps, eta=eta, cond=prior.cond, mask=prior.mask,
                    generator=generator, transition=transition, progress=progress, device=device).x0
         # A reward class is a condition of the network, not a target of the samples.
         targets = None if target is None else cond

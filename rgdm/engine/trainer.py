@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from rgdm.algorithms import TrainingContext
-from rgdm.batch import Batch
+from rgdm.batch import Batch, flatten_parts, unflatten_parts
 from rgdm.diffusion import EpsModel, SamplingInterrupted
 from rgdm.domains import build_domain
 from rgdm.engine.builder import (
@@ -170,7 +170,7 @@ class Trainer:
         tensors |= _prefixed("ema", self.ema.state_dict())
         if self.context.reference is not None:
             tensors |= _prefixed("reference", self.context.reference.net.state_dict())
-        tensors |= _prefixed("algorithm", self.algorithm.state_tensors())
+        tensors |= _prefixed("algorithm", flatten_parts(self.algorithm.state_tensors()))
         tensors["rng.generator"] = self.generator.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
         optimizer_layout = flatten_state("optimizer", self.optimizer.state_dict(), tensors)
@@ -186,7 +186,7 @@ class Trainer:
         self.ema.load_state_dict(_unprefixed("ema", tensors))
         if self.context.reference is not None:
             self.context.reference.net.load_state_dict(_unprefixed("reference", tensors))
-        self.algorithm.load_state_tensors(_unprefixed("algorithm", tensors))
+        self.algorithm.load_state_tensors(unflatten_parts(_unprefixed("algorithm", tensors)))
         self.generator.set_state(tensors["rng.generator"])
         torch.set_rng_state(tensors["rng.torch"])
         self.optimizer.load_state_dict(unflatten_state(meta["optimizer"], tensors))

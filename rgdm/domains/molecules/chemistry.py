@@ -35,7 +35,10 @@ TRIPLE_BOND_PM = {("C", "C"): 120, ("C", "N"): 116, ("C", "O"): 113, ("N", "N"):
 # EDM's margins, tuned there to maximise the stability of QM9's own molecules.
 BOND_MARGINS_PM = (10, 5, 3)
 
-_BOND_TYPES = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
+#: Bond codes of generated bonds (and of perceived ones, which never use 4), as RDKit bond types.
+AROMATIC = 4
+_BOND_TYPES = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE,
+               AROMATIC: Chem.BondType.AROMATIC}
 
 
 def _pair_table(lengths_pm: dict[tuple[str, str], float], offset_pm: float = 0.0) -> np.ndarray:
@@ -68,11 +71,16 @@ for _symbol, _valence in ALLOWED_VALENCE.items():
 class Molecule:
     """Atoms of H, C, N, O, F (``atomic_numbers``, shape (n,)) at ``positions`` (shape (n, 3), Å).
 
+    ``bonds`` (shape (n, n): 0 none, 1-3 single to triple, 4 aromatic; symmetric, zero diagonal) and
+    ``charges`` (formal charges, shape (n,)) are the molecule's own, as a bond-aware model generates
+    them or an SDF file states them; without ``bonds``, bonds are perceived from the distances.
     Equality is identity (arrays have no single truth value); the arrays are stored read-only.
     """
 
     atomic_numbers: np.ndarray
     positions: np.ndarray
+    bonds: np.ndarray | None = None
+    charges: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         atomic_numbers = np.array(self.atomic_numbers)
@@ -88,10 +96,36 @@ class Molecule:
         if unsupported:
             raise ValueError(f"unsupported atomic numbers {unsupported}; supported: H=1 C=6 N=7 O=8 F=9")
         atomic_numbers = atomic_numbers.astype(np.int64)
-        atomic_numbers.setflags(write=False)
-        positions.setflags(write=False)
-        object.__setattr__(self, "atomic_numbers", atomic_numbers)
-        object.__setattr__(self, "positions", positions)
+        for name, value in (("atomic_numbers", atomic_numbers), ("positions", positions),
+                            ("bonds", self._checked_bonds(len(atomic_numbers))),
+                            ("charges", self._checked_charges(len(atomic_numbers)))):
+            if value is not None:
+                value.setflags(write=False)
+            object.__setattr__(self, name, value)
+
+    def _checked_bonds(self, n: int) -> np.ndarray | None:
+        if self.bonds is None:
+            return None
+        bonds = np.array(self.bonds)
+        if bonds.shape != (n, n) or not (bonds.size == 0 or np.issubdtype(bonds.dtype, np.integer)):
+            raise ValueError(f"bonds must be an integer ({n}, {n}) matrix of bond codes, got dtype {bonds.dtype} "
+                             f"and shape {bonds.shape}")
+        if not np.array_equal(bonds, bonds.T):
+            i, j = np.argwhere(bonds != bonds.T)[0]
+            raise ValueError(f"bonds must be symmetric: atoms {i}-{j} have bond {bonds[i, j]} but {j}-{i} has "
+                             f"{bonds[j, i]}")
+        if np.diagonal(bonds).any() or ((bonds < 0) | (bonds > AROMATIC)).any():
+            raise ValueError("bonds must have a zero diagonal and codes 0 (none) .. 3 (triple), 4 (aromatic)")
+        return bonds.astype(np.int64)
+
+    def _checked_charges(self, n: int) -> np.ndarray | None:
+        if self.charges is None:
+            return None
+        charges = np.array(self.charges)
+        if charges.shape != (n,) or not (charges.size == 0 or np.issubdtype(charges.dtype, np.integer)):
+            raise ValueError(f"charges must be {n} integer formal charges, got dtype {charges.dtype} and shape "
+                             f"{charges.shape}")
+        return charges.astype(np.int64)
 
     @property
     def symbols(self) -> tuple[str, ...]:
@@ -196,9 +230,63 @@ def perceive_bonds(mol: Molecule, kekulize: bool = True) -> np.ndarray:
     return _kekulize(mol, distances, orders) if kekulize else orders
 
 
+def _rdkit_graph(mol: Molecule, orders: np.ndarray) -> Chem.RWMol:
+    """Atoms (with their formal charges, no implicit hydrogens) joined by bonds of ``orders``; unsanitised."""
+    editable = Chem.RWMol()
+    charges = np.zeros(len(mol), np.int64) if mol.charges is None else mol.charges
+    for z, charge in zip(mol.atomic_numbers, charges, strict=True):
+        atom = Chem.Atom(int(z))
+        atom.SetNoImplicit(True)
+        atom.SetFormalCharge(int(charge))
+        editable.AddAtom(atom)
+    for i, j in zip(*np.nonzero(np.triu(orders)), strict=True):
+        editable.AddBond(int(i), int(j), _BOND_TYPES[int(orders[i, j])])
+        if orders[i, j] == AROMATIC:
+            editable.GetBondBetweenAtoms(int(i), int(j)).SetIsAromatic(True)
+            editable.GetAtomWithIdx(int(i)).SetIsAromatic(True)
+            editable.GetAtomWithIdx(int(j)).SetIsAromatic(True)
+    return editable
+
+
+def bond_orders(mol: Molecule, kekulize: bool = True) -> np.ndarray:
+    """Integer bond orders (n, n): the molecule's own bonds with aromatic rings in a Kekulé form, or, without
+    bonds, those perceived from distances (``perceive_bonds``). Aromatic bonds that admit no Kekulé form
+    count 1.5, which no valence matches."""
+    if mol.bonds is None:
+        return perceive_bonds(mol, kekulize).astype(np.float64)
+    orders = mol.bonds.astype(np.float64)
+    aromatic = mol.bonds == AROMATIC
+    if aromatic.any():
+        graph = _rdkit_graph(mol, mol.bonds)
+        try:
+            with BlockLogs():
+                Chem.Kekulize(graph, clearAromaticFlags=True)
+        except Chem.KekulizeException:
+            orders[aromatic] = 1.5
+        else:
+            for bond in graph.GetBonds():
+                i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+                orders[i, j] = orders[j, i] = bond.GetBondTypeAsDouble()
+    return orders
+
+
+def allowed_valence(atomic_numbers: np.ndarray, charges: np.ndarray | None = None) -> np.ndarray:
+    """The valence each atom must have: H 1, C 4, N 3, O 2, F 1, shifted by a formal charge (N+ 4, O- 1,
+    C+ and C- 3)."""
+    valence = _VALENCE_BY_Z[atomic_numbers]
+    if charges is None:
+        return valence
+    carbon_like = np.isin(atomic_numbers, (1, 6))
+    return np.where(carbon_like, valence - np.abs(charges), valence + charges)
+
+
 def atom_stability(mol: Molecule, kekulize: bool = True) -> np.ndarray:
-    """Per atom, whether its bond orders sum to its allowed valence (H 1, C 4, N 3, O 2, F 1)."""
-    return perceive_bonds(mol, kekulize).sum(axis=1) == _VALENCE_BY_Z[mol.atomic_numbers]
+    """Per atom, whether its bond orders sum to its allowed valence (``allowed_valence``).
+
+    The bonds are the molecule's own where it has them, else perceived from distances; ``kekulize``
+    applies to perception only.
+    """
+    return bond_orders(mol, kekulize).sum(axis=1) == allowed_valence(mol.atomic_numbers, mol.charges)
 
 
 def is_stable(mol: Molecule, kekulize: bool = True) -> bool:
@@ -207,19 +295,13 @@ def is_stable(mol: Molecule, kekulize: bool = True) -> bool:
 
 
 def to_rdkit(mol: Molecule) -> Chem.Mol | None:
-    """The sanitised RDKit molecule with the perceived bonds and a 3-D conformer, or None if it does not sanitise.
+    """The sanitised RDKit molecule with its bonds and charges and a 3-D conformer, or None if it does not
+    sanitise. The bonds are the molecule's own, or perceived from distances where it has none.
 
     Atoms get no implicit hydrogens: the molecule holds exactly the atoms given (an atom short of bonds
     becomes a radical). Stereochemistry is not assigned, so SMILES carry none.
     """
-    orders = perceive_bonds(mol)
-    editable = Chem.RWMol()
-    for z in mol.atomic_numbers:
-        atom = Chem.Atom(int(z))
-        atom.SetNoImplicit(True)
-        editable.AddAtom(atom)
-    for i, j in zip(*np.nonzero(np.triu(orders)), strict=True):
-        editable.AddBond(int(i), int(j), _BOND_TYPES[int(orders[i, j])])
+    editable = _rdkit_graph(mol, perceive_bonds(mol) if mol.bonds is None else mol.bonds)
     conformer = Chem.Conformer(len(mol))
     for index, (x, y, z) in enumerate(mol.positions):
         conformer.SetAtomPosition(index, Point3D(float(x), float(y), float(z)))

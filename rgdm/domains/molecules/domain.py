@@ -1,8 +1,8 @@
-"""The molecules domain: QM9 with an EGNN denoiser, chemistry metrics and RDKit rewards.
+"""The molecules domain: QM9, a denoiser, chemistry metrics and RDKit rewards.
 
-A molecule is a row of ``x`` with shape ``(atoms, 3 + F)``: positions in Å (zero centre of mass)
-then atom features, the one-hot element scaled by 0.25 and, with charges, the atomic number / 10
-(EDM's normalisation). Padding atoms are masked out. The atom count of a new sample is drawn from
+Two encodings (``encoding.py``): EDM's point cloud with an EGNN, bonds perceived from distances
+afterwards; or, with ``bonds: true``, positions, atom features and bonds generated jointly by a
+bond-aware graph network. Padding atoms are masked out. The atom count of a new sample is drawn from
 the training histogram, or from a fine-tuned model's own (``atom_counts``: the pay-off
 distribution's, refitted by the pay-off fine-tunes).
 """
@@ -19,13 +19,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, field_validator
+from tensordict import TensorDict
 from torch import nn
 
 from rgdm.batch import Batch
 from rgdm.domains.base import NamedReward
 from rgdm.domains.molecules.chemistry import Molecule, atom_stability, chemistry_metrics
 from rgdm.domains.molecules.data import (
-    ATOMIC_NUMBERS,
     ELEMENTS,
     MAX_ATOMS,
     MAX_HEAVY_ATOMS,
@@ -35,26 +35,10 @@ from rgdm.domains.molecules.data import (
     pad_molecules,
     split_indices,
 )
+from rgdm.domains.molecules.encoding import GraphEncoding, PointCloudEncoding
+from rgdm.domains.molecules.graph_network import BondGraphDenoiser, BondGraphRegressor
 from rgdm.domains.molecules.network import EGNNDenoiser, EGNNRegressor
 from rgdm.rewards.base import accepts_targets
-
-ONE_HOT_SCALE = 0.25
-CHARGE_SCALE = 0.1
-
-
-def remove_center_of_mass(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Project positions (the first three features) onto the zero-centre-of-mass subspace.
-
-    Linear and idempotent, as ``GaussianDiffusion`` requires; atom features pass unchanged.
-    """
-    positions = x[..., :3]
-    if mask is None:
-        center = positions.mean(1, keepdim=True)
-    else:
-        weights = mask.to(x.dtype)[..., None]
-        center = (positions * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1)
-        center = center * weights
-    return torch.cat([positions - center, x[..., 3:]], dim=-1)
 
 
 class MoleculeOptions(BaseModel):
@@ -64,6 +48,8 @@ class MoleculeOptions(BaseModel):
     name: Literal["molecules"] = "molecules"
     hydrogens: bool = True
     charges: bool = True
+    bonds: bool = Field(False, description="generate bonds and formal charges jointly with the atoms (a graph)")
+    aromatic: bool = Field(False, description="with bonds: aromatic bonds as their own type, not in a Kekulé form")
     split: Literal["train", "train_a", "train_b"] = Field("train", description="the generator's training split")
     subset: int | None = Field(None, ge=1, description="use only this many molecules of the split")
     property_bins: int = Field(8, ge=0, le=64, description="conditional targets: equal-mass bins of a property")
@@ -85,19 +71,22 @@ class NetworkOptions(BaseModel):
     hidden: int = Field(96, ge=8)
     layers: int = Field(4, ge=1)
     coords_range: float = Field(15.0, gt=0)
+    edge_hidden: int = Field(32, ge=4, description="the bond graph network's edge width (bonds: true)")
 
 
 class MoleculeDomain:
-    """QM9 molecules with or without hydrogens."""
+    """QM9 molecules with or without hydrogens, as point clouds or as graphs with bonds."""
 
     name = "molecules"
-    project = staticmethod(remove_center_of_mass)
-    dof_offset = 3
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         self.options = MoleculeOptions.model_validate(options or {})
         self.elements = ELEMENTS if self.options.hydrogens else ELEMENTS[1:]
-        self.atom_features = len(self.elements) + int(self.options.charges)
+        #: EDM's point cloud: the encoding of the property predictors, and of point-cloud models.
+        self.points = PointCloudEncoding(self.elements, self.options.charges)
+        self.encoding = GraphEncoding(self.elements, self.options.aromatic) if self.options.bonds else self.points
+        self.atom_features = self.encoding.atom_features
+        self.project, self.dof_offset, self.parts = self.encoding.project, self.encoding.dof_offset, self.encoding.parts
         #: Targets are bins of ``target_property``; the network always has their embedding, so an
         #: unconditional pre-trained model can be fine-tuned for any property's targets.
         self.num_targets = self.options.property_bins
@@ -119,44 +108,45 @@ class MoleculeDomain:
         if split not in SPLITS:
             raise ValueError(f"unknown QM9 split {split!r}; choose one of {', '.join(SPLITS)}")
         index = split_indices(len(self._qm9))[split]
+        if self.options.bonds:
+            index = index[self._qm9.agrees[index]]
         return self._qm9.subset(index[: self.options.subset])
 
-    def encode(self, atomic_numbers: np.ndarray, positions: np.ndarray) -> Batch:
-        """Padded arrays (0 = no atom) to a batch of centred positions and scaled features."""
-        numbers = torch.as_tensor(atomic_numbers, dtype=torch.long)
-        mask = numbers > 0
-        lookup = torch.full((max(ATOMIC_NUMBERS.values()) + 1,), -1, dtype=torch.long)
-        for index, symbol in enumerate(self.elements):
-            lookup[ATOMIC_NUMBERS[symbol]] = index
-        types = lookup[numbers.clamp(0, len(lookup) - 1)]
-        if bool(((types < 0) & mask).any() | (numbers >= len(lookup)).any()):
-            raise ValueError(f"molecules hold elements outside {', '.join(self.elements)}")
-        features = [nn.functional.one_hot(types.clamp(min=0), len(self.elements)).float() * ONE_HOT_SCALE]
-        if self.options.charges:
-            features.append(numbers[..., None].float() * CHARGE_SCALE)
-        x = torch.cat([torch.as_tensor(positions, dtype=torch.float32), *features], dim=-1)
-        x = x * mask[..., None]
-        return Batch(remove_center_of_mass(x, mask), mask.float())
-
+    def encode(self, atomic_numbers: np.ndarray, positions: np.ndarray, bonds: np.ndarray | None = None,
+               formal_charges: np.ndarray | None = None) -> Batch:
+        """Padded arrays (0 = no atom) to a batch of this domain's encoding; a graph needs the bond codes
+        ``(rows, atoms, atoms)`` and formal charges too."""
+        if self.options.bonds and (bonds is None or formal_charges is None):
+            raise ValueError("this molecule model generates bonds: its molecules need bonds and formal charges "
+                             "(an SDF file states them; XYZ files have none)")
+        x, mask = self.encoding.encode(atomic_numbers, positions, bonds, formal_charges)
+        return Batch(x, mask)
     def build_network(self, options: dict[str, Any]) -> nn.Module:
         net = NetworkOptions.model_validate(options)
+        if self.options.bonds:
+            return BondGraphDenoiser(self.atom_features, self.encoding.bond_types, self.num_targets, net.hidden,
+                                     net.edge_hidden, net.layers, net.coords_range)
         return EGNNDenoiser(self.atom_features, self.num_targets, net.hidden, net.layers, net.coords_range)
 
     def build_regressor(self, options: dict[str, Any], outputs: int = 1) -> nn.Module:
         net = NetworkOptions.model_validate(options)
+        if self.options.bonds:
+            return BondGraphRegressor(self.atom_features, self.encoding.bond_types, self.num_targets, net.hidden,
+                                      net.edge_hidden, net.layers, net.coords_range, outputs)
         return EGNNRegressor(self.atom_features, self.num_targets, net.hidden, net.layers, net.coords_range, outputs)
 
     def dataset(self, split: str = "train") -> Batch:
         split = self.options.split if split == "train" else split
         if split not in self._datasets:
             data = self.molecules(split)
-            self._datasets[split] = self.encode(data.atomic_numbers, data.positions)
+            graph = (data.bonds, data.formal_charges) if self.options.bonds else ()
+            self._datasets[split] = self.encode(data.atomic_numbers, data.positions, *graph)
         return self._datasets[split]
 
     @cached_property
     def atom_count_histogram(self) -> torch.Tensor:
         """``p(M)``, index ``M``: ``atom_counts`` if set, else the share of training molecules with ``M`` atoms."""
-        width = self.dataset().x.shape[1]
+        width = self.dataset().mask.shape[1]
         if self.options.atom_counts is not None:
             if len(self.options.atom_counts) != width + 1:
                 raise ValueError(f"atom_counts has {len(self.options.atom_counts)} entries; a molecule of this "
@@ -170,7 +160,7 @@ class MoleculeDomain:
         """``p(M) = sum_i w_i [M_i = M] / sum_i w_i``: the atom counts of weighted samples."""
         counts = mask.sum(1).long().cpu()
         histogram = torch.bincount(counts, weights=weights.detach().double().cpu(),
-                                   minlength=self.dataset().x.shape[1] + 1)
+                                   minlength=self.dataset().mask.shape[1] + 1)
         self.options = self.options.model_copy(update={"atom_counts": (histogram / histogram.sum()).tolist()})
         self.__dict__.pop("atom_count_histogram", None)
 
@@ -213,18 +203,15 @@ class MoleculeDomain:
 
     def prior_batch(self, n: int, generator: torch.Generator, cond: torch.Tensor | None = None) -> Batch:
         counts = self._atom_counts(n, generator, cond)
-        width = self.dataset().x.shape[1]
+        width = self.dataset().mask.shape[1]
         mask = (torch.arange(width)[None] < counts[:, None]).float()
-        return Batch(torch.zeros(n, width, 3 + self.atom_features), mask, cond)
+        return Batch(self.encoding.zeros(n, width), mask, cond)
 
-    def decode(self, x: torch.Tensor, mask: torch.Tensor | None) -> Sequence[Molecule]:
-        """Each row's atoms: the element is the arg-max of the one-hot block, positions as they are."""
-        x = x.detach().float().cpu()
-        mask = torch.ones(x.shape[:2], dtype=torch.bool) if mask is None else mask.bool().cpu()
-        numbers = torch.tensor([ATOMIC_NUMBERS[s] for s in self.elements])
-        types = x[..., 3 : 3 + len(self.elements)].argmax(-1)
-        return [Molecule(numbers[types[i][mask[i]]].numpy(), x[i, mask[i], :3].numpy().astype(np.float64))
-                for i in range(len(x))]
+    def decode(self, x: torch.Tensor | TensorDict, mask: torch.Tensor | None) -> Sequence[Molecule]:
+        """Each row as a molecule (its atoms, and with a graph encoding its bonds and formal charges)."""
+        rows, width = (x["positions"] if isinstance(x, TensorDict) else x).shape[:2]
+        mask = torch.ones(rows, width, dtype=torch.bool) if mask is None else mask.bool().cpu()
+        return self.encoding.decode(x, mask)
 
     def rewards(self) -> dict[str, NamedReward]:
         from rgdm.domains.molecules.rewards import MOLECULE_REWARDS

@@ -38,7 +38,7 @@ class PropertyPredictor:
 
     @torch.no_grad()
     def predict(self, batch: Batch, chunk: int = 512) -> torch.Tensor:
-        """Predicted property of each molecule of an encoded batch (``MoleculeDomain.encode``)."""
+        """Predicted property of each molecule of a batch in the point-cloud encoding (``point_cloud``)."""
         self.net.eval()
         t = torch.zeros(len(batch))
         parts = [self.net(batch.x[i : i + chunk], t[i : i + chunk], None, batch.mask[i : i + chunk])
@@ -74,13 +74,13 @@ def train_property_predictor(domain: Any, property_name: str, split: str, steps:
     if property_name not in PROPERTIES:
         raise ValueError(f"unknown QM9 property {property_name!r}; choose one of {', '.join(PROPERTIES)}")
     data = domain.molecules(split)
-    batch = domain.encode(data.atomic_numbers, data.positions)
+    batch = point_cloud(domain, data.atomic_numbers, data.positions)
     values = torch.as_tensor(data.properties[property_name], dtype=torch.float32)
     mean, std = float(values.mean()), float(values.std())
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        net = EGNNRegressor(domain.atom_features, 0, hidden, layers)
+        net = EGNNRegressor(domain.points.atom_features, 0, hidden, layers)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     for _ in tqdm(range(steps), desc=f"{property_name} predictor ({split})", disable=not progress):
@@ -94,10 +94,10 @@ def train_property_predictor(domain: Any, property_name: str, split: str, steps:
         optimizer.step()
         schedule.step()
     meta = {"split": split, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "hidden": hidden,
-            "layers": layers, "atom_features": domain.atom_features, "domain": domain.config()}
+            "layers": layers, "atom_features": domain.points.atom_features, "domain": domain.config()}
     predictor = PropertyPredictor(net.eval(), property_name, mean, std, meta)
     validation = domain.molecules("val")
-    predicted = predictor.predict(domain.encode(validation.atomic_numbers, validation.positions))
+    predicted = predictor.predict(point_cloud(domain, validation.atomic_numbers, validation.positions))
     predictor.meta["val_mae"] = float((predicted - torch.as_tensor(validation.properties[property_name])).abs().mean())
     return predictor
 
@@ -105,4 +105,10 @@ def train_property_predictor(domain: Any, property_name: str, split: str, steps:
 def encode_molecules(domain: Any, molecules: Sequence[Molecule]) -> tuple[Batch, np.ndarray]:
     """Decoded molecules back to an encoded batch; rows with no atoms (or too many) are flagged ``False``."""
     usable = np.array([0 < len(mol.atomic_numbers) <= MAX_ATOMS for mol in molecules])
-    return domain.encode(*pad_molecules(molecules, MAX_ATOMS)), usable
+    return point_cloud(domain, *pad_molecules(molecules, MAX_ATOMS)), usable
+
+
+def point_cloud(domain: Any, atomic_numbers: np.ndarray, positions: np.ndarray) -> Batch:
+    """Padded molecules in the predictors' encoding, EDM's point cloud (``domain.points``), whatever the
+    encoding of the domain's generator."""
+    return Batch(*domain.points.encode(atomic_numbers, positions))
