@@ -85,6 +85,7 @@ class Trainer:
         self.domain = build_domain(config.domain)
         self.diffusion = make_diffusion(config.diffusion, self.domain)
         if parent is not None:
+            self._check_fits(parent, config)
             self.net = parent.net
         else:
             with torch.random.fork_rng():
@@ -145,6 +146,19 @@ class Trainer:
             raise ValueError(f"domain.name {config.domain['name']!r} differs from the parent model's "
                              f"{parent['name']!r}; a fine-tuned model keeps its parent's domain")
         return parent | config.domain
+
+    def _check_fits(self, parent: LoadedModel, config: RunConfig) -> None:
+        """The parent's weights must fit the network this run's domain builds: a domain option that changes
+        the sample (a point-cloud molecule model fine-tuned with ``domain.bonds=true``) is an error here, not
+        a crash deep in training."""
+        expected = {k: v.shape for k, v in self.domain.build_network(config.network).state_dict().items()}
+        found = {k: v.shape for k, v in parent.net.state_dict().items()}
+        if expected != found:
+            changed = sorted(k for k in config.domain if parent.meta["domain"].get(k) != config.domain[k])
+            because = f" (its domain options {', '.join(changed)} differ from this run's)" if changed else ""
+            raise CheckpointError(f"the weights of {config.init} do not fit this run's {self.domain.name} "
+                                  f"network{because}; fine-tune a model of the same kind, or pre-train one for "
+                                  "these options with rgdm train")
 
     @classmethod
     def resume(cls, run_dir: str | Path) -> Trainer:

@@ -39,6 +39,8 @@ BOND_MARGINS_PM = (10, 5, 3)
 AROMATIC = 4
 _BOND_TYPES = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE,
                AROMATIC: Chem.BondType.AROMATIC}
+#: RDKit bond types as bond codes.
+BOND_CODES = {bond_type: code for code, bond_type in _BOND_TYPES.items()}
 
 
 def _pair_table(lengths_pm: dict[tuple[str, str], float], offset_pm: float = 0.0) -> np.ndarray:
@@ -377,8 +379,11 @@ def chemistry_metrics(
     return metrics
 
 
-def molecule_from_smiles(smiles: str, seed: int = 0) -> Molecule:
-    """A 3-D molecule with explicit hydrogens from SMILES (ETKDG embedding, MMFF optimisation); for tests and demos."""
+def molecule_from_smiles(smiles: str, seed: int = 0, with_bonds: bool = False) -> Molecule:
+    """A 3-D molecule with explicit hydrogens from SMILES (ETKDG embedding, MMFF optimisation); for tests and demos.
+
+    ``with_bonds`` keeps the SMILES' bonds (aromatic ones as such) and formal charges in the molecule.
+    """
     rdkit_mol = Chem.MolFromSmiles(smiles)
     if rdkit_mol is None:
         raise ValueError(f"RDKit cannot parse SMILES {smiles!r}")
@@ -389,7 +394,12 @@ def molecule_from_smiles(smiles: str, seed: int = 0) -> Molecule:
         raise ValueError(f"RDKit could not embed {smiles!r} in 3-D; try another seed")
     if AllChem.MMFFOptimizeMolecule(rdkit_mol) == -1:
         raise ValueError(f"MMFF has no parameters for {smiles!r}")
-    return Molecule(
-        np.array([atom.GetAtomicNum() for atom in rdkit_mol.GetAtoms()]),
-        rdkit_mol.GetConformer().GetPositions(),
-    )
+    bonds = charges = None
+    if with_bonds:
+        bonds = np.zeros((rdkit_mol.GetNumAtoms(),) * 2, np.int64)
+        for bond in rdkit_mol.GetBonds():
+            i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+            bonds[i, j] = bonds[j, i] = BOND_CODES[bond.GetBondType()]
+        charges = np.array([atom.GetFormalCharge() for atom in rdkit_mol.GetAtoms()])
+    return Molecule(np.array([atom.GetAtomicNum() for atom in rdkit_mol.GetAtoms()]),
+                    rdkit_mol.GetConformer().GetPositions(), bonds, charges)

@@ -35,7 +35,7 @@ from rgdm.domains.molecules.data import (
     pad_molecules,
     split_indices,
 )
-from rgdm.domains.molecules.encoding import GraphEncoding, PointCloudEncoding
+from rgdm.domains.molecules.encoding import FORMAL_CHARGES, GraphEncoding, PointCloudEncoding, pad_bonds
 from rgdm.domains.molecules.graph_network import BondGraphDenoiser, BondGraphRegressor
 from rgdm.domains.molecules.network import EGNNDenoiser, EGNNRegressor
 from rgdm.rewards.base import accepts_targets
@@ -324,10 +324,13 @@ class MoleculeDomain:
         evaluated; every malformed file raises ``MoleculeFileError`` naming the problem."""
         from rgdm.domains.molecules.io import MoleculeFileError, read_sdf, read_xyz
 
-        if (folder / "samples.xyz").is_file():
+        if (folder / "samples.xyz").is_file() and not self.options.bonds:
             path, molecules = folder / "samples.xyz", read_xyz(folder / "samples.xyz")
         elif (folder / "samples.sdf").is_file():
-            path, molecules = folder / "samples.sdf", read_sdf(folder / "samples.sdf")
+            path, molecules = folder / "samples.sdf", read_sdf(folder / "samples.sdf", require_bonds=self.options.bonds)
+        elif self.options.bonds and (folder / "samples.xyz").is_file():
+            raise MoleculeFileError(f"{folder} holds samples.xyz but no samples.sdf; this model generates bonds, so "
+                                    "it reads molecules with their bonds from samples.sdf")
         else:
             raise MoleculeFileError(f"{folder} holds no samples.npz, samples.xyz or samples.sdf; write samples with "
                                     "rgdm sample, or put your molecules in samples.xyz (multi-frame XYZ)")
@@ -341,7 +344,13 @@ class MoleculeDomain:
         numbers, positions = pad_molecules(molecules, width)
         if not self.options.hydrogens and (numbers == 1).any():
             raise MoleculeFileError(f"{path} holds hydrogens but this model has none; remove the H atoms")
-        return self.encode(numbers, positions)
+        if not self.options.bonds:
+            return self.encode(numbers, positions)
+        bonds, charges = pad_bonds(molecules, width)
+        outside = sorted({int(c) for c in charges.flatten()} - set(FORMAL_CHARGES))
+        if outside:
+            raise MoleculeFileError(f"{path} holds formal charges {outside}; this model represents {FORMAL_CHARGES}")
+        return self.encode(numbers, positions, bonds, charges)
 
     def save_samples(self, samples: Batch, out_dir: Path) -> list[Path]:
         """Every sample to ``samples.xyz``; the valid ones to ``samples.sdf``; a grid to ``molecules.png``."""

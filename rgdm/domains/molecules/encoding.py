@@ -171,3 +171,18 @@ class GraphEncoding:
                                       x["positions"][i, real].numpy().astype(np.float64),
                                       bonds[i][real][:, real].numpy(), charges[i][real].numpy()))
         return molecules
+
+
+def pad_bonds(molecules: Sequence[Molecule], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The bond codes ``(rows, width, width)`` and formal charges ``(rows, width)`` of molecules that carry
+    them (``Molecule.bonds``), padded as ``data.pad_molecules`` pads their atoms."""
+    bonds = np.zeros((len(molecules), width, width), np.int64)
+    charges = np.zeros((len(molecules), width), np.int64)
+    for row, mol in enumerate(molecules):
+        if mol.bonds is None:
+            raise ValueError(f"molecule {row} has no bonds")
+        n = len(mol.atomic_numbers)
+        bonds[row, :n, :n] = mol.bonds
+        if mol.charges is not None:
+            charges[row, :n] = mol.charges
+    return bonds, charges

@@ -16,7 +16,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem, Draw
 from rdkit.rdBase import BlockLogs
 
-from rgdm.domains.molecules.chemistry import SYMBOL_TO_ATOMIC_NUMBER, Molecule, valid_rdkit
+from rgdm.domains.molecules.chemistry import BOND_CODES, SYMBOL_TO_ATOMIC_NUMBER, Molecule, valid_rdkit
 
 _SUPPORTED = " ".join(SYMBOL_TO_ATOMIC_NUMBER)
 # Longest atom count accepted; longer digit strings cannot be real counts (and Python limits int parsing).
@@ -144,8 +144,28 @@ def write_sdf(mols: Sequence[Molecule], path: str | Path) -> int:
     return written
 
 
-def read_sdf(path: str | Path) -> list[Molecule]:
-    """Every record of an SDF file as a molecule (elements H C N O F, 3-D coordinates, hydrogens kept)."""
+def _bonds(path: Path, index: int, rdkit_mol: Chem.Mol, require_bonds: bool) -> np.ndarray | None:
+    """A record's bond codes (n, n); None for a record without bonds unless ``require_bonds``."""
+    if rdkit_mol.GetNumBonds() == 0 and rdkit_mol.GetNumAtoms() > 1:
+        if require_bonds:
+            raise MoleculeFileError(f"{path}: record {index}: no bonds; this model generates bonds, so its SDF "
+                                    "input must state them in the bond block (write it with RDKit from a molecule "
+                                    "that has bonds)")
+        return None
+    bonds = np.zeros((rdkit_mol.GetNumAtoms(),) * 2, np.int64)
+    for bond in rdkit_mol.GetBonds():
+        if bond.GetBondType() not in BOND_CODES:
+            raise MoleculeFileError(f"{path}: record {index}: bond {bond.GetIdx() + 1} is of type "
+                                    f"{bond.GetBondType()}; supported: single, double, triple, aromatic")
+        i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        bonds[i, j] = bonds[j, i] = BOND_CODES[bond.GetBondType()]
+    return bonds
+
+
+def read_sdf(path: str | Path, require_bonds: bool = False) -> list[Molecule]:
+    """Every record of an SDF file as a molecule (elements H C N O F, 3-D coordinates, hydrogens kept),
+    with the file's bonds and formal charges; a record without bonds has them perceived from distances
+    later, or is an error with ``require_bonds`` (a bond-aware model reads bonds from its input)."""
     path = Path(path)
     if not path.is_file():
         raise MoleculeFileError(f"{path}: no such file; check the path")
@@ -169,7 +189,8 @@ def read_sdf(path: str | Path) -> list[Molecule]:
             raise MoleculeFileError(f"{path}: record {index}: no 3-D coordinates; "
                                     "embed the molecule in 3-D (e.g. RDKit EmbedMolecule) before writing it")
         mols.append(Molecule(np.array([SYMBOL_TO_ATOMIC_NUMBER[s] for s in symbols]),
-                             rdkit_mol.GetConformer().GetPositions()))
+                             rdkit_mol.GetConformer().GetPositions(), _bonds(path, index, rdkit_mol, require_bonds),
+                             np.array([atom.GetFormalCharge() for atom in rdkit_mol.GetAtoms()])))
     return mols
 
 

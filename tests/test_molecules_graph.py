@@ -1,0 +1,152 @@
+"""Molecules with their own bonds: the graph encoding, chemistry on generated bonds, SDF bonds, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from rdkit import Chem
+
+from rgdm.domains.molecules.chemistry import Molecule, atom_stability, molecule_from_smiles, to_rdkit, valid_rdkit
+from rgdm.domains.molecules.data import ELEMENTS, pad_molecules
+from rgdm.domains.molecules.domain import MoleculeDomain
+from rgdm.domains.molecules.encoding import GraphEncoding, pad_bonds
+from rgdm.domains.molecules.io import MoleculeFileError, read_sdf, write_sdf
+from rgdm.engine.checkpoint import CheckpointError
+from rgdm.engine.config import RunConfig
+from rgdm.engine.trainer import Trainer
+
+#: Methane, benzene (aromatic), a zwitterion (glycine's) and a carbon with five hydrogens.
+SMILES = ("C", "c1ccccc1", "[NH3+]CC(=O)[O-]")
+
+
+def bonded(smiles: str) -> Molecule:
+    return molecule_from_smiles(smiles, with_bonds=True)
+
+
+def broken_valence() -> Molecule:
+    """A carbon bonded to five hydrogens."""
+    positions = np.array([[0, 0, 0], [1.1, 0, 0], [-1.1, 0, 0], [0, 1.1, 0], [0, -1.1, 0], [0, 0, 1.1]], float)
+    bonds = np.zeros((6, 6), np.int64)
+    bonds[0, 1:] = bonds[1:, 0] = 1
+    return Molecule(np.array([6, 1, 1, 1, 1, 1]), positions, bonds, np.zeros(6, np.int64))
+
+
+def canonical(mol: Molecule) -> str:
+    rdkit_mol = valid_rdkit(mol)
+    assert rdkit_mol is not None
+    return Chem.MolToSmiles(rdkit_mol)
+
+
+def test_generated_bonds_decide_stability_and_validity():
+    methane, benzene, zwitterion = (bonded(s) for s in SMILES)
+    for mol in (methane, benzene, zwitterion):
+        assert atom_stability(mol).all(), "aromatic rings count in a Kekulé form, charges shift the valence"
+    assert canonical(zwitterion) == Chem.CanonSmiles("[NH3+]CC(=O)[O-]")
+    assert canonical(benzene) == "c1ccccc1"
+    broken = broken_valence()
+    assert not atom_stability(broken)[0] and atom_stability(broken)[1:].all()
+    assert to_rdkit(broken) is None, "a pentavalent carbon does not sanitise"
+
+
+def test_the_molecules_own_bonds_win_over_distances():
+    methane = bonded("C")
+    unbonded = Molecule(methane.atomic_numbers, methane.positions, np.zeros((5, 5), np.int64), methane.charges)
+    assert atom_stability(Molecule(methane.atomic_numbers, methane.positions)).all(), "distances alone: bonded"
+    assert not atom_stability(unbonded).any(), "its own (empty) bonds: five lone atoms"
+    assert valid_rdkit(unbonded) is None, "five fragments are not one molecule"
+
+
+def test_a_bond_matrix_that_is_not_symmetric_is_refused_by_name():
+    methane = bonded("C")
+    bonds = methane.bonds.copy()
+    bonds[0, 1] = 2
+    with pytest.raises(ValueError, match="symmetric: atoms 0-1 have bond 2 but 1-0 has 1"):
+        Molecule(methane.atomic_numbers, methane.positions, bonds)
+    with pytest.raises(ValueError, match="zero diagonal"):
+        Molecule(methane.atomic_numbers, methane.positions, np.eye(5, dtype=np.int64))
+
+
+def graph_batch(molecules, width: int = 12):
+    numbers, positions = pad_molecules(molecules, width)
+    bonds, charges = pad_bonds(molecules, width)
+    return GraphEncoding(ELEMENTS).encode(numbers, positions, bonds, charges)
+
+
+def test_the_graph_encoding_round_trips_kekulized_bonds_charges_and_padding():
+    molecules = [bonded(s) for s in SMILES]
+    x, mask = graph_batch(molecules)
+    bonds = x["bonds"]
+    assert torch.equal(bonds, bonds.transpose(1, 2)) and (bonds.diagonal(dim1=1, dim2=2) == 0).all()
+    assert bonds.shape[-1] == 4, "none, single, double, triple: aromatic rings are written in a Kekulé form"
+    assert (bonds[~mask.bool()] == 0).all() and (x["atoms"][~mask.bool()] == 0).all()
+    torch.testing.assert_close(x["positions"].sum(1), torch.zeros(3, 3), atol=1e-5, rtol=0)
+    decoded = GraphEncoding(ELEMENTS).decode(x, mask.bool())
+    for original, back in zip(molecules, decoded, strict=True):
+        assert canonical(back) == canonical(original)
+        np.testing.assert_array_equal(back.charges, original.charges)
+    assert (decoded[1].bonds[:6, :6] > 0).sum() == 12 and set(decoded[1].bonds[:6, :6].flatten()) == {0, 1, 2}
+
+
+def test_the_aromatic_encoding_keeps_aromatic_bonds():
+    benzene = bonded("c1ccccc1")
+    numbers, positions = pad_molecules([benzene], 12)
+    encoding = GraphEncoding(ELEMENTS, aromatic=True)
+    x, mask = encoding.encode(numbers, positions, *pad_bonds([benzene], 12))
+    assert x["bonds"].shape[-1] == 5
+    assert (encoding.decode(x, mask.bool())[0].bonds == 4).sum() == 12
+
+
+def test_a_charge_the_encoding_cannot_hold_is_an_error():
+    methane = bonded("C")
+    numbers, positions = pad_molecules([methane], 6)
+    bonds, charges = pad_bonds([methane], 6)
+    charges[0, 0] = 2
+    with pytest.raises(ValueError, match="formal charges must lie in"):
+        GraphEncoding(ELEMENTS).encode(numbers, positions, bonds, charges)
+
+
+def test_sdf_files_carry_the_generated_bonds_and_charges(tmp_path):
+    molecules = [bonded(s) for s in SMILES]
+    assert write_sdf(molecules, tmp_path / "samples.sdf") == 3
+    back = read_sdf(tmp_path / "samples.sdf", require_bonds=True)
+    for original, read in zip(molecules, back, strict=True):
+        assert canonical(read) == canonical(original)
+        np.testing.assert_array_equal(read.charges, original.charges)
+        np.testing.assert_array_equal(read.bonds > 0, original.bonds > 0)
+
+
+def test_an_sdf_without_bonds_is_refused_where_bonds_are_needed(tmp_path):
+    methane = bonded("C")
+    editable = Chem.RWMol(to_rdkit(methane))
+    for bond in list(editable.GetBonds()):
+        editable.RemoveBond(bond.GetBeginAtomIdx(), bond.GetEndAtomIdx())
+    with Chem.SDWriter(str(tmp_path / "samples.sdf")) as writer:
+        writer.write(editable.GetMol())
+    assert read_sdf(tmp_path / "samples.sdf")[0].bonds is None, "without a bond model: perceived later"
+    with pytest.raises(MoleculeFileError, match="record 1: no bonds; this model generates bonds"):
+        read_sdf(tmp_path / "samples.sdf", require_bonds=True)
+    domain = MoleculeDomain({"bonds": True})
+    with pytest.raises(MoleculeFileError, match="no bonds"):
+        domain.read_samples(tmp_path)
+
+
+def test_xyz_input_to_a_bond_model_asks_for_sdf(tmp_path):
+    (tmp_path / "samples.xyz").write_text("1\n\nC 0 0 0\n")
+    with pytest.raises(MoleculeFileError, match="reads molecules with their bonds from samples.sdf"):
+        MoleculeDomain({"bonds": True}).read_samples(tmp_path)
+
+
+def test_a_bond_model_reads_sdf_samples_into_its_graph_encoding(tmp_path):
+    write_sdf([bonded(s) for s in SMILES], tmp_path / "samples.sdf")
+    domain = MoleculeDomain({"bonds": True})
+    batch = domain.read_samples(tmp_path)
+    assert [canonical(m) for m in domain.decode(batch.x, batch.mask)] == [
+        canonical(bonded(s)) for s in SMILES]
+
+
+def test_a_point_cloud_model_fine_tuned_as_a_bond_model_is_refused_by_name(tmp_path):
+    config = RunConfig.model_validate({"init": "qm9-pretrained", "domain": {"name": "molecules", "bonds": True},
+                                       "algorithm": {"name": "pretrain"}})
+    with pytest.raises(CheckpointError, match=r"do not fit this run's molecules network \(its domain options bonds"):
+        Trainer(config, tmp_path / "run")
