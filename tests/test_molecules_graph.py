@@ -133,7 +133,7 @@ def test_an_sdf_without_bonds_is_refused_where_bonds_are_needed(tmp_path):
 
 def test_xyz_input_to_a_bond_model_asks_for_sdf(tmp_path):
     (tmp_path / "samples.xyz").write_text("1\n\nC 0 0 0\n")
-    with pytest.raises(MoleculeFileError, match="reads molecules with their bonds from samples.sdf"):
+    with pytest.raises(MoleculeFileError, match=r"reads molecules with their bonds from samples\.sdf"):
         MoleculeDomain({"bonds": True}).read_samples(tmp_path)
 
 

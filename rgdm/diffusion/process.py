@@ -64,13 +64,15 @@ def repeat_rows(x: Sample | torch.Tensor, copies: int) -> Sample:
 
 
 def sample_gradient(fn: Callable[[Sample], torch.Tensor], x: Sample) -> Sample:
-    """The gradient of the scalar ``fn(x)`` with respect to ``x`` (every part of a TensorDict)."""
+    """The gradient of the scalar ``fn(x)`` with respect to ``x`` (every part of a TensorDict; zero for a
+    part ``fn`` does not read)."""
     with torch.enable_grad():
         x = x.detach().clone()
         leaves = list(x.values()) if isinstance(x, TensorDict) else [x]
         for leaf in leaves:
             leaf.requires_grad_(True)
-        grads = torch.autograd.grad(fn(x), leaves)
+        grads = torch.autograd.grad(fn(x), leaves, allow_unused=True)
+        grads = [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, grads, strict=True)]
     if isinstance(x, TensorDict):
         return TensorDict(dict(zip(x.keys(), grads, strict=True)), batch_size=x.batch_size, device=x.device)
     return grads[0]

@@ -8,7 +8,7 @@ a domain; the engine hands them a ``Batch`` of data, an ``EpsModel`` and a ``Sco
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from rgdm.batch import Batch
-from rgdm.diffusion.process import Projection
+from rgdm.diffusion.process import Part, Projection
 from rgdm.rewards.base import RewardFn, TensorRewardFn
 
 
@@ -49,6 +49,9 @@ class Domain(Protocol):
     #: Projection onto the sample space and the dimensions it removes (see ``GaussianDiffusion``).
     project: Projection
     dof_offset: int
+    #: A multi-part sample's parts (a ``TensorDict`` of them, each with its kind and projection), or None
+    #: for a single tensor.
+    parts: Mapping[str, Part] | None
 
     def config(self) -> dict[str, Any]:
         """The options that rebuild this domain (saved with checkpoints)."""

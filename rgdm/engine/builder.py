@@ -30,7 +30,7 @@ from rgdm.rewards import BlackBoxReward, RewardCounter, Scorer, load_reward_func
 
 def make_diffusion(config: DiffusionConfig, domain: Domain) -> GaussianDiffusion:
     return GaussianDiffusion(NoiseSchedule.create(config.schedule, config.timesteps),
-                             project=domain.project, dof_offset=domain.dof_offset)
+                             project=domain.project, dof_offset=domain.dof_offset, parts=domain.parts)
 
 
 def make_scorer(config: RewardConfig, domain: Domain, counter: RewardCounter) -> Scorer | None:

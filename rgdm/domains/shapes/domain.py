@@ -133,6 +133,7 @@ class ShapeDomain:
     name = "shapes"
     project = staticmethod(identity_projection)
     dof_offset = 0
+    parts = None
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         self.options = ShapeOptions.model_validate(options or {})

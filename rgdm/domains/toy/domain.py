@@ -65,6 +65,7 @@ class ToyDomain:
     name = "toy"
     project = staticmethod(identity_projection)
     dof_offset = 0
+    parts = None
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         self.options = ToyOptions.model_validate(options or {})
