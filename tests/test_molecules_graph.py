@@ -7,7 +7,14 @@ import pytest
 import torch
 from rdkit import Chem
 
-from rgdm.domains.molecules.chemistry import Molecule, atom_stability, molecule_from_smiles, to_rdkit, valid_rdkit
+from rgdm.domains.molecules.chemistry import (
+    Molecule,
+    atom_stability,
+    bond_orders,
+    molecule_from_smiles,
+    to_rdkit,
+    valid_rdkit,
+)
 from rgdm.domains.molecules.data import ELEMENTS, pad_molecules
 from rgdm.domains.molecules.domain import MoleculeDomain
 from rgdm.domains.molecules.encoding import GraphEncoding, pad_bonds
@@ -88,15 +95,6 @@ def test_the_graph_encoding_round_trips_kekulized_bonds_charges_and_padding():
     assert (decoded[1].bonds[:6, :6] > 0).sum() == 12 and set(decoded[1].bonds[:6, :6].flatten()) == {0, 1, 2}
 
 
-def test_the_aromatic_encoding_keeps_aromatic_bonds():
-    benzene = bonded("c1ccccc1")
-    numbers, positions = pad_molecules([benzene], 12)
-    encoding = GraphEncoding(ELEMENTS, aromatic=True)
-    x, mask = encoding.encode(numbers, positions, *pad_bonds([benzene], 12))
-    assert x["bonds"].shape[-1] == 5
-    assert (encoding.decode(x, mask.bool())[0].bonds == 4).sum() == 12
-
-
 def test_a_charge_the_encoding_cannot_hold_is_an_error():
     methane = bonded("C")
     numbers, positions = pad_molecules([methane], 6)
@@ -150,3 +148,25 @@ def test_a_point_cloud_model_fine_tuned_as_a_bond_model_is_refused_by_name(tmp_p
                                        "algorithm": {"name": "pretrain"}})
     with pytest.raises(CheckpointError, match=r"do not fit this run's molecules network \(its domain options bonds"):
         Trainer(config, tmp_path / "run")
+
+
+def heavy_atoms(mol: Molecule) -> Molecule:
+    """The molecule without its hydrogens, which become implicit (a model without hydrogens)."""
+    heavy = mol.atomic_numbers > 1
+    return Molecule(mol.atomic_numbers[heavy], mol.positions[heavy], mol.bonds[np.ix_(heavy, heavy)],
+                    mol.charges[heavy], implicit_hydrogens=True)
+
+
+def test_implicit_hydrogens_fill_free_valences_of_heavy_atom_molecules():
+    pyrrole = bonded("c1cc[nH]c1")
+    kekule = Molecule(pyrrole.atomic_numbers, pyrrole.positions, bond_orders(pyrrole).astype(np.int64), pyrrole.charges)
+    without = heavy_atoms(kekule)
+    assert canonical(without) == canonical(pyrrole) == "c1cc[nH]c1"
+    assert atom_stability(without).all()
+    explicit = Molecule(without.atomic_numbers, without.positions, without.bonds, without.charges)
+    assert valid_rdkit(explicit) is not None and not atom_stability(explicit).all(), "no hydrogens: radicals"
+    crowded = without.bonds.copy()
+    crowded[0, 2] = crowded[2, 0] = 2  # a carbon with a fifth bond
+    assert valid_rdkit(Molecule(without.atomic_numbers, without.positions, crowded, without.charges,
+                                implicit_hydrogens=True)) is None
+

@@ -76,6 +76,7 @@ class Molecule:
     ``bonds`` (shape (n, n): 0 none, 1-3 single to triple, 4 aromatic; symmetric, zero diagonal) and
     ``charges`` (formal charges, shape (n,)) are the molecule's own, as a bond-aware model generates
     them or an SDF file states them; without ``bonds``, bonds are perceived from the distances.
+    ``implicit_hydrogens`` marks a molecule of heavy atoms whose hydrogens fill the free valences.
     Equality is identity (arrays have no single truth value); the arrays are stored read-only.
     """
 
@@ -83,6 +84,7 @@ class Molecule:
     positions: np.ndarray
     bonds: np.ndarray | None = None
     charges: np.ndarray | None = None
+    implicit_hydrogens: bool = False
 
     def __post_init__(self) -> None:
         atomic_numbers = np.array(self.atomic_numbers)
@@ -233,12 +235,13 @@ def perceive_bonds(mol: Molecule, kekulize: bool = True) -> np.ndarray:
 
 
 def _rdkit_graph(mol: Molecule, orders: np.ndarray) -> Chem.RWMol:
-    """Atoms (with their formal charges, no implicit hydrogens) joined by bonds of ``orders``; unsanitised."""
+    """Atoms (with their formal charges, and implicit hydrogens only where the molecule has them) joined by
+    bonds of ``orders``; unsanitised."""
     editable = Chem.RWMol()
     charges = np.zeros(len(mol), np.int64) if mol.charges is None else mol.charges
     for z, charge in zip(mol.atomic_numbers, charges, strict=True):
         atom = Chem.Atom(int(z))
-        atom.SetNoImplicit(True)
+        atom.SetNoImplicit(not mol.implicit_hydrogens)
         atom.SetFormalCharge(int(charge))
         editable.AddAtom(atom)
     for i, j in zip(*np.nonzero(np.triu(orders)), strict=True):
@@ -283,12 +286,14 @@ def allowed_valence(atomic_numbers: np.ndarray, charges: np.ndarray | None = Non
 
 
 def atom_stability(mol: Molecule, kekulize: bool = True) -> np.ndarray:
-    """Per atom, whether its bond orders sum to its allowed valence (``allowed_valence``).
+    """Per atom, whether its bond orders sum to its allowed valence (``allowed_valence``); with implicit
+    hydrogens, whether they stay within it (hydrogens fill the rest).
 
     The bonds are the molecule's own where it has them, else perceived from distances; ``kekulize``
     applies to perception only.
     """
-    return bond_orders(mol, kekulize).sum(axis=1) == allowed_valence(mol.atomic_numbers, mol.charges)
+    valence, allowed = bond_orders(mol, kekulize).sum(axis=1), allowed_valence(mol.atomic_numbers, mol.charges)
+    return valence <= allowed if mol.implicit_hydrogens else valence == allowed
 
 
 def is_stable(mol: Molecule, kekulize: bool = True) -> bool:
@@ -300,8 +305,9 @@ def to_rdkit(mol: Molecule) -> Chem.Mol | None:
     """The sanitised RDKit molecule with its bonds and charges and a 3-D conformer, or None if it does not
     sanitise. The bonds are the molecule's own, or perceived from distances where it has none.
 
-    Atoms get no implicit hydrogens: the molecule holds exactly the atoms given (an atom short of bonds
-    becomes a radical). Stereochemistry is not assigned, so SMILES carry none.
+    Atoms get no implicit hydrogens unless the molecule is marked ``implicit_hydrogens``: the molecule
+    holds exactly the atoms given (an atom short of bonds becomes a radical). Stereochemistry is not
+    assigned, so SMILES carry none.
     """
     editable = _rdkit_graph(mol, perceive_bonds(mol) if mol.bonds is None else mol.bonds)
     conformer = Chem.Conformer(len(mol))

@@ -49,7 +49,6 @@ class MoleculeOptions(BaseModel):
     hydrogens: bool = True
     charges: bool = True
     bonds: bool = Field(False, description="generate bonds and formal charges jointly with the atoms (a graph)")
-    aromatic: bool = Field(False, description="with bonds: aromatic bonds as their own type, not in a Kekulé form")
     split: Literal["train", "train_a", "train_b"] = Field("train", description="the generator's training split")
     subset: int | None = Field(None, ge=1, description="use only this many molecules of the split")
     property_bins: int = Field(8, ge=0, le=64, description="conditional targets: equal-mass bins of a property")
@@ -84,7 +83,7 @@ class MoleculeDomain:
         self.elements = ELEMENTS if self.options.hydrogens else ELEMENTS[1:]
         #: EDM's point cloud: the encoding of the property predictors, and of point-cloud models.
         self.points = PointCloudEncoding(self.elements, self.options.charges)
-        self.encoding = GraphEncoding(self.elements, self.options.aromatic) if self.options.bonds else self.points
+        self.encoding = GraphEncoding(self.elements) if self.options.bonds else self.points
         self.atom_features = self.encoding.atom_features
         self.project, self.dof_offset, self.parts = self.encoding.project, self.encoding.dof_offset, self.encoding.parts
         #: Targets are bins of ``target_property``; the network always has their embedding, so an

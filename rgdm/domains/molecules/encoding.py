@@ -5,10 +5,11 @@
   perceived from distances afterwards.
 * ``GraphEncoding`` (bond-aware models): three parts diffused jointly, as JODO does. ``positions``
   ``(atoms, 3)``; ``atoms``, the one-hot element and one-hot formal charge (-1, 0, +1), each scaled by
-  0.25; ``bonds`` ``(atoms, atoms, E)``, the one-hot bond type (none, single, double, triple, and
-  aromatic only with ``aromatic=True``) at scale 1. With JODO's scales the bonds are settled early in
-  the reverse process, together with the geometry, and the elements late. By default aromatic rings
-  are written in a Kekulé form, also as JODO does: integer orders make every valence exact.
+  0.25; ``bonds`` ``(atoms, atoms, 4)``, the one-hot bond type (none, single, double, triple) at
+  scale 1. With JODO's scales the bonds are settled early in the reverse process, together with the
+  geometry, and the elements late. Aromatic rings are written in a Kekulé form, as JODO does for QM9
+  (``include_aromatic = False``): integer orders make every valence exact, and RDKit perceives the
+  aromaticity again when it sanitises a generated molecule, so nothing is lost.
 
 Both zero the centre of mass of the positions (``remove_center_of_mass``) and mask padding atoms.
 """
@@ -96,8 +97,9 @@ class PointCloudEncoding:
         x = x.detach().float().cpu()
         numbers = torch.tensor([ATOMIC_NUMBERS[s] for s in self.elements])
         types = x[..., 3 : 3 + len(self.elements)].argmax(-1)
-        return [Molecule(numbers[types[i][mask[i]]].numpy(), x[i, mask[i], :3].numpy().astype(np.float64))
-                for i in range(len(x))]
+        implicit = "H" not in self.elements
+        return [Molecule(numbers[types[i][mask[i]]].numpy(), x[i, mask[i], :3].numpy().astype(np.float64),
+                         implicit_hydrogens=implicit) for i in range(len(x))]
 
 
 class GraphEncoding:
@@ -106,10 +108,11 @@ class GraphEncoding:
     project = staticmethod(identity_projection)
     dof_offset = 0
 
-    def __init__(self, elements: Sequence[str], aromatic: bool = False) -> None:
+    #: Bond codes 0 (none) to 3 (triple), one channel each.
+    bond_types = AROMATIC
+
+    def __init__(self, elements: Sequence[str]) -> None:
         self.elements = tuple(elements)
-        self.aromatic = aromatic
-        self.bond_types = AROMATIC + 1 if aromatic else AROMATIC
         self.atom_features = len(self.elements) + len(FORMAL_CHARGES)
         self.parts = {"positions": Part("nodes", remove_center_of_mass, 3), "atoms": Part("nodes"),
                       "bonds": Part("edges")}
@@ -117,15 +120,15 @@ class GraphEncoding:
     def encode(self, atomic_numbers: np.ndarray, positions: np.ndarray, bonds: np.ndarray,
                formal_charges: np.ndarray) -> tuple[TensorDict, torch.Tensor]:
         """Padded arrays (0 = no atom) with their bond codes ``(rows, atoms, atoms)`` and formal charges to
-        a multi-part batch, and the atom mask. Aromatic bonds are written in a Kekulé form unless the
-        encoding keeps them; a charge outside ``FORMAL_CHARGES`` is an error."""
+        a multi-part batch, and the atom mask. Aromatic bonds (code 4, from an SDF file say) are written
+        in a Kekulé form; a charge outside ``FORMAL_CHARGES`` is an error."""
         numbers = torch.as_tensor(atomic_numbers, dtype=torch.long)
         mask = numbers > 0
         charges = torch.as_tensor(np.asarray(formal_charges), dtype=torch.long)
         if bool(((charges < min(FORMAL_CHARGES)) | (charges > max(FORMAL_CHARGES)))[mask].any()):
             raise ValueError(f"formal charges must lie in {FORMAL_CHARGES}")
         bonds = np.asarray(bonds)
-        if not self.aromatic and (bonds == AROMATIC).any():
+        if (bonds == AROMATIC).any():
             bonds = self._kekulized(numbers.numpy(), bonds, np.asarray(formal_charges))
         pairs = (mask[:, :, None] & mask[:, None, :]).float()[..., None]
         atoms = torch.cat([
@@ -169,7 +172,8 @@ class GraphEncoding:
             real = mask[i]
             molecules.append(Molecule(numbers[types[i][real]].numpy(),
                                       x["positions"][i, real].numpy().astype(np.float64),
-                                      bonds[i][real][:, real].numpy(), charges[i][real].numpy()))
+                                      bonds[i][real][:, real].numpy(), charges[i][real].numpy(),
+                                      implicit_hydrogens="H" not in self.elements))
         return molecules
 
 
