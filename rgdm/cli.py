@@ -17,7 +17,7 @@ import torch
 
 from rgdm.algorithms import ClassifierGuidance
 from rgdm.algorithms.classifier_guidance import OBJECTIVES
-from rgdm.batch import Batch
+from rgdm.batch import Batch, flatten_parts, unflatten_parts
 from rgdm.engine import (
     ConfigError,
     Trainer,
@@ -109,9 +109,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def write_samples(model: Any, samples: Batch, out: Path, meta: dict[str, Any]) -> list[Path]:
-    """``samples.npz`` (array ``samples``, plus ``mask`` and ``targets``), ``sample.json``, a PNG."""
+    """``samples.npz`` (array ``samples``, or ``samples/PART`` per part of a multi-part sample, plus ``mask``
+    and ``targets``), ``sample.json``, a PNG."""
     out.mkdir(parents=True, exist_ok=True)
-    arrays = {"samples": samples.x.numpy()}
+    arrays = {name: value.numpy() for name, value in flatten_parts({"samples": samples.x}).items()}
     if samples.mask is not None:
         arrays["mask"] = samples.mask.numpy()
     if samples.cond is not None:
@@ -178,9 +179,8 @@ def load_samples(folder: Path, domain: Any) -> Batch:
         raise UsageError(f"{folder} has no samples.npz; write one with: rgdm sample --out {folder}")
     try:
         with np.load(path, allow_pickle=False) as data:
-            x = torch.as_tensor(data["samples"])
-            mask = torch.as_tensor(data["mask"]) if "mask" in data else None
-            cond = torch.as_tensor(data["targets"]) if "targets" in data else None
+            arrays = unflatten_parts({name: torch.as_tensor(data[name]) for name in data.files})
+        x, mask, cond = arrays["samples"], arrays.get("mask"), arrays.get("targets")
     except (ValueError, OSError, KeyError) as error:
         raise UsageError(f"{path} is not a readable samples file with an array 'samples': {error}") from None
     return Batch(x, mask, cond)

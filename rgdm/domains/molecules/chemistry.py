@@ -357,6 +357,16 @@ def _fraction(count: int, total: int) -> float:
     return count / total if total else 0.0
 
 
+def stability_metrics(mols: Sequence[Molecule], prefix: str = "", suffix: str = "", kekulize: bool = True
+                      ) -> dict[str, float]:
+    """The share of stable atoms and of molecules whose every atom is stable (``atom_stability``), under
+    ``{prefix}atom_stability{suffix}`` and ``{prefix}molecule_stability{suffix}``."""
+    stable_atoms = [atom_stability(mol, kekulize) for mol in mols]
+    return {f"{prefix}atom_stability{suffix}": _fraction(sum(int(s.sum()) for s in stable_atoms),
+                                                         sum(len(s) for s in stable_atoms)),
+            f"{prefix}molecule_stability{suffix}": _fraction(sum(bool(s.all()) for s in stable_atoms), len(mols))}
+
+
 def chemistry_metrics(
     mols: Sequence[Molecule], training_smiles: set[str] | None = None, kekulize: bool = True
 ) -> dict[str, float]:
@@ -368,13 +378,11 @@ def chemistry_metrics(
     admits radicals).
     ``kekulize`` applies to the stability metrics only (``False`` reproduces EDM's numbers).
     """
-    stable_atoms = [atom_stability(mol, kekulize) for mol in mols]
     valid = [valid_rdkit(mol) for mol in mols]
     smiles = [Chem.MolToSmiles(m) for m in valid if m is not None]
     unique = set(smiles)
     metrics = {
-        "atom_stability": _fraction(sum(int(s.sum()) for s in stable_atoms), sum(len(s) for s in stable_atoms)),
-        "molecule_stability": _fraction(sum(bool(s.all()) for s in stable_atoms), len(mols)),
+        **stability_metrics(mols, kekulize=kekulize),
         "validity": _fraction(len(smiles), len(mols)),
         "closed_shell": _fraction(sum(map(is_closed_shell, valid)), len(mols)),
         "uniqueness": _fraction(len(unique), len(smiles)),

@@ -24,7 +24,7 @@ from torch import nn
 
 from rgdm.batch import Batch
 from rgdm.domains.base import NamedReward
-from rgdm.domains.molecules.chemistry import Molecule, atom_stability, chemistry_metrics
+from rgdm.domains.molecules.chemistry import Molecule, chemistry_metrics, stability_metrics
 from rgdm.domains.molecules.data import (
     ELEMENTS,
     MAX_ATOMS,
@@ -280,14 +280,19 @@ class MoleculeDomain:
                  generator: torch.Generator) -> dict[str, Any]:
         """Stability, validity, uniqueness and novelty; with a reward, its mean over valid molecules.
 
-        ``atom_stability`` and ``molecule_stability`` use EDM's bond tables alone, comparable to
-        published numbers; the ``_kekule`` variants add the Kekulé pass for aromatic rings.
+        A bond model's ``atom_stability``, ``molecule_stability`` and validity use its generated bonds;
+        ``edm_atom_stability`` and ``edm_molecule_stability`` beside them are EDM's distance-table rule
+        on the same positions. A point-cloud model's stability is EDM's rule itself, comparable to
+        published numbers, and its ``_kekule`` variants add the Kekulé pass for aromatic rings.
         """
         molecules = self.decode(samples.x, samples.mask)
         metrics: dict[str, Any] = chemistry_metrics(molecules, self.training_smiles, kekulize=False)
-        kekule = [atom_stability(mol, kekulize=True) for mol in molecules]
-        metrics["atom_stability_kekule"] = float(np.concatenate(kekule).mean()) if molecules else 0.0
-        metrics["molecule_stability_kekule"] = float(np.mean([s.all() for s in kekule])) if molecules else 0.0
+        if self.options.bonds:
+            positions_only = [Molecule(m.atomic_numbers, m.positions, implicit_hydrogens=m.implicit_hydrogens)
+                              for m in molecules]
+            metrics |= stability_metrics(positions_only, "edm_", kekulize=False)
+        else:
+            metrics |= stability_metrics(molecules, suffix="_kekule", kekulize=True)
         if reward is not None:
             named = self.rewards()
             if reward not in named:
