@@ -231,6 +231,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.suite == "profile":
         cmd_bench_profile(args)
         return
+    if args.suite in ("curve", "steps"):
+        cmd_bench_curves(args)
+        return
     from rgdm.benchmarks.toy import markdown_table, plot_curves, run_toy_benchmark
 
     methods = args.methods.split(",") if args.methods else None
@@ -242,6 +245,24 @@ def cmd_bench(args: argparse.Namespace) -> None:
     picture = plot_curves(result, path.with_suffix(".png"))
     print(markdown_table(result) + "\n\n" + markdown_table(result["rare_mode"]))
     print(f"results in {path}, reward-against-calls plot in {picture}")
+
+
+def cmd_bench_curves(args: argparse.Namespace) -> None:
+    from rgdm.benchmarks.curves import learning_curve, markdown_table, plot_curve, read_previous, steps_curve
+
+    path = Path(args.json)
+    if args.suite == "curve":
+        if args.run is None:
+            raise UsageError("bench curve needs --run RUN (a training run folder with checkpoints)")
+        result = learning_curve(Path(args.run), args.n, args.sampling_steps[0], previous=read_previous(path),
+                                progress=not args.quiet)
+    else:
+        if args.checkpoint is None:
+            raise UsageError("bench steps needs --checkpoint NAME|DIR")
+        result = steps_curve(args.checkpoint, args.n, args.sampling_steps, seeds=args.seeds or 3,
+                             progress=not args.quiet)
+    write_report(path, result, markdown_table(result))
+    print(f"plot in {plot_curve(result, path.with_suffix('.png'))}")
 
 
 def cmd_bench_perf(args: argparse.Namespace) -> None:
@@ -377,9 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     bench = commands.add_parser("bench", help="benchmarks with JSON output")
-    bench.add_argument("suite", choices=["toy", "perf", "profile"],
+    bench.add_argument("suite", choices=["toy", "perf", "profile", "curve", "steps"],
                        help="toy: every method on the toy tasks; perf: speed and memory of sampling, training steps "
-                            "and rewards; profile: torch.profiler operator tables of the step-wise and guided paths")
+                            "and rewards; profile: torch.profiler operator tables of the step-wise and guided paths; "
+                            "curve: quality of every checkpoint of a run (--run) against training hours; steps: "
+                            "quality of a model (--checkpoint) against sampling steps")
     bench.add_argument("--json", required=True)
     bench.add_argument("--quick", action="store_true",
                        help="smaller budgets (toy: one seed, every method, < 10 min; perf: a few minutes)")
@@ -390,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu", help="perf: cpu or cuda[:N]")
     bench.add_argument("--bf16", action="store_true", help="perf: bf16 autocast of the networks (CUDA only)")
     bench.add_argument("--compile", action="store_true", help="perf: torch.compile the networks (CUDA only)")
+    bench.add_argument("--run", help="curve: the training run folder")
+    bench.add_argument("--checkpoint", help="steps: shipped name or model folder")
+    bench.add_argument("-n", type=int, default=200, help="curve, steps: samples per point")
+    bench.add_argument("--sampling-steps", type=lambda text: [int(v) for v in text.split(",")], default=[100],
+                       help="curve: sampling steps (default 100); steps: comma-separated counts, e.g. 25,50,100")
     bench.set_defaults(func=cmd_bench)
 
     guide = commands.add_parser("train-guide", help="a noise-aware regressor of a reward, for classifier guidance "

@@ -1,0 +1,131 @@
+"""Quality curves of a model: against training time (a run's checkpoints) and against sampling steps.
+
+``learning_curve`` samples the EMA weights of every checkpoint a run kept and evaluates them with the
+domain's own metrics, next to the training wall time recorded in the checkpoint; a JSON written before
+is extended, so the curve can follow a run across working stretches. ``steps_curve`` evaluates one
+model at several numbers of sampling steps (network evaluations per sample) over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from rgdm.domains import build_domain
+from rgdm.engine.builder import LoadedModel, load_trained, make_diffusion, seeded_generator
+from rgdm.engine.checkpoint import checkpoint_paths, load_tensors, read_json
+from rgdm.engine.config import load_config
+from rgdm.engine.generate import generate
+
+#: The metrics the plots show, where the domain reports them.
+PLOTTED = ("validity", "molecule_stability", "atom_stability", "uniqueness", "mean_reward")
+EMA_PREFIX = "ema.module."
+
+
+def _evaluate(model: LoadedModel, n: int, steps: int, seed: int) -> dict[str, Any]:
+    """Sample ``n`` with ``steps`` sampling steps and seed ``seed``; the domain's metrics and the budget."""
+    started = time.perf_counter()
+    evaluations = model.eps_model.evaluations
+    samples = generate(model, n, seeded_generator(seed), steps=steps)
+    wall_s = time.perf_counter() - started
+    metrics = model.domain.evaluate(samples, None, None, seeded_generator(seed))
+    return {**metrics, "sampling_wall_s": round(wall_s, 1),
+            "network_evaluations_per_sample": (model.eps_model.evaluations - evaluations) / n}
+
+
+def learning_curve(run_dir: Path, n: int, steps: int, seed: int = 0, previous: dict[str, Any] | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Metrics of every kept checkpoint of ``run_dir`` (EMA weights), with its step and training hours.
+
+    Checkpoints already in ``previous`` (an earlier result with the same ``n``, ``steps`` and ``seed``)
+    are not sampled again.
+    """
+    settings = {"run": str(run_dir), "n": n, "sampling_steps": steps, "seed": seed}
+    done = {}
+    if previous is not None and all(previous.get(k) == v for k, v in settings.items() if k != "run"):
+        done = {point["step"]: point for point in previous["points"]}
+    config = load_config(run_dir / "config.yaml")
+    points = []
+    for meta_path in tqdm(sorted(checkpoint_paths(run_dir)), desc="checkpoints", disable=not progress):
+        meta = read_json(meta_path)
+        if meta["step"] in done:
+            points.append(done[meta["step"]])
+            continue
+        domain = build_domain(meta.get("domain", config.domain))
+        net = domain.build_network(config.network)
+        tensors = load_tensors(meta_path.parent / meta["tensors"], meta["sha256"])
+        net.load_state_dict({k[len(EMA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)})
+        model = LoadedModel(domain, make_diffusion(config.diffusion, domain), net.eval(), {})
+        points.append({"step": meta["step"], "training_hours": round(meta.get("wall_s", 0.0) / 3600, 3),
+                       **_evaluate(model, n, steps, seed)})
+    return {**settings, "points": points}
+
+
+def steps_curve(checkpoint: str, n: int, steps: Sequence[int], seeds: int = 3, progress: bool = True
+                ) -> dict[str, Any]:
+    """Metrics of ``checkpoint`` at each number of sampling steps, per seed and as mean and spread."""
+    model = load_trained(checkpoint)
+    points = []
+    for count in tqdm(steps, desc="step counts", disable=not progress):
+        runs = [_evaluate(model, n, count, seed) for seed in range(seeds)]
+        summary = {key: {"mean": float(np.mean([r[key] for r in runs])), "std": float(np.std([r[key] for r in runs]))}
+                   for key in runs[0] if isinstance(runs[0][key], int | float)}
+        points.append({"sampling_steps": count, "seeds": runs, "summary": summary})
+    return {"checkpoint": checkpoint, "n": n, "seeds": seeds, "points": points}
+
+
+def plot_curve(result: dict[str, Any], path: Path) -> Path:
+    """A PNG of the plotted metrics against training hours (learning curve) or sampling steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    learning = "training_hours" in (result["points"] or [{}])[0]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for metric in PLOTTED:
+        if learning:
+            xs = [p["training_hours"] for p in result["points"] if metric in p]
+            ys = [p[metric] for p in result["points"] if metric in p]
+            ax.plot(xs, ys, marker="o", label=metric)
+        else:
+            kept = [p for p in result["points"] if metric in p["summary"]]
+            means = [p["summary"][metric]["mean"] for p in kept]
+            ax.errorbar([p["sampling_steps"] for p in kept], means,
+                        yerr=[p["summary"][metric]["std"] for p in kept], marker="o", capsize=3, label=metric)
+    if learning:
+        ax.set(xlabel="training hours (wall time of the run)", title=f"learning curve: {result['run']}")
+    else:
+        ax.set(xscale="log", xlabel="sampling steps (network evaluations per sample)",
+               title=f"quality against steps: {result['checkpoint']}")
+    ax.set(ylim=(0, 1.02), ylabel="share")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The curve's points as a Markdown table."""
+    learning = "training_hours" in (result["points"] or [{}])[0]
+    rows = []
+    for point in result["points"]:
+        values = point if learning else {k: v["mean"] for k, v in point["summary"].items()}
+        cells = [f"{values[m]:.3f}" if isinstance(values.get(m), float) else "-" for m in PLOTTED]
+        first = f"{point['step']} | {point['training_hours']:.2f}" if learning else str(point["sampling_steps"])
+        rows.append(f"| {first} | " + " | ".join(cells) + " |")
+    head = "| step | hours | " if learning else "| sampling steps | "
+    return "\n".join([head + " | ".join(PLOTTED) + " |", "|" + "---|" * (len(PLOTTED) + (2 if learning else 1)),
+                      *rows])
+
+
+def read_previous(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,45 @@
+"""Quality against training time (a run's checkpoints) and against sampling steps, through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from rgdm.cli import main
+
+TINY = {
+    "domain": {"name": "toy", "train_size": 512},
+    "network": {"width": 32, "depth": 1},
+    "diffusion": {"schedule": "linear", "timesteps": 20},
+    "train": {"steps": 30, "batch_size": 64, "checkpoint_every": 10, "keep_checkpoints": 10, "log_every": 10},
+}
+
+
+def test_the_learning_curve_samples_every_kept_checkpoint_once(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    assert main(["-q", "train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run")]) == 0
+    report = tmp_path / "curve.json"
+    command = ["-q", "bench", "curve", "--run", str(tmp_path / "run"), "-n", "40", "--sampling-steps", "5",
+               "--json", str(report)]
+    assert main(command) == 0
+    result = json.loads(report.read_text())
+    assert [p["step"] for p in result["points"]] == [0, 10, 20, 30], "from the untrained start on"
+    assert all(p["network_evaluations_per_sample"] == 5 and p["training_hours"] >= 0 for p in result["points"])
+    assert (tmp_path / "curve.png").is_file() and (tmp_path / "curve.md").is_file()
+    result["points"][0]["mode_shares"] = "kept"
+    report.write_text(json.dumps(result))
+    assert main(command) == 0
+    assert json.loads(report.read_text())["points"][0]["mode_shares"] == "kept", "sampled once, then reused"
+
+
+def test_the_steps_curve_reports_each_step_count_over_seeds(tmp_path):
+    report = tmp_path / "steps.json"
+    assert main(["-q", "bench", "steps", "--checkpoint", "toy-ring-pretrained", "-n", "30", "--sampling-steps",
+                 "5,10", "--seeds", "2", "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert [p["sampling_steps"] for p in result["points"]] == [5, 10]
+    for point in result["points"]:
+        assert len(point["seeds"]) == 2
+        assert point["summary"]["network_evaluations_per_sample"]["mean"] == point["sampling_steps"]
+    assert (tmp_path / "steps.png").is_file()
