@@ -12,6 +12,7 @@ from rgdm.domains.molecules.chemistry import (
     atom_stability,
     bond_orders,
     molecule_from_smiles,
+    posebusters_metrics,
     to_rdkit,
     valid_rdkit,
 )
@@ -170,3 +171,13 @@ def test_implicit_hydrogens_fill_free_valences_of_heavy_atom_molecules():
     assert valid_rdkit(Molecule(without.atomic_numbers, without.positions, crowded, without.charges,
                                 implicit_hydrogens=True)) is None
 
+
+
+def test_posebusters_passes_a_relaxed_molecule_and_fails_a_squashed_one():
+    good = bonded("c1ccccc1O")
+    squashed = Molecule(good.atomic_numbers, good.positions * np.array([1.0, 1.0, 0.0]) * 0.6, good.bonds,
+                        good.charges)
+    report = posebusters_metrics([good, squashed, broken_valence()])
+    assert report["posebusters_checked"] == 2, "only valid molecules are checked"
+    assert report["posebusters_pass"] == 0.5
+    assert report["posebusters_checks"]["bond_lengths"] == 0.5

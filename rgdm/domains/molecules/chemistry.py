@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from rdkit import Chem
@@ -391,6 +392,21 @@ def chemistry_metrics(
     if training_smiles is not None:
         metrics["novelty"] = _fraction(len(unique - training_smiles), len(unique))
     return metrics
+
+
+def posebusters_metrics(mols: Sequence[Molecule]) -> dict[str, Any]:
+    """PoseBusters' checks of 3-D plausibility ("mol": sanitisation, connectivity, radicals, bond lengths
+    and angles, internal clashes, ring and double-bond flatness, internal energy) on the valid molecules:
+    the share of them passing every check, each check's pass rate, and how many were checked."""
+    from posebusters import PoseBusters
+
+    valid = [m for m in (valid_rdkit(mol, keep_hydrogens=True) for mol in mols) if m is not None]
+    if not valid:
+        return {"posebusters_pass": 0.0, "posebusters_checked": 0, "posebusters_checks": {}}
+    with BlockLogs():
+        report = PoseBusters(config="mol").bust(valid, None, None)
+    return {"posebusters_pass": float(report.all(axis=1).mean()), "posebusters_checked": len(valid),
+            "posebusters_checks": {column: float(report[column].mean()) for column in report.columns}}
 
 
 def molecule_from_smiles(smiles: str, seed: int = 0, with_bonds: bool = False) -> Molecule:

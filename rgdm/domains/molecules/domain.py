@@ -24,7 +24,7 @@ from torch import nn
 
 from rgdm.batch import Batch
 from rgdm.domains.base import NamedReward
-from rgdm.domains.molecules.chemistry import Molecule, chemistry_metrics, stability_metrics
+from rgdm.domains.molecules.chemistry import Molecule, chemistry_metrics, posebusters_metrics, stability_metrics
 from rgdm.domains.molecules.data import (
     ELEMENTS,
     MAX_ATOMS,
@@ -278,7 +278,8 @@ class MoleculeDomain:
 
     def evaluate(self, samples: Batch, reward: str | None, temperature: float | None,
                  generator: torch.Generator) -> dict[str, Any]:
-        """Stability, validity, uniqueness and novelty; with a reward, its mean over valid molecules.
+        """Stability, validity, uniqueness, novelty and the PoseBusters pass rate of the valid molecules;
+        with a reward, its mean over valid molecules.
 
         A bond model's ``atom_stability``, ``molecule_stability`` and validity use its generated bonds;
         ``edm_atom_stability`` and ``edm_molecule_stability`` beside them are EDM's distance-table rule
@@ -287,6 +288,7 @@ class MoleculeDomain:
         """
         molecules = self.decode(samples.x, samples.mask)
         metrics: dict[str, Any] = chemistry_metrics(molecules, self.training_smiles, kekulize=False)
+        metrics |= posebusters_metrics(molecules)
         if self.options.bonds:
             positions_only = [Molecule(m.atomic_numbers, m.positions, implicit_hydrogens=m.implicit_hydrogens)
                               for m in molecules]
