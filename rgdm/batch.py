@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
+from rgdm.diffusion.process import parts_sample
+
 #: Separates a sample's name from its part's name in flat tensor files (``x/positions``).
 PART_SEPARATOR = "/"
 
@@ -110,5 +112,5 @@ def unflatten_parts(flat: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | T
         rows = {leaf.shape[0] for leaf in parts.values()}
         if len(rows) != 1:
             raise ValueError(f"the parts of {name!r} disagree on the number of rows: {sorted(rows)}")
-        tensors[name] = TensorDict(parts, batch_size=[rows.pop()])
+        tensors[name] = parts_sample(parts, [rows.pop()])
     return tensors

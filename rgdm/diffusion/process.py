@@ -20,7 +20,7 @@ maths below and every algorithm read the same for one tensor and for many.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,6 +53,13 @@ class Part:
     dof_offset: int = 0
 
 
+def parts_sample(parts: Mapping[str, torch.Tensor], batch_size: Sequence[int]) -> TensorDict:
+    """Named parts as one multi-part sample, on the device of its parts (every TensorDict the library makes
+    comes from here, so ``x.device`` is never unset)."""
+    device = next(iter(parts.values())).device
+    return TensorDict(dict(parts), batch_size=list(batch_size), device=device)
+
+
 def per_row(values: torch.Tensor, like: Sample) -> torch.Tensor:
     """A per-sample vector ``(batch,)`` shaped to broadcast against ``like`` (a TensorDict takes it as is)."""
     return values if isinstance(like, TensorDict) else values.view(-1, *([1] * (like.dim() - 1)))
@@ -74,7 +81,7 @@ def sample_gradient(fn: Callable[[Sample], torch.Tensor], x: Sample) -> Sample:
         grads = torch.autograd.grad(fn(x), leaves, allow_unused=True)
         grads = [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, grads, strict=True)]
     if isinstance(x, TensorDict):
-        return TensorDict(dict(zip(x.keys(), grads, strict=True)), batch_size=x.batch_size, device=x.device)
+        return parts_sample(dict(zip(x.keys(), grads, strict=True)), x.batch_size)
     return grads[0]
 
 
@@ -210,7 +217,7 @@ class GaussianDiffusion:
                 upper = value * torch.ones(nodes, nodes, device=value.device, dtype=value.dtype).triu(1)[:, :, None]
                 value = upper + upper.transpose(-3, -2)
             parts[name] = value
-        return TensorDict(parts, batch_size=list(batch_shape), device=like.device)
+        return parts_sample(parts, batch_shape)
 
     def noise_like(self, x: Sample, mask: torch.Tensor | None = None, generator: torch.Generator | None = None
                    ) -> Sample:
@@ -231,7 +238,7 @@ class GaussianDiffusion:
                 value = (value + value.transpose(-3, -2)) / 2
             support = _part_mask(part, mask, value, counted=False)
             parts[name] = part.project(value if support is None else value * support, mask)
-        return TensorDict(parts, batch_size=x.batch_size, device=x.device)
+        return parts_sample(parts, x.batch_size)
 
     def sqrt_alpha_bar(self, t: torch.Tensor, like: Sample) -> torch.Tensor:
         return self.schedule.at(self._sqrt_alpha_bar, t, like)

@@ -23,7 +23,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from rgdm.diffusion.process import Part, identity_projection
+from rgdm.diffusion.process import Part, identity_projection, parts_sample
 from rgdm.domains.molecules.chemistry import AROMATIC, Molecule, bond_orders
 from rgdm.domains.molecules.data import ATOMIC_NUMBERS
 
@@ -139,7 +139,7 @@ class GraphEncoding:
         edges = nn.functional.one_hot(bond_codes, self.bond_types).float() * GRAPH_BOND_SCALE * pairs
         edges = edges * (1 - torch.eye(numbers.shape[1]))[None, :, :, None]
         positions = remove_center_of_mass(torch.as_tensor(positions, dtype=torch.float32) * mask[..., None], mask)
-        x = TensorDict({"positions": positions, "atoms": atoms, "bonds": edges}, batch_size=[len(numbers)])
+        x = parts_sample({"positions": positions, "atoms": atoms, "bonds": edges}, [len(numbers)])
         return x, mask.float()
 
     @staticmethod
@@ -156,8 +156,8 @@ class GraphEncoding:
         return result
 
     def zeros(self, n: int, width: int) -> TensorDict:
-        return TensorDict({"positions": torch.zeros(n, width, 3), "atoms": torch.zeros(n, width, self.atom_features),
-                           "bonds": torch.zeros(n, width, width, self.bond_types)}, batch_size=[n])
+        return parts_sample({"positions": torch.zeros(n, width, 3), "atoms": torch.zeros(n, width, self.atom_features),
+                             "bonds": torch.zeros(n, width, width, self.bond_types)}, [n])
 
     def decode(self, x: TensorDict, mask: torch.Tensor) -> list[Molecule]:
         """Each row's atoms, bonds and charges: the arg-max of each one-hot block, positions as they are."""

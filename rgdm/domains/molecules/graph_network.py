@@ -25,6 +25,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from rgdm.diffusion.process import parts_sample
 from rgdm.domains.molecules.network import _trim
 
 
@@ -201,11 +202,11 @@ class BondGraphDenoiser(nn.Module):
                        + product.index_select(0, a) * product.index_select(0, b) + self.bond_edge(e))
         eps_bonds = pairs.scatter(self.bond_read_out(bond_hidden))
         pad = full - width
-        return TensorDict({
+        return parts_sample({
             "positions": nn.functional.pad(eps_positions, (0, 0, 0, pad)),
             "atoms": nn.functional.pad(eps_atoms, (0, 0, 0, pad)),
             "bonds": nn.functional.pad(eps_bonds, (0, 0, 0, pad, 0, pad)),
-        }, batch_size=[batch])
+        }, [batch])
 
 
 class BondGraphRegressor(BondGraphDenoiser):
