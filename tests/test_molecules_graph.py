@@ -13,6 +13,7 @@ from rgdm.domains.molecules.chemistry import (
     bond_orders,
     molecule_from_smiles,
     posebusters_metrics,
+    stability_metrics,
     to_rdkit,
     valid_rdkit,
 )
@@ -164,6 +165,8 @@ def test_implicit_hydrogens_fill_free_valences_of_heavy_atom_molecules():
     without = heavy_atoms(kekule)
     assert canonical(without) == canonical(pyrrole) == "c1cc[nH]c1"
     assert atom_stability(without).all()
+    assert stability_metrics([without]) == {"atom_stability": None, "molecule_stability": None}, \
+        "hydrogens could fill anything: no stability measure"
     explicit = Molecule(without.atomic_numbers, without.positions, without.bonds, without.charges)
     assert valid_rdkit(explicit) is not None and not atom_stability(explicit).all(), "no hydrogens: radicals"
     crowded = without.bonds.copy()

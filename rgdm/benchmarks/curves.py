@@ -75,7 +75,7 @@ def steps_curve(checkpoint: str, n: int, steps: Sequence[int], seeds: int = 3, p
     for count in tqdm(steps, desc="step counts", disable=not progress):
         runs = [_evaluate(model, n, count, seed) for seed in range(seeds)]
         summary = {key: {"mean": float(np.mean([r[key] for r in runs])), "std": float(np.std([r[key] for r in runs]))}
-                   for key in runs[0] if isinstance(runs[0][key], int | float)}
+                   for key in runs[0] if isinstance(runs[0][key], int | float) and not isinstance(runs[0][key], bool)}
         points.append({"sampling_steps": count, "seeds": runs, "summary": summary})
     return {"checkpoint": checkpoint, "n": n, "seeds": seeds, "points": points}
 
@@ -91,14 +91,14 @@ def plot_curve(result: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for metric in PLOTTED:
         if learning:
-            xs = [p["training_hours"] for p in result["points"] if metric in p]
-            ys = [p[metric] for p in result["points"] if metric in p]
-            ax.plot(xs, ys, marker="o", label=metric)
-        else:
-            kept = [p for p in result["points"] if metric in p["summary"]]
-            means = [p["summary"][metric]["mean"] for p in kept]
-            ax.errorbar([p["sampling_steps"] for p in kept], means,
-                        yerr=[p["summary"][metric]["std"] for p in kept], marker="o", capsize=3, label=metric)
+            points = [p for p in result["points"] if p.get(metric) is not None]
+            if points:
+                ax.plot([p["training_hours"] for p in points], [p[metric] for p in points], marker="o", label=metric)
+            continue
+        points = [p for p in result["points"] if metric in p["summary"]]
+        if points:
+            ax.errorbar([p["sampling_steps"] for p in points], [p["summary"][metric]["mean"] for p in points],
+                        yerr=[p["summary"][metric]["std"] for p in points], marker="o", capsize=3, label=metric)
     if learning:
         ax.set(xlabel="training hours (wall time of the run)", title=f"learning curve: {result['run']}")
     else:

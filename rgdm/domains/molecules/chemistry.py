@@ -359,9 +359,15 @@ def _fraction(count: int, total: int) -> float:
 
 
 def stability_metrics(mols: Sequence[Molecule], prefix: str = "", suffix: str = "", kekulize: bool = True
-                      ) -> dict[str, float]:
+                      ) -> dict[str, float | None]:
     """The share of stable atoms and of molecules whose every atom is stable (``atom_stability``), under
-    ``{prefix}atom_stability{suffix}`` and ``{prefix}molecule_stability{suffix}``."""
+    ``{prefix}atom_stability{suffix}`` and ``{prefix}molecule_stability{suffix}``.
+
+    Molecules with implicit hydrogens have no such measure (any atom short of bonds could be filled up
+    with hydrogens, so a cloud of lone atoms would count as stable): both are None; validity judges them.
+    """
+    if any(mol.implicit_hydrogens for mol in mols):
+        return {f"{prefix}atom_stability{suffix}": None, f"{prefix}molecule_stability{suffix}": None}
     stable_atoms = [atom_stability(mol, kekulize) for mol in mols]
     return {f"{prefix}atom_stability{suffix}": _fraction(sum(int(s.sum()) for s in stable_atoms),
                                                          sum(len(s) for s in stable_atoms)),
@@ -372,6 +378,8 @@ def chemistry_metrics(
     mols: Sequence[Molecule], training_smiles: set[str] | None = None, kekulize: bool = True
 ) -> dict[str, float]:
     """Atom and molecule stability, validity, uniqueness and (given training SMILES) novelty of samples.
+
+    Stability is None for molecules with implicit hydrogens (``stability_metrics``).
 
     Uniqueness is unique valid SMILES over valid molecules; novelty is unique valid SMILES outside
     ``training_smiles`` (canonicalised with ``canonicalize_smiles``) over unique valid SMILES.
