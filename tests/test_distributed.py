@@ -103,3 +103,28 @@ def test_step_wise_exploration_start_spends_and_stops_alike_on_two_processes(pre
     steps = len(losses(two))
     assert calls <= 1300 and calls % 8 == 0
     assert 5 < steps < 30, "pairs above the start cost nothing, so the budget lasts longer than 5 full steps"
+
+
+GRAPH = {
+    "domain": {"name": "molecules", "hydrogens": False, "bonds": True, "subset": 64},
+    "network": {"hidden": 16, "edge_hidden": 8, "layers": 1},
+    "diffusion": {"schedule": "cosine", "timesteps": 20},
+    "train": {"steps": 6, "batch_size": 8, "checkpoint_every": 3, "log_every": 1, "seed": 5, "lr": 2.0e-3},
+}
+
+
+def test_bond_molecules_train_and_finetune_on_two_processes_as_on_one(tmp_path):
+    """Multi-part samples (positions, atoms, bonds) under data parallelism: pre-training and a step-wise
+    QED fine-tune on two processes equal one."""
+    config = tmp_path / "graph.yaml"
+    config.write_text(yaml.safe_dump(GRAPH))
+    pretrained, finetuned = {}, {}
+    for processes in (1, 2):
+        pretrained[processes] = tmp_path / f"pretrain-{processes}"
+        run(["train", "--config", str(config), "--out", str(pretrained[processes])], processes)
+        finetuned[processes] = tmp_path / f"stepwise-{processes}"
+        run(["finetune", "--checkpoint", str(pretrained[1]), "--reward", "qed", "--algorithm", "rgdm-stepwise",
+             "--steps", "4", "--out", str(finetuned[processes]), "--set", "train.batch_size=8",
+             "--set", "train.log_every=1", "--set", "algorithm.candidates=4"], processes)
+    assert_same_training(pretrained[1], pretrained[2])
+    assert_same_training(finetuned[1], finetuned[2])
