@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from rdkit import Chem
+from toolkit import broken_valence
 
 from rgdm.domains.molecules.chemistry import (
     Molecule,
@@ -31,14 +32,6 @@ SMILES = ("C", "c1ccccc1", "[NH3+]CC(=O)[O-]")
 
 def bonded(smiles: str) -> Molecule:
     return molecule_from_smiles(smiles, with_bonds=True)
-
-
-def broken_valence() -> Molecule:
-    """A carbon bonded to five hydrogens."""
-    positions = np.array([[0, 0, 0], [1.1, 0, 0], [-1.1, 0, 0], [0, 1.1, 0], [0, -1.1, 0], [0, 0, 1.1]], float)
-    bonds = np.zeros((6, 6), np.int64)
-    bonds[0, 1:] = bonds[1:, 0] = 1
-    return Molecule(np.array([6, 1, 1, 1, 1, 1]), positions, bonds, np.zeros(6, np.int64))
 
 
 def canonical(mol: Molecule) -> str:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from tensordict import TensorDict
-from toolkit import make_scorer
+from toolkit import hand_made_molecules, make_scorer
 from torch import nn
 
 from rgdm.algorithms import (
@@ -25,14 +25,17 @@ from rgdm.algorithms.classifier_guidance import ClassifierGuidance
 from rgdm.algorithms.rgdm import denoising_loss, explore, stepwise_loss
 from rgdm.algorithms.svdd import svdd
 from rgdm.batch import Batch, Shard, flatten_parts, unflatten_parts
-from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, Part, sample
-from rgdm.domains.molecules.encoding import remove_center_of_mass
+from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, sample
+from rgdm.domains.molecules.data import ELEMENTS, pad_molecules
+from rgdm.domains.molecules.encoding import GraphEncoding, pad_bonds, remove_center_of_mass
 from rgdm.rewards import BlackBoxReward, RewardCounter, Scorer
 
-#: Three molecules of 2, 4 and 3 atoms padded to 4: node, atom-feature and bond-feature sizes.
-MASK = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)
-ATOM_FEATURES, BOND_FEATURES = 2, 3
-PARTS = {"positions": Part("nodes", remove_center_of_mass, 3), "atoms": Part("nodes"), "bonds": Part("edges")}
+#: Hand-made methane, benzene and a broken valence (5, 12 and 6 atoms), in the bond models' encoding.
+ENCODING = GraphEncoding(ELEMENTS)
+MOLECULES, MASK = ENCODING.encode(*pad_molecules(hand_made_molecules(), 12), *pad_bonds(hand_made_molecules(), 12))
+MASK = MASK.bool()
+ATOM_FEATURES, BOND_FEATURES = ENCODING.atom_features, ENCODING.bond_types
+PARTS = ENCODING.parts
 
 
 def diffusion(timesteps: int = 50) -> GaussianDiffusion:
@@ -40,9 +43,7 @@ def diffusion(timesteps: int = 50) -> GaussianDiffusion:
 
 
 def zeros(rows: int = 3) -> TensorDict:
-    nodes = MASK.shape[1]
-    return TensorDict({"positions": torch.zeros(rows, nodes, 3), "atoms": torch.zeros(rows, nodes, ATOM_FEATURES),
-                       "bonds": torch.zeros(rows, nodes, nodes, BOND_FEATURES)}, batch_size=[rows])
+    return ENCODING.zeros(rows, MASK.shape[1])
 
 
 class PartwiseDenoiser(nn.Module):
@@ -77,10 +78,16 @@ def make_model(seed: int = 0) -> EpsModel:
     return EpsModel(PartwiseDenoiser(), diffusion())
 
 
-def data(rows: int = 3, seed: int = 0) -> Batch:
+def noise(rows: int = 3, seed: int = 0) -> Batch:
     """Random samples on the sample space, with the masks of ``MASK`` repeated."""
     mask = MASK.repeat(math.ceil(rows / 3), 1)[:rows]
     return Batch(diffusion().noise_like(zeros(rows), mask, torch.Generator().manual_seed(seed)), mask)
+
+
+def data(rows: int = 3) -> Batch:
+    """The hand-made molecules, repeated to ``rows`` rows."""
+    copies = math.ceil(rows / 3)
+    return Batch(MOLECULES.repeat(copies)[:rows], MASK.repeat(copies, 1)[:rows])
 
 
 def test_edge_noise_is_symmetric_with_a_zero_diagonal_and_no_padding():
@@ -89,7 +96,8 @@ def test_edge_noise_is_symmetric_with_a_zero_diagonal_and_no_padding():
     assert torch.equal(bonds, bonds.transpose(1, 2))
     assert (bonds.diagonal(dim1=1, dim2=2) == 0).all()
     pairs = MASK[:, :, None] & MASK[:, None, :]
-    assert (bonds[~pairs] == 0).all() and (bonds[pairs & ~torch.eye(4, dtype=torch.bool)] != 0).all()
+    off_diagonal = ~torch.eye(MASK.shape[1], dtype=torch.bool)
+    assert (bonds[~pairs] == 0).all() and (bonds[pairs & off_diagonal] != 0).all()
     assert (noise["atoms"][~MASK] == 0).all() and (noise["positions"][~MASK] == 0).all()
     centre = noise["positions"].sum(1)
     torch.testing.assert_close(centre, torch.zeros_like(centre), atol=1e-6, rtol=0)
@@ -110,12 +118,12 @@ def test_degrees_of_freedom_add_up_over_the_parts():
 
 def test_a_step_log_probability_is_the_sum_of_the_parts_log_probabilities():
     process = diffusion()
-    x, mean = data(3, seed=1).x, data(3, seed=2).x
+    x, mean = noise(3, seed=1).x, noise(3, seed=2).x
     std = torch.tensor([0.3, 0.5, 0.9])
     total = process.gaussian_log_prob(x, mean, std, MASK)
     positions = GaussianDiffusion(process.schedule, project=remove_center_of_mass, dof_offset=3)
     plain = GaussianDiffusion(process.schedule)
-    upper = torch.triu(torch.ones(4, 4, dtype=torch.bool), diagonal=1)
+    upper = torch.triu(torch.ones(MASK.shape[1], MASK.shape[1], dtype=torch.bool), diagonal=1)
     edge_rows = [x["bonds"][row][upper & MASK[row][:, None] & MASK[row][None, :]] for row in range(3)]
     edge_means = [mean["bonds"][row][upper & MASK[row][:, None] & MASK[row][None, :]] for row in range(3)]
     edges = torch.stack([plain.gaussian_log_prob(value.flatten()[None], centre.flatten()[None], std[row:row + 1])[0]
@@ -137,7 +145,7 @@ def test_reverse_steps_keep_samples_on_the_sample_space():
 
 
 def test_candidates_of_every_part_stay_inside_the_radius_and_average_to_the_centre():
-    process, centre = diffusion(), data(3).x
+    process, centre = diffusion(), noise(3).x
     std = torch.tensor([0.2, 0.4, 0.8])
     candidates = explore(process, centre, std, 8, 0.5, MASK, torch.Generator().manual_seed(0))
     assert candidates.batch_size == torch.Size([24])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -11,6 +12,7 @@ from rgdm.algorithms.base import TrainingContext
 from rgdm.algorithms.rgdm import denoising_loss
 from rgdm.batch import Batch
 from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, sample
+from rgdm.domains.molecules.chemistry import Molecule, molecule_from_smiles
 from rgdm.domains.toy.network import MLPDenoiser
 from rgdm.rewards import BlackBoxReward, RewardCounter, Scorer
 
@@ -68,3 +70,17 @@ def right_half_shares(reference: EpsModel, algorithm, steps: int) -> tuple[float
     before = sample(reference, (2000, 2), generator=torch.Generator().manual_seed(2)).x0
     after = sample(model, (2000, 2), generator=torch.Generator().manual_seed(2)).x0
     return float(right_half(before.numpy()).mean()), float(right_half(after.numpy()).mean())
+
+
+def broken_valence() -> Molecule:
+    """A carbon bonded to five hydrogens: a hand-made molecule no valence table allows."""
+    positions = np.array([[0, 0, 0], [1.1, 0, 0], [-1.1, 0, 0], [0, 1.1, 0], [0, -1.1, 0], [0, 0, 1.1]], float)
+    bonds = np.zeros((6, 6), np.int64)
+    bonds[0, 1:] = bonds[1:, 0] = 1
+    return Molecule(np.array([6, 1, 1, 1, 1, 1]), positions, bonds, np.zeros(6, np.int64))
+
+
+def hand_made_molecules() -> list[Molecule]:
+    """Methane, benzene (aromatic bonds) and a broken valence, with their bonds and charges."""
+    return [molecule_from_smiles("C", with_bonds=True), molecule_from_smiles("c1ccccc1", with_bonds=True),
+            broken_valence()]
