@@ -29,11 +29,11 @@ from rgdm.engine import (
     make_transition,
 )
 from rgdm.engine.builder import seeded_generator
-from rgdm.engine.checkpoint import CheckpointError, read_json, save_arrays, write_json
 from rgdm.engine.config import RewardConfig
 from rgdm.engine.distributed import leave_process_group
 from rgdm.engine.guide import load_guide, save_guide, train_guide
 from rgdm.engine.registry import resolve_model, shipped_models
+from rgdm.io import CheckpointError, read_json, save_arrays, write_json
 from rgdm.rewards import BudgetExhausted, RewardCounter, RewardPluginError
 
 PRESETS = Path(__file__).resolve().parent / "configs"

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from rgdm.engine.checkpoint import load_tensors
+from rgdm.io import load_tensors
 
 TINY = {
     "domain": {"name": "toy", "train_size": 512},

@@ -9,7 +9,7 @@ import time
 
 import yaml
 
-from rgdm.engine.checkpoint import load_tensors
+from rgdm.io import load_tensors
 
 CONFIG = {
     "domain": {"name": "toy", "train_size": 512},

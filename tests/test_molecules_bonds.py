@@ -19,7 +19,7 @@ from rgdm.domains.molecules.bonds import (
 )
 from rgdm.domains.molecules.chemistry import Molecule, canonicalize_smiles, molecule_from_smiles, to_rdkit
 from rgdm.domains.molecules.data import CACHE_NAME, MAX_ATOMS, PREVIOUS_CACHE_NAME, PROPERTIES, QM9, load_qm9
-from rgdm.engine.checkpoint import save_arrays
+from rgdm.io import save_arrays
 
 SINGLE, DOUBLE = BOND_TYPES.index("single"), BOND_TYPES.index("double")
 #: Neutral, aromatic (with an [nH]), net-charged, zwitterions (the last two as in QM9: xyz2mol gives them

@@ -22,9 +22,9 @@ from rgdm.domains.molecules.data import ELEMENTS, pad_molecules
 from rgdm.domains.molecules.domain import MoleculeDomain
 from rgdm.domains.molecules.encoding import GraphEncoding, pad_bonds
 from rgdm.domains.molecules.io import MoleculeFileError, read_sdf, write_sdf
-from rgdm.engine.checkpoint import CheckpointError
 from rgdm.engine.config import RunConfig
 from rgdm.engine.trainer import Trainer
+from rgdm.io import CheckpointError
 
 #: Methane, benzene (aromatic), a zwitterion (glycine's) and a carbon with five hydrogens.
 SMILES = ("C", "c1ccccc1", "[NH3+]CC(=O)[O-]")

@@ -25,7 +25,7 @@ from rgdm.domains.shapes.classifiers import (
     train_pointnet,
 )
 from rgdm.domains.shapes.descriptors import height_width_ratio, shape_descriptors, voxel_occupancy
-from rgdm.engine.checkpoint import CheckpointError
+from rgdm.io import CheckpointError
 
 NUM_POINTS = 256
 

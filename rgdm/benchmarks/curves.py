@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 
 from rgdm.domains import build_domain
 from rgdm.engine.builder import LoadedModel, load_trained, make_diffusion, seeded_generator
-from rgdm.engine.checkpoint import checkpoint_paths, load_tensors, read_json
+from rgdm.engine.checkpoint import checkpoint_paths
 from rgdm.engine.config import load_config
 from rgdm.engine.generate import generate
+from rgdm.io import load_tensors, read_json
 
 #: The metrics the plots show, where the domain reports them.
 PLOTTED = ("validity", "molecule_stability", "atom_stability", "uniqueness", "mean_reward")

@@ -11,8 +11,8 @@ import numpy as np
 from rgdm.batch import Batch
 from rgdm.engine import Trainer, generate, load_config, load_trained
 from rgdm.engine.builder import seeded_generator
-from rgdm.engine.checkpoint import save_arrays
 from rgdm.engine.config import RunConfig
+from rgdm.io import save_arrays
 
 DEMO_REWARD = "region"
 DEMO_TEMPERATURE = 0.3

@@ -22,9 +22,10 @@ from rgdm.algorithms import (
 )
 from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule
 from rgdm.domains import Domain, build_domain
-from rgdm.engine.checkpoint import CheckpointError, load_model
+from rgdm.engine.checkpoint import load_model
 from rgdm.engine.config import AlgorithmConfig, DiffusionConfig, RewardConfig
 from rgdm.engine.registry import resolve_model
+from rgdm.io import CheckpointError
 from rgdm.rewards import BlackBoxReward, RewardCounter, Scorer, load_reward_function
 
 

@@ -8,100 +8,18 @@ complete. A model for sampling is ``final.safetensors`` plus ``model.json`` in a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+
+from rgdm.io import CheckpointError, load_tensors, read_json, save_tensors, write_json
 
 log = logging.getLogger("rgdm.checkpoint")
 
 MODEL_FORMAT = "rgdm-model/1"
 CHECKPOINT_FORMAT = "rgdm-checkpoint/1"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, corrupt or incompatible; the message says what to do."""
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through ``write(tmp_path)`` into a temporary file beside ``path``, then rename over it.
-
-    The temporary name is unique, so concurrent writers of the same file never collide.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True)))
-
-
-def save_arrays(path: Path, arrays: dict[str, Any]) -> None:
-    """Atomically write NumPy ``arrays`` to an ``.npz`` file (read back with ``allow_pickle=False``)."""
-
-    def write(temporary: Path) -> None:
-        with open(temporary, "wb") as handle:  # a handle, so numpy does not append ".npz" to the name
-            np.savez(handle, **arrays)
-
-    atomic_write(path, write)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path} is not valid JSON ({error}); the file is corrupt") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    return data
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
-    """Atomically write ``tensors`` to a safetensors file; returns its SHA-256."""
-    owned = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(owned, str(tmp)))
-    return sha256(path)
-
-
-def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
-    """Read a safetensors file, checking its SHA-256 first when one is given."""
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
-    if expected_sha256 is not None and sha256(path) != expected_sha256:
-        raise CheckpointError(f"{path} does not match its recorded SHA-256: the file is corrupt or truncated")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({error})") from None
 
 
 def flatten_state(prefix: str, state: Any, tensors: dict[str, torch.Tensor]) -> Any:

@@ -20,7 +20,7 @@ from torch import nn
 from rgdm.algorithms import ClassifierGuidance, train_regressor
 from rgdm.batch import Batch
 from rgdm.engine.builder import LoadedModel
-from rgdm.engine.checkpoint import CheckpointError, load_tensors, read_json, save_tensors, write_json
+from rgdm.io import CheckpointError, load_tensors, read_json, save_tensors, write_json
 from rgdm.rewards.scorer import Scorer
 
 GUIDE_FORMAT = "rgdm-guide/1"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rgdm.engine.checkpoint import CheckpointError
+from rgdm.io import CheckpointError
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 

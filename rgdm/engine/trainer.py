@@ -36,18 +36,11 @@ from rgdm.engine.builder import (
     tie_targets_to_null,
     trained_with_conditions,
 )
-from rgdm.engine.checkpoint import (
-    CheckpointError,
-    flatten_state,
-    load_checkpoint,
-    save_checkpoint,
-    save_model,
-    unflatten_state,
-    write_json,
-)
+from rgdm.engine.checkpoint import flatten_state, load_checkpoint, save_checkpoint, save_model, unflatten_state
 from rgdm.engine.config import DiffusionConfig, RunConfig, dump_config, load_config
 from rgdm.engine.distributed import any_process, barrier, gather, join_process_group
 from rgdm.engine.logging import RunLogger
+from rgdm.io import CheckpointError, write_json
 from rgdm.rewards import BudgetExhausted, RewardCounter
 
 StepCallback = Callable[["Trainer", int], None]

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from rgdm.domains.base import cache_folder
-from rgdm.engine.checkpoint import save_arrays
+from rgdm.io import save_arrays
 
 #: Elements of QM9 in the one-hot order of EDM.
 ELEMENTS = ("H", "C", "N", "O", "F")

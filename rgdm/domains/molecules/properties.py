@@ -20,7 +20,7 @@ from rgdm.batch import Batch
 from rgdm.domains.molecules.chemistry import Molecule
 from rgdm.domains.molecules.data import MAX_ATOMS, PROPERTIES, pad_molecules
 from rgdm.domains.molecules.network import EGNNRegressor
-from rgdm.engine.checkpoint import CheckpointError, load_tensors, read_json, save_tensors, write_json
+from rgdm.io import CheckpointError, load_tensors, read_json, save_tensors, write_json
 
 WEIGHTS, META = "predictor.safetensors", "predictor.json"
 SHIPPED_PREDICTORS = Path(__file__).resolve().parent.parent.parent / "checkpoints" / "predictors"

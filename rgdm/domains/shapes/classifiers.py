@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from rgdm.domains.shapes.descriptors import box_aspect, height_width_ratio, shape_descriptors, voxel_occupancy
-from rgdm.engine.checkpoint import CheckpointError, load_tensors, read_json, save_arrays, save_tensors, write_json
+from rgdm.io import CheckpointError, load_tensors, read_json, save_arrays, save_tensors, write_json
 from rgdm.rewards.base import TensorRewardFn
 
 RECIPE_FORMAT = "rgdm-shape-recipe/1"
