@@ -1,4 +1,4 @@
-"""Conditional diffusion with classifier-free guidance: the "conditional representation" peer (DESIGN.md §2).
+"""Conditional diffusion with classifier-free guidance: the "conditional representation" peer (docs/design.md §2).
 
 The reward enters as a *label*, not as a weight. ``ConditionalFinetune`` scores a subset of the
 data once, turns the rewards into ``num_classes`` ordered classes (``reward_classes``: the top
@@ -11,7 +11,7 @@ unconditional model. At sampling time ``GuidedEpsModel`` mixes the two predictio
 which targets ``p(x) p(c | x)^w`` (Ho & Salimans, 2022): ``w = 1`` is the conditional model,
 ``w = 0`` the unconditional one, ``w > 1`` sharpens towards the class.
 
-Conditional targets (DESIGN.md §1.5). The network has one condition slot, and a target must occupy
+Conditional targets (docs/design.md §1.5). The network has one condition slot, and a target must occupy
 it, so a target cannot also carry a reward class. With ``ctx.targets`` every scored row is scored
 against every target (as ``DataPayoff`` does) and classed per target; the condition is then the
 *target* ``c``, paired with rows drawn from the top reward class for ``c`` (the rows that best

@@ -1,4 +1,4 @@
-"""Classifier guidance with a noise-aware regressor: the test-time gradient peer (DESIGN.md §2).
+"""Classifier guidance with a noise-aware regressor: the test-time gradient peer (docs/design.md §2).
 
 Dhariwal & Nichol (2021) steer a fixed diffusion model with the gradient of a classifier trained
 on *noisy* inputs. Here the classifier is a regressor ``f(x_t, t)`` of the reward: it is fitted by

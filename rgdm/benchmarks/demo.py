@@ -65,7 +65,7 @@ def molecule_demo_config(pretrained: str, steps: int, rounds: int, buffer_size: 
     """The demo's fine-tune: ``rgdm-model`` (the model's own samples, tilted over ``rounds``).
 
     The data tilt is not used here: on QM9 it does not lift the QED of the *generated* valid
-    molecules (README, molecules), while the own-sample tilt scores what the model actually builds.
+    molecules (docs/results/molecules.md), while the own-sample tilt scores what the model actually builds.
     """
     preset = Path(__file__).resolve().parent.parent / "configs" / "finetune-molecules.yaml"
     return load_config(preset, [f"init={pretrained}", "reward.name=qed", f"train.steps={steps}",

@@ -2,7 +2,7 @@
 
 The EDM protocol splits QM9's training set in two halves. A predictor trained on ``train_a`` scores
 the reward of property-targeted fine-tuning; one trained on ``train_b`` *measures* the result, so a
-generator that fools its reward model is not counted as a success (DESIGN.md §4).
+generator that fools its reward model is not counted as a success (docs/design.md §4).
 """
 
 from __future__ import annotations
