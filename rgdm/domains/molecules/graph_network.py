@@ -25,6 +25,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from rgdm.diffusion.conditioning import Conditioning
 from rgdm.diffusion.process import parts_sample
 from rgdm.domains.molecules.network import _trim
 
@@ -147,8 +148,8 @@ class BondGraphDenoiser(nn.Module):
                  edge_hidden: int = 32, layers: int = 4, coords_range: float = 15.0, target_features: int = 16,
                  radial: int = 12, time_frequencies: int = 6, normalisation: float = 8.0) -> None:
         super().__init__()
-        self.num_targets, self.time_frequencies = num_targets, time_frequencies
-        self.target = nn.Embedding(num_targets + 1, target_features)
+        self.time_frequencies = time_frequencies
+        self.target = Conditioning(num_targets, target_features)
         self.condition = nn.Sequential(nn.Linear(1 + 2 * time_frequencies + target_features, hidden), nn.SiLU(),
                                        nn.Linear(hidden, hidden))
         self.radial = RadialBasis(radial)
@@ -173,11 +174,9 @@ class BondGraphDenoiser(nn.Module):
         positions = torch.where(mask[..., None], positions, 0.0).reshape(batch * width, 3)
         atoms = torch.where(mask[..., None], x["atoms"][:, :width], 0.0)
         pairs = Pairs(mask)
-        if cond is None:
-            cond = torch.full((batch,), self.num_targets, device=positions.device, dtype=torch.long)
         t = torch.as_tensor(t, dtype=dtype, device=positions.device).expand(batch)
         condition = self.condition(torch.cat([_time_features(t, self.time_frequencies),
-                                              self.target(cond.long()).to(dtype)], dim=1))
+                                              self.target(cond, batch).to(dtype)], dim=1))
         h = (self.atom_embed(atoms) + self.atom_condition(condition)[:, None]) * mask[..., None]
         difference = positions.index_select(0, pairs.a) - positions.index_select(0, pairs.b)
         initial = self.radial(torch.sqrt((difference**2).sum(-1) + 1e-8))

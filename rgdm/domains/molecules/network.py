@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rgdm.diffusion.conditioning import Conditioning
+
 
 class EquivariantLayer(nn.Module):
     """One message-passing round (Satorras et al. eq. 3-6): invariant messages ``m_ij`` update the
@@ -96,17 +98,14 @@ class EGNNDenoiser(nn.Module):
     def __init__(self, atom_features: int, num_targets: int = 0, hidden: int = 128, layers: int = 6,
                  coords_range: float = 15.0, target_features: int = 16) -> None:
         super().__init__()
-        self.num_targets = num_targets
-        self.target = nn.Embedding(num_targets + 1, target_features)
+        self.target = Conditioning(num_targets, target_features)
         self.egnn = EGNN(atom_features + 1 + target_features, hidden, layers, coords_range)
         self.read_out = nn.Linear(hidden, atom_features)
 
     def _inputs(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, mask: torch.Tensor
                 ) -> torch.Tensor:
         batch, atoms = mask.shape
-        if cond is None:
-            cond = torch.full((batch,), self.num_targets, device=x.device, dtype=torch.long)
-        per_molecule = torch.cat([t.to(x.dtype)[:, None], self.target(cond.long())], dim=1)
+        per_molecule = torch.cat([t.to(x.dtype)[:, None], self.target(cond, batch)], dim=1)
         return torch.cat([x[..., 3:], per_molecule[:, None].expand(-1, atoms, -1)], dim=-1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,

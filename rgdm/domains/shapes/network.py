@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rgdm.diffusion.conditioning import Conditioning
 from rgdm.domains.toy.network import sinusoidal_embedding
 
 #: Distances held at once by the neighbour search (4M floats, 16 MB), whatever the batch and cloud sizes.
@@ -103,18 +104,15 @@ class PointTrunk(nn.Module):
     def __init__(self, num_targets: int = 0, width: int = 128, depth: int = 4, neighbours: int = 16,
                  edge_width: int = 32, time_features: int = 64) -> None:
         super().__init__()
-        self.num_targets = num_targets
         self.time_features = time_features
         self.position = nn.Linear(3, width)
         self.edges = EdgeFeatures(width, neighbours, edge_width)
         self.time = nn.Sequential(nn.Linear(time_features, width), nn.SiLU(), nn.Linear(width, width))
-        self.target = nn.Embedding(num_targets + 1, width)
+        self.target = Conditioning(num_targets, width)
         self.blocks = nn.ModuleList(GlobalContextBlock(width) for _ in range(depth))
 
     def features(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        if cond is None:
-            cond = torch.full((x.shape[0],), self.num_targets, device=x.device, dtype=torch.long)
-        embedding = F.silu(self.time(sinusoidal_embedding(t, self.time_features)) + self.target(cond.long()))
+        embedding = F.silu(self.time(sinusoidal_embedding(t, self.time_features)) + self.target(cond, x.shape[0]))
         h = self.position(x) + self.edges(x)
         for block in self.blocks:
             h = block(h, embedding)

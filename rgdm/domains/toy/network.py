@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from rgdm.diffusion.conditioning import Conditioning
+
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     """Transformer-style features of ``t`` in [0, 1] (scaled to 0..1000 as in DDPM)."""
@@ -36,11 +38,10 @@ class MLPDenoiser(nn.Module):
     def __init__(self, dim: int, num_targets: int = 0, width: int = 256, depth: int = 4,
                  time_features: int = 64, out_features: int | None = None) -> None:
         super().__init__()
-        self.num_targets = num_targets
         self.time_features = time_features
         self.input = nn.Linear(dim, width)
         self.time = nn.Sequential(nn.Linear(time_features, width), nn.SiLU(), nn.Linear(width, width))
-        self.target = nn.Embedding(num_targets + 1, width)
+        self.target = Conditioning(num_targets, width)
         self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(depth)])
         self.output = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, out_features or dim))
         nn.init.zeros_(self.output[-1].weight)
@@ -48,9 +49,7 @@ class MLPDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        if cond is None:
-            cond = torch.full((x.shape[0],), self.num_targets, device=x.device, dtype=torch.long)
-        h = self.input(x) + self.time(sinusoidal_embedding(t, self.time_features)) + self.target(cond.long())
+        h = self.input(x) + self.time(sinusoidal_embedding(t, self.time_features)) + self.target(cond, x.shape[0])
         return self.output(self.blocks(h))
 
 
