@@ -208,10 +208,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         samples = with_target(samples, model.domain.parse_target(args.target))
     training = model.meta.get("training", {})
     named = model.domain.rewards()
-    defaults = [name for name in (training.get("reward"), meta.get("reward")) if name in named]
+    defaults = [name for name in (training.get("reward"), meta.get("reward"))
+                if name and name.partition(":")[0] in named]
     reward_name = args.reward or next(iter(defaults), None)
     temperature = args.temperature or training.get("temperature")
-    if reward_name is not None and reward_name not in named:
+    if reward_name is not None and reward_name.partition(":")[0] not in named:
         raise UsageError(f"evaluate measures with a domain reward ({', '.join(sorted(named))}); "
                          f"got {reward_name!r}")
     metrics = model.domain.evaluate(samples, reward_name, temperature if reward_name else None,

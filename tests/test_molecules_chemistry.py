@@ -26,6 +26,7 @@ from rgdm.domains.molecules.rewards import (
     sa_score,
     substructure,
 )
+from rgdm.rewards import resolve_reward
 
 CARBON, HYDROGEN = 6, 1
 
@@ -223,8 +224,8 @@ def test_substructure_reward_matches_smarts(methane, benzene):
 def test_closed_shell_rewards_score_radicals_as_failures(methane, ch3_radical, two_methanes):
     # The radical is valid, so the plain reward scores it; its closed-shell variant does not.
     for name in ("qed", "logp", "sa"):
-        plain, _ = MOLECULE_REWARDS[name]
-        closed, _ = MOLECULE_REWARDS[f"{name}-closed-shell"]
+        plain = MOLECULE_REWARDS[name].fn
+        closed = MOLECULE_REWARDS[f"{name}-closed-shell"].fn
         methane_score, radical_score, fragments = plain([methane, ch3_radical, two_methanes])
         assert math.isfinite(radical_score) and math.isnan(fragments)
         scores = closed([methane, ch3_radical, two_methanes])
@@ -232,9 +233,11 @@ def test_closed_shell_rewards_score_radicals_as_failures(methane, ch3_radical, t
 
 
 def test_named_rewards_are_listed_with_descriptions(benzene):
-    assert set(MOLECULE_REWARDS) == {"qed", "logp", "sa", "qed-closed-shell", "logp-closed-shell", "sa-closed-shell"}
-    for fn, description in MOLECULE_REWARDS.values():
-        assert description and len(fn([benzene, benzene])) == 2
+    assert set(MOLECULE_REWARDS) == {"qed", "logp", "sa", "qed-closed-shell", "logp-closed-shell", "sa-closed-shell",
+                                     "smarts"}
+    for name, reward in MOLECULE_REWARDS.items():
+        fn = resolve_reward(f"{name}:c1ccccc1" if reward.parse else name, MOLECULE_REWARDS).fn
+        assert reward.description and len(fn([benzene, benzene])) == 2
 
 
 def test_qed_percentile_over_smiles():

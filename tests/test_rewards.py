@@ -1,4 +1,5 @@
-"""Black-box rewards: failure isolation, the call budget, targets, plugins and the tensor scorer."""
+"""Black-box rewards: failure isolation, the call budget, targets (one per sample or all at once), plugins, reward
+names and the tensor scorer."""
 
 from __future__ import annotations
 
@@ -13,15 +14,22 @@ import numpy as np
 import pytest
 import torch
 
+from rgdm.algorithms.base import TrainingContext, score_data_rows
+from rgdm.batch import Batch, Shard
 from rgdm.rewards import (
     BlackBoxReward,
     BudgetExhausted,
+    InProcess,
+    Reward,
     RewardCounter,
     RewardPluginError,
     RewardResult,
     Scorer,
+    WorkerPool,
     load_reward_function,
+    resolve_reward,
 )
+from rgdm.rewards.base import accepts_targets
 
 # --------------------------------------------------------------------------------------------------
 # failure isolation
@@ -204,7 +212,7 @@ def test_functions_with_targets_receive_them() -> None:
         return [float(s == t) for s, t in zip(samples, targets or [0] * len(samples), strict=True)]
 
     reward = BlackBoxReward(with_targets)
-    assert reward.takes_targets
+    assert accepts_targets(with_targets)
     result = reward([1, 2, 3], [1, 0, 3])
     assert result.values.tolist() == [1.0, 0.0, 1.0]
     reward([1, 2])
@@ -222,12 +230,12 @@ def test_functions_without_targets_do_not_receive_them() -> None:
         return [float(s) for s in samples]
 
     reward = BlackBoxReward(plain)
-    assert not reward.takes_targets
+    assert not accepts_targets(plain)
     assert reward([1, 2], [9, 9]).values.tolist() == [1.0, 2.0]
 
     # a variadic function takes the targets positionally
     variadic = BlackBoxReward(no_targets)
-    assert variadic.takes_targets
+    assert accepts_targets(no_targets)
     variadic([1, 2], [7, 8])
     assert seen == [([1, 2], [7, 8])]
 
@@ -241,9 +249,9 @@ def test_callable_objects_and_bound_methods() -> None:
             return [1.0] * len(samples)
 
     obj = Scored()
-    assert BlackBoxReward(obj).takes_targets
+    assert accepts_targets(obj)
     assert BlackBoxReward(obj)([0, 0], [4, 5]).values.tolist() == [4.0, 5.0]
-    assert not BlackBoxReward(obj.single).takes_targets
+    assert not accepts_targets(obj.single)
 
 
 def test_targets_follow_their_sample_on_retry() -> None:
@@ -259,6 +267,196 @@ def test_targets_follow_their_sample_on_retry() -> None:
     assert result.values.tolist() == [10.0, 0.0, 90.0]
     assert result.valid.tolist() == [True, False, True]
     assert reward.counter.failures["exception"] == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# several targets at once
+
+
+class Offset:
+    """``sample - target``, with the fast path that scores every sample against every target in one call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[Any], list[Any]]] = []
+
+    def __call__(self, samples: Sequence[float], targets: Sequence[float]) -> list[float]:
+        return [s - t for s, t in zip(samples, targets, strict=True)]
+
+    def score_targets(self, samples: Sequence[float], targets: Sequence[float]) -> np.ndarray:
+        self.calls.append((list(samples), list(targets)))
+        if any(s < 0 for s in samples):
+            raise RuntimeError("negative sample")
+        return np.asarray(samples, dtype=float)[None, :] - np.asarray(targets, dtype=float)[:, None]
+
+
+def test_score_targets_uses_the_fast_path_once_and_charges_every_pair() -> None:
+    counter = RewardCounter()
+    fn = Offset()
+    result = BlackBoxReward(fn, counter=counter).score_targets([5.0, 6.0, 7.0], [1, 2])
+    assert result.values.tolist() == [[4.0, 5.0, 6.0], [3.0, 4.0, 5.0]]
+    assert result.valid.shape == (2, 3) and result.valid.all()
+    assert fn.calls == [([5.0, 6.0, 7.0], [1, 2])]
+    assert counter.calls == 6
+
+
+def test_score_targets_without_a_fast_path_calls_once_per_target() -> None:
+    seen: list[tuple[list[float], list[int]]] = []
+
+    def product(samples: Sequence[float], targets: Sequence[int]) -> list[float]:
+        seen.append((list(samples), list(targets)))
+        return [s * t for s, t in zip(samples, targets, strict=True)]
+
+    result = BlackBoxReward(product).score_targets([1.0, 2.0], [3, 4])
+    assert result.values.tolist() == [[3.0, 6.0], [4.0, 8.0]]
+    assert seen == [([1.0, 2.0], [3, 3]), ([1.0, 2.0], [4, 4])]
+
+
+def test_score_targets_isolates_a_failing_sample_across_all_its_targets() -> None:
+    counter = RewardCounter()
+    fn = Offset()
+    result = BlackBoxReward(fn, counter=counter, floor=-9.0).score_targets([5.0, -1.0, 7.0], [1, 2])
+    assert result.values.tolist() == [[4.0, -9.0, 6.0], [3.0, -9.0, 5.0]]
+    assert result.valid.tolist() == [[True, False, True], [True, False, True]]
+    assert [samples for samples, _ in fn.calls] == [[5.0, -1.0, 7.0], [5.0], [-1.0], [7.0]]
+    assert all(targets == [1, 2] for _, targets in fn.calls), "every retry keeps every target"
+    assert counter.failures["exception"] == 2 and counter.invalid == 2
+
+
+@pytest.mark.parametrize("out", [np.zeros((3, 2)), np.zeros(6), np.zeros((1, 3))])
+def test_score_targets_of_the_wrong_shape_is_invalid(out: np.ndarray) -> None:
+    class Wrong:
+        def __call__(self, samples: Sequence[Any], targets: Sequence[Any]) -> list[float]:
+            return [0.0] * len(samples)
+
+        def score_targets(self, samples: Sequence[Any], targets: Sequence[Any]) -> np.ndarray:
+            return out
+
+    reward = BlackBoxReward(Wrong(), floor=-1.0)
+    result = reward.score_targets([1, 2, 3], [0, 1])
+    assert not result.valid.any() and result.values.tolist() == [[-1.0] * 3] * 2
+    assert reward.counter.failures["wrong_length"] == 6
+
+
+def test_score_targets_is_refused_beyond_the_budget_before_calling() -> None:
+    fn = Offset()
+    counter = RewardCounter(limit=5)
+    with pytest.raises(BudgetExhausted):
+        BlackBoxReward(fn, counter=counter).score_targets([1.0, 2.0, 3.0], [0, 1])
+    assert fn.calls == [] and counter.calls == 0
+
+
+def test_scorer_score_targets_decodes_once() -> None:
+    decoded: list[torch.Tensor] = []
+
+    def decode(x: torch.Tensor, mask: torch.Tensor | None) -> list[float]:
+        decoded.append(x)
+        return [float(row.sum()) for row in x]
+
+    counter = RewardCounter()
+    scorer = Scorer(BlackBoxReward(Offset(), counter=counter), decode, counter)
+    result = scorer.score_targets(torch.tensor([[1.0, 1.0], [2.0, 3.0]]), None, [0, 2, 4])
+    assert result.values.tolist() == [[2.0, 5.0], [0.0, 3.0], [-2.0, 1.0]]
+    assert len(decoded) == 1 and counter.calls == 6
+
+
+def test_data_rows_are_scored_against_every_target_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 1 of 2 scores only its rows, for every target at once, charges the global calls, and gathers
+    the other rank's values along the rows."""
+    decoded: list[list[float]] = []
+
+    def decode(x: torch.Tensor, mask: torch.Tensor | None) -> list[float]:
+        decoded.append(x[:, 0].tolist())
+        return x[:, 0].tolist()
+
+    def gather(parts: list[Any], own: torch.Tensor) -> None:
+        parts[:] = [torch.full((own.shape[0], 3), -1.0), own]
+
+    monkeypatch.setattr(torch.distributed, "all_gather_object", gather)
+    counter, ledger = RewardCounter(), RewardCounter(limit=10)
+    data = Batch(torch.arange(5.0)[:, None])
+    ctx = TrainingContext(model=None, ema=None, reference=None, data=data, batch_size=1, prior=None,
+                          scorer=Scorer(BlackBoxReward(Offset(), counter=counter), decode, counter),
+                          targets=[0, 10], shard=Shard(rank=1, world=2), ledger=ledger)
+    rows, rewards = score_data_rows(ctx, "test", None, torch.Generator().manual_seed(0))
+    own = data.x[rows[3:], 0]
+    assert decoded == [own.tolist()], "rank 1 decodes its own rows (3 and 4 of 5), once"
+    assert rewards.shape == (2, 5) and (rewards[:, :3] == -1).all()
+    assert rewards[:, 3:].tolist() == [own.tolist(), (own - 10).tolist()]
+    assert ledger.calls == 10 and counter.calls == 4
+
+
+# --------------------------------------------------------------------------------------------------
+# registered rewards, parametrised rewards and executors
+
+
+def double(samples: Sequence[float]) -> list[float]:
+    return [2.0 * s for s in samples]
+
+
+def above(threshold: str) -> Any:
+    return lambda samples: [float(s > float(threshold)) for s in samples]
+
+
+NAMED = {"double": Reward(double, "twice the sample", max_value=2.0),
+         "above": Reward(None, "1 above the threshold, else 0", max_value=1.0, parse=above)}
+
+
+def test_a_registered_reward_is_found_by_name() -> None:
+    assert resolve_reward("double", NAMED) is NAMED["double"]
+
+
+def test_a_parametrised_reward_takes_everything_after_the_first_colon() -> None:
+    bound = resolve_reward("above:0.5", NAMED)
+    assert bound.fn is not None and bound.fn([0.0, 1.0]) == [0.0, 1.0]
+    assert bound.parse is None and bound.max_value == 1.0 and bound.description.endswith(": 0.5")
+    seen: list[str] = []
+    family = {"pattern": Reward(None, "a pattern", parse=lambda arg: seen.append(arg) or double)}
+    resolve_reward("pattern:[#6]:[#6]", family)
+    assert seen == ["[#6]:[#6]"]
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("above", r"'above' needs an argument: above:ARG"),
+    ("above:", r"'above' needs an argument"),
+    ("double:3", r"'double' takes no argument"),
+    ("duoble", r"unknown reward 'duoble' \(did you mean 'double'\?\); use one of above:ARG, double, or a plugin"),
+])
+def test_reward_names_that_do_not_fit_say_how_to_fix_them(name: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        resolve_reward(name, NAMED)
+
+
+def test_a_name_with_a_colon_and_no_registered_head_is_a_plugin(plugin_file: Path) -> None:
+    reward = resolve_reward(f"{plugin_file}:score", NAMED)
+    assert reward.fn is not None and reward.fn([1, 2]) == [1.0, 2.0] and reward.max_value is None
+
+
+def test_a_reward_spec_has_a_function_or_a_parser() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        Reward(None, "nothing")
+    with pytest.raises(ValueError, match="exactly one"):
+        Reward(double, "both", parse=above)
+
+
+def test_workers_and_timeout_mean_a_worker_pool_and_an_executor_is_injected_alone() -> None:
+    assert isinstance(BlackBoxReward(double).executor, InProcess)
+    pooled = BlackBoxReward(double, workers=2)
+    timed = BlackBoxReward(double, timeout=5.0)
+    try:
+        assert isinstance(pooled.executor, WorkerPool) and pooled.executor.workers == 2
+        assert isinstance(timed.executor, WorkerPool) and (timed.executor.workers, timed.executor.timeout) == (1, 5.0)
+    finally:
+        pooled.close()
+        timed.close()
+    with pytest.raises(ValueError, match="either an executor or workers"):
+        BlackBoxReward(double, workers=2, executor=InProcess())
+
+
+def test_an_executor_serves_one_reward() -> None:
+    executor = InProcess()
+    BlackBoxReward(double, executor=executor)
+    with pytest.raises(RuntimeError, match="one executor per reward"):
+        BlackBoxReward(Offset(), executor=executor)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -316,7 +514,7 @@ def test_load_from_file(plugin_file: Path) -> None:
     assert fn([1, 2.5]) == [1.0, 2.5]
     fn_t = load_reward_function(f"{plugin_file}:score_targets")
     reward = BlackBoxReward(fn_t)
-    assert reward.takes_targets
+    assert accepts_targets(fn_t)
     assert reward([3, 4], [1, 1]).values.tolist() == [2.0, 3.0]
 
 

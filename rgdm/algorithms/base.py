@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,19 +57,32 @@ class TrainingContext:
 
     def score(self, algorithm: str, x: torch.Tensor, mask: torch.Tensor | None = None,
               cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Reward values of a batch every process holds whole (data rows, a sampled buffer).
+        """Reward values ``(n,)`` of a batch every process holds whole (data rows, a sampled buffer).
 
         Under data parallelism each process scores its own rows and the values are shared, so no
-        sample is scored twice and every process ends with the same values.
+        sample is scored twice and every process ends with the same values. Samples the reward fails
+        on carry the reward's floor (``rgdm.rewards.scorer``), which the weights take like any value.
         """
         scorer = self.require_scorer(algorithm)
-        self.charge(len(x))
+        return self._shared(len(x), lambda own: scorer(own(x), own(mask), own(cond)).values)
+
+    def score_targets(self, algorithm: str, x: torch.Tensor, mask: torch.Tensor | None,
+                      targets: Sequence[int]) -> torch.Tensor:
+        """Reward values ``(len(targets), n)`` of every row of a whole batch against every target, shared
+        like ``score``; each row is decoded once, and a reward may predict it once for all targets."""
+        scorer = self.require_scorer(algorithm)
+        return self._shared(len(x) * len(targets), lambda own: scorer.score_targets(own(x), own(mask), targets).values)
+
+    def _shared(self, calls: int, score: Callable[[Shard], torch.Tensor]) -> torch.Tensor:
+        """Charge ``calls`` global reward calls, score this process's rows, and gather every process's values
+        along the rows (the last dimension)."""
+        self.charge(calls)
+        own = score(self.shard).cpu()
         if self.shard.world == 1:
-            return scorer(x, mask, cond).values.cpu()
-        own = scorer(self.shard(x), self.shard(mask), self.shard(cond)).values.cpu()
+            return own
         parts: list[torch.Tensor | None] = [None] * self.shard.world
         torch.distributed.all_gather_object(parts, own)
-        return torch.cat(parts)
+        return torch.cat(parts, dim=-1)
 
     def draw_targets(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
         """Uniform targets from ``targets`` for conditional training, ``None`` otherwise."""
@@ -110,27 +123,26 @@ class Algorithm(ABC):
 
 def score_data_rows(ctx: TrainingContext, algorithm: str, scored_size: int | None, generator: torch.Generator,
                     chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """Score ``scored_size`` random data rows once, against each conditional target if any.
+    """Score ``scored_size`` random data rows once, against every conditional target if any.
 
-    Rows are scored ``chunk`` at a time under a progress bar, each chunk against every target in
-    turn (a reward may reuse work that does not depend on the target). Returns the row indices and
-    the rewards, shape ``(targets or 1, rows)``.
+    Rows are scored ``chunk`` at a time under a progress bar, each chunk against all targets at once
+    (``Scorer.score_targets``). Returns the row indices and the rewards, shape ``(targets or 1, rows)``.
     """
     n = len(ctx.data) if scored_size is None else min(scored_size, len(ctx.data))
     rows = torch.randperm(len(ctx.data), generator=generator, device=generator.device)[:n].cpu()
     scored = ctx.data.select(rows.to(ctx.data.x.device))
-    targets = ctx.targets or [None]
-    bar = tqdm(total=n * len(targets), desc=f"{algorithm}: scoring data", unit="row",
+    bar = tqdm(total=n * len(ctx.targets or [None]), desc=f"{algorithm}: scoring data", unit="row",
                disable=not ctx.progress or n <= chunk, leave=False, dynamic_ncols=True)
-    rewards: list[list[torch.Tensor]] = [[] for _ in targets]
+    rewards = []
     for start in range(0, n, chunk):
         part = scored.select(slice(start, start + chunk))
-        for values, target in zip(rewards, targets, strict=True):
-            cond = None if target is None else torch.full((len(part),), target, dtype=torch.long)
-            values.append(ctx.score(algorithm, part.x, part.mask, cond))
-            bar.update(len(part))
+        if ctx.targets:
+            rewards.append(ctx.score_targets(algorithm, part.x, part.mask, ctx.targets))
+        else:
+            rewards.append(ctx.score(algorithm, part.x, part.mask)[None])
+        bar.update(rewards[-1].numel())
     bar.close()
-    return rows, torch.stack([torch.cat(values) for values in rewards])
+    return rows, torch.cat(rewards, dim=1)
 
 
 def anchor_loss(ctx: TrainingContext, weight: float, generator: torch.Generator) -> torch.Tensor:

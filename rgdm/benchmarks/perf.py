@@ -612,8 +612,7 @@ def measure_reward_throughput(fn: RewardFn, samples: Sequence[Any], workers: int
         calls = counter.calls
         times = [timed(lambda: reward(samples))[0] for _ in range(repeats)]
     finally:
-        if reward.pool is not None:
-            reward.pool.close()
+        reward.close()
     median = statistics.median(times)
     return {"workers": workers, "samples_per_call": len(samples), "repeats": repeats, "warmup": warmup,
             "reward_calls": counter.calls - calls, "invalid": counter.invalid, "times_s": times, "median_s": median,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rgdm.domains.base import Domain, NamedReward
+from rgdm.domains.base import Domain
 
 
 def build_domain(options: dict[str, Any]) -> Domain:
@@ -25,4 +25,4 @@ def build_domain(options: dict[str, Any]) -> Domain:
     raise ValueError(f"unknown domain {name!r}; available: toy, molecules, shapes")
 
 
-__all__ = ["Domain", "NamedReward", "build_domain"]
+__all__ = ["Domain", "build_domain"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,26 +17,13 @@ from torch import nn
 
 from rgdm.batch import Batch
 from rgdm.diffusion.process import Part, Projection
-from rgdm.rewards.base import RewardFn, TensorRewardFn
+from rgdm.rewards.base import Reward
 
 
 def cache_folder() -> Path:
     """Where domains keep what they build once (converted data, trained reward models): ``$RGDM_CACHE``
     or ``~/.cache/rgdm``."""
     return Path(os.environ.get("RGDM_CACHE", Path.home() / ".cache" / "rgdm"))
-
-
-@dataclass(frozen=True)
-class NamedReward:
-    """A reward a domain ships: the black-box function, and a differentiable form if it has one.
-
-    ``max_value`` (per target, or overall) lets the domain draw exact pay-off samples by rejection.
-    """
-
-    fn: RewardFn
-    description: str
-    gradient_fn: TensorRewardFn | None = None
-    max_value: float | None = None
 
 
 class Domain(Protocol):
@@ -83,7 +69,7 @@ class Domain(Protocol):
         """Tensors to the objects rewards score (arrays, molecules, point clouds)."""
         ...
 
-    def rewards(self) -> dict[str, NamedReward]:
+    def rewards(self) -> dict[str, Reward]:
         """The domain's named rewards."""
         ...
 

@@ -26,7 +26,7 @@ from rgdm.engine.checkpoint import load_model
 from rgdm.engine.config import AlgorithmConfig, DiffusionConfig, RewardConfig
 from rgdm.engine.registry import resolve_model
 from rgdm.io import CheckpointError
-from rgdm.rewards import BlackBoxReward, RewardCounter, Scorer, load_reward_function
+from rgdm.rewards import BlackBoxReward, RewardCounter, Scorer, resolve_reward
 
 
 def make_diffusion(config: DiffusionConfig, domain: Domain) -> GaussianDiffusion:
@@ -35,21 +35,13 @@ def make_diffusion(config: DiffusionConfig, domain: Domain) -> GaussianDiffusion
 
 
 def make_scorer(config: RewardConfig, domain: Domain, counter: RewardCounter) -> Scorer | None:
-    """The reward named in the config: a domain reward, or a user plugin ``FILE.py:FUNC``."""
+    """The reward named in the config: a domain reward (``qed``, ``smarts:c1ccccc1``) or a plugin ``FILE.py:FUNC``."""
     if config.name is None:
         return None
-    named = domain.rewards()
-    gradient_fn = None
-    if config.name in named:
-        fn, gradient_fn = named[config.name].fn, named[config.name].gradient_fn
-    elif ":" in config.name:
-        fn = load_reward_function(config.name)
-    else:
-        raise ValueError(f"unknown reward {config.name!r} for domain {domain.name!r}; use one of "
-                         f"{', '.join(sorted(named))}, or a plugin 'path/to/file.py:function'")
-    reward = BlackBoxReward(fn, name=config.name, floor=config.floor, counter=counter, workers=config.workers,
-                            timeout=config.timeout)
-    return Scorer(reward, domain.decode, counter, gradient_fn)
+    reward = resolve_reward(config.name, domain.rewards())
+    black_box = BlackBoxReward(reward.fn, name=config.name, floor=config.floor, counter=counter,
+                               workers=config.workers, timeout=config.timeout)
+    return Scorer(black_box, domain.decode, counter, reward.gradient_fn)
 
 
 def make_algorithm(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:

@@ -1,4 +1,6 @@
-"""Loading a reward function from ``path/to/file.py:function`` or ``package.module:function``.
+"""Finding a reward by name: a registered one, a parametrised one, or a plugin ``FILE.py:FUNC``.
+
+A plugin is a function loaded from ``path/to/file.py:function`` or ``package.module:function``.
 
 Trust model: a reward plugin is Python code and runs with the user's rights, by design, exactly
 like any script they run. Load only plugins you would run yourself.
@@ -6,13 +8,21 @@ like any script they run. Load only plugins you would run yourself.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+from rgdm.rewards.base import Reward
+
+#: Modules imported from plugin files are named with this prefix; they exist only on this machine.
+FILE_MODULE_PREFIX = "rgdm_reward_plugin_"
 
 
 class RewardPluginError(ValueError):
@@ -40,7 +50,7 @@ def _check_signature(fn: Callable[..., Any], spec: str) -> None:
 def _load_module_from_file(path: Path, spec: str) -> Any:
     if not path.is_file():
         raise RewardPluginError(f"reward file {str(path)!r} (from {spec!r}) does not exist; check the path")
-    module_name = f"rgdm_reward_plugin_{abs(hash(path.resolve()))}"
+    module_name = f"{FILE_MODULE_PREFIX}{abs(hash(path.resolve()))}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     if module_spec is None or module_spec.loader is None:
         raise RewardPluginError(f"cannot import {str(path)!r} as Python; is it a .py file?")
@@ -79,3 +89,34 @@ def load_reward_function(spec: str) -> Callable[..., Any]:
         raise RewardPluginError(f"{spec!r} is a {type(fn).__name__}, not a function")
     _check_signature(fn, spec)
     return fn
+
+
+def file_plugin_modules() -> list[ModuleType]:
+    """The modules imported from plugin files so far (a remote executor ships them by value)."""
+    return [module for name, module in list(sys.modules.items()) if name.startswith(FILE_MODULE_PREFIX)]
+
+
+def resolve_reward(name: str, named: Mapping[str, Reward]) -> Reward:
+    """The reward ``name`` stands for among a domain's ``named`` rewards.
+
+    ``NAME`` is a registered reward; ``NAME:ARG`` a parametrised one with its argument (everything
+    after the first colon, so ``smarts:[#6]:[#6]`` keeps its colon); anything else with a colon is a
+    plugin ``FILE.py:FUNC`` or ``package.module:FUNC``.
+    """
+    head, colon, argument = name.partition(":")
+    spec = named.get(head)
+    if spec is None and colon:
+        return Reward(load_reward_function(name), f"plugin {name}")
+    if spec is None:
+        choices = sorted(f"{key}:ARG" if reward.parse else key for key, reward in named.items())
+        close = difflib.get_close_matches(name, list(named), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown reward {name!r}{hint}; use one of {', '.join(choices)}, or a plugin "
+                         "'path/to/file.py:function'")
+    if spec.parse is None:
+        if colon:
+            raise ValueError(f"reward {head!r} takes no argument; use it as {head!r}")
+        return spec
+    if not argument:
+        raise ValueError(f"reward {head!r} needs an argument: {head}:ARG ({spec.description})")
+    return replace(spec, fn=spec.parse(argument), parse=None, description=f"{spec.description}: {argument}")

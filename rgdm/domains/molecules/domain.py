@@ -9,10 +9,9 @@ distribution's, refitted by the pay-off fine-tunes).
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from collections.abc import Sequence
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +22,6 @@ from tensordict import TensorDict
 from torch import nn
 
 from rgdm.batch import Batch
-from rgdm.domains.base import NamedReward
 from rgdm.domains.molecules.chemistry import Molecule, chemistry_metrics, posebusters_metrics, stability_metrics
 from rgdm.domains.molecules.data import (
     ELEMENTS,
@@ -38,7 +36,8 @@ from rgdm.domains.molecules.data import (
 from rgdm.domains.molecules.encoding import FORMAL_CHARGES, GraphEncoding, PointCloudEncoding, pad_bonds
 from rgdm.domains.molecules.graph_network import BondGraphDenoiser, BondGraphRegressor
 from rgdm.domains.molecules.network import EGNNDenoiser, EGNNRegressor
-from rgdm.rewards.base import accepts_targets
+from rgdm.domains.molecules.rewards import MOLECULE_REWARDS, PropertyReward
+from rgdm.rewards import BlackBoxReward, Reward, resolve_reward
 
 
 class MoleculeOptions(BaseModel):
@@ -91,8 +90,6 @@ class MoleculeDomain:
         self.num_targets = self.options.property_bins
         self._datasets: dict[str, Batch] = {}
         self._predictors: dict[str, Any] = {}
-        #: The last batch's predictions: data rows are scored against every target in turn.
-        self._last_prediction: tuple[Any, bytes, torch.Tensor, np.ndarray] | None = None
 
     def config(self) -> dict[str, Any]:
         return self.options.model_dump()
@@ -212,15 +209,11 @@ class MoleculeDomain:
         mask = torch.ones(rows, width, dtype=torch.bool) if mask is None else mask.bool().cpu()
         return self.encoding.decode(x, mask)
 
-    def rewards(self) -> dict[str, NamedReward]:
-        from rgdm.domains.molecules.rewards import MOLECULE_REWARDS
-
-        named = {name: NamedReward(fn, description,
-                                   max_value=1.0 if name.removesuffix("-closed-shell") in ("qed", "sa") else None)
-                 for name, (fn, description) in MOLECULE_REWARDS.items()}
+    def rewards(self) -> dict[str, Reward]:
+        named = dict(MOLECULE_REWARDS)
         if self.options.target_property is not None:
-            named["property"] = NamedReward(
-                self._property_reward, f"-|{self.options.target_property} - target| by the predictor trained on "
+            named["property"] = Reward(
+                self.property_reward("a"), f"-|{self.options.target_property} - target| by the predictor trained on "
                 "train_a (the one on train_b measures)", max_value=0.0)
         return named
 
@@ -233,34 +226,17 @@ class MoleculeDomain:
             self._predictors[name] = PropertyPredictor.load(name)
         return self._predictors[name]
 
-    def _property_error(self, molecules: Sequence[Molecule], targets: Sequence[int] | None, half: Literal["a", "b"]
-                        ) -> np.ndarray:
-        """``|predicted property - target value|`` per molecule; NaN where a molecule has no atoms."""
-        if targets is None:
-            raise ValueError("the property reward needs targets: fine-tune with --targets, sample with --target")
-        predicted, usable = self._predict(molecules, half)
-        error = (predicted - self.target_value(torch.as_tensor(list(targets)))).abs().numpy()
-        return np.where(usable, error, np.nan)
+    def property_reward(self, half: Literal["a", "b"]) -> PropertyReward:
+        """``-|predicted target_property - target value|`` by the predictor trained on ``train_a`` (the reward)
+        or ``train_b`` (the measure)."""
+        return PropertyReward(partial(self._predict, half=half), self.target_value)
 
     def _predict(self, molecules: Sequence[Molecule], half: Literal["a", "b"]) -> tuple[torch.Tensor, np.ndarray]:
-        """Predicted ``target_property`` and usability per molecule, reused while the molecules repeat."""
+        """Predicted ``target_property`` and usability (it has atoms) per molecule."""
         from rgdm.domains.molecules.properties import encode_molecules
 
-        predictor = self.predictor(half)
-        digest = hashlib.sha256()
-        for mol in molecules:
-            digest.update(len(mol.atomic_numbers).to_bytes(4, "little"))
-            digest.update(mol.atomic_numbers.tobytes())
-            digest.update(mol.positions.tobytes())
-        key = digest.digest()
-        last = self._last_prediction
-        if last is None or last[0] is not predictor or last[1] != key:
-            batch, usable = encode_molecules(self, molecules)
-            last = self._last_prediction = (predictor, key, predictor.predict(batch), usable)
-        return last[2], last[3]
-
-    def _property_reward(self, samples: Sequence[Molecule], targets: Sequence[int] | None = None) -> np.ndarray:
-        return -self._property_error(samples, targets, "a")
+        batch, usable = encode_molecules(self, molecules)
+        return self.predictor(half).predict(batch), usable
 
     def parse_target(self, text: str) -> int:
         """A property value (``--target 75``): the bin whose centre is nearest."""
@@ -296,15 +272,11 @@ class MoleculeDomain:
         else:
             metrics |= stability_metrics(molecules, suffix="_kekule", kekulize=True)
         if reward is not None:
-            named = self.rewards()
-            if reward not in named:
-                raise ValueError(f"unknown molecule reward {reward!r}; choose one of {', '.join(sorted(named))}")
-            fn = named[reward].fn
-            targets = None if samples.cond is None else samples.cond.tolist()
-            values = np.asarray(fn(molecules, targets) if accepts_targets(fn) else fn(molecules), dtype=float)
-            finite = values[np.isfinite(values)]
-            metrics["mean_reward"] = float(finite.mean()) if len(finite) else None
-            metrics["reward_valid"] = len(finite) / max(len(values), 1)
+            scored = BlackBoxReward(resolve_reward(reward, self.rewards()).fn, name=reward)(
+                molecules, None if samples.cond is None else samples.cond.tolist())
+            valid = scored.values[scored.valid]
+            metrics["mean_reward"] = float(valid.mean()) if len(valid) else None
+            metrics["reward_valid"] = len(valid) / max(len(molecules), 1)
         if samples.cond is not None and self.options.target_property is not None:
             metrics |= self._property_metrics(molecules, samples.cond)
         return metrics
@@ -314,7 +286,7 @@ class MoleculeDomain:
         the same targets: "#Atoms" predicts the property from the atom count alone (the mean over
         training molecules of that size); "naive" ignores the molecule (the training mean)."""
         name = self._require_target_property()
-        measured = self._property_error(molecules, cond.tolist(), "b")
+        measured = -self.property_reward("b")(molecules, cond.tolist())
         targets = self.target_value(cond).numpy()
         counts = np.array([len(m.atomic_numbers) for m in molecules])
         train = self.molecules("train")

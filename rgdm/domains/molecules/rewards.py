@@ -1,4 +1,5 @@
-"""Black-box rewards on molecules: QED, Crippen logP, synthetic accessibility and substructure matches.
+"""Black-box rewards on molecules: QED, Crippen logP, synthetic accessibility, substructure matches and
+the distance of a predicted property to its target.
 
 Each reward maps a sequence of ``Molecule`` to one float per molecule, ``nan`` for a molecule that is not
 valid (see ``chemistry.valid_rdkit``); the caller replaces NaN by a floor value and counts it. Scores are
@@ -14,14 +15,17 @@ from __future__ import annotations
 import functools
 import importlib.util
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import torch
 from rdkit import Chem, RDConfig
 from rdkit.Chem import QED, Crippen
 
 from rgdm.domains.molecules.chemistry import Molecule, is_closed_shell, valid_rdkit
+from rgdm.rewards.base import Reward
 
 MoleculeReward = Callable[[Sequence[Molecule]], list[float]]
 
@@ -86,15 +90,45 @@ def substructure(smarts: str) -> MoleculeReward:
     return matches
 
 
-_PLAIN_REWARDS: dict[str, tuple[MoleculeReward, str]] = {
-    "qed": (qed, "drug-likeness QED in [0, 1] (RDKit), NaN for invalid molecules"),
-    "logp": (logp, "Crippen logP (RDKit), unbounded, NaN for invalid molecules"),
-    "sa": (sa_score, "synthetic accessibility rescaled to [0, 1] as (10 - SA) / 9, higher is easier to make; "
-                     "NaN for invalid molecules"),
+@dataclass(frozen=True)
+class PropertyReward:
+    """``-|predicted property - target value|`` per molecule, NaN where the predictor cannot use it.
+
+    ``predict`` gives each molecule's predicted property and whether it is usable; ``target_value``
+    maps target indices to the values they ask for. ``score_targets`` predicts each molecule once and
+    compares it with every target (scoring data rows for every conditional target).
+    """
+
+    predict: Callable[[Sequence[Molecule]], tuple[torch.Tensor, np.ndarray]]
+    target_value: Callable[[torch.Tensor], torch.Tensor]
+
+    def __call__(self, samples: Sequence[Molecule], targets: Sequence[int] | None) -> np.ndarray:
+        if targets is None:
+            raise ValueError("the property reward needs targets: fine-tune with --targets, sample with --target")
+        return self._reward(samples, self.target_value(torch.as_tensor(list(targets))))
+
+    def score_targets(self, samples: Sequence[Molecule], targets: Sequence[int]) -> np.ndarray:
+        """``(len(targets), len(samples))`` rewards, each molecule predicted once."""
+        return self._reward(samples, self.target_value(torch.as_tensor(list(targets)))[:, None])
+
+    def _reward(self, samples: Sequence[Molecule], values: torch.Tensor) -> np.ndarray:
+        predicted, usable = self.predict(samples)
+        return -np.where(usable, (predicted - values).abs().numpy(), np.nan)
+
+
+_PLAIN_REWARDS = {
+    "qed": Reward(qed, "drug-likeness QED in [0, 1] (RDKit), NaN for invalid molecules", max_value=1.0),
+    "logp": Reward(logp, "Crippen logP (RDKit), unbounded, NaN for invalid molecules"),
+    "sa": Reward(sa_score, "synthetic accessibility rescaled to [0, 1] as (10 - SA) / 9, higher is easier to make; "
+                           "NaN for invalid molecules", max_value=1.0),
 }
-MOLECULE_REWARDS: dict[str, tuple[MoleculeReward, str]] = _PLAIN_REWARDS | {
-    f"{name}-closed-shell": (functools.partial(fn, closed_shell=True), f"{description} and for radicals")
-    for name, (fn, description) in _PLAIN_REWARDS.items()
+MOLECULE_REWARDS: dict[str, Reward] = _PLAIN_REWARDS | {
+    f"{name}-closed-shell": replace(reward, fn=functools.partial(reward.fn, closed_shell=True),
+                                    description=f"{reward.description} and for radicals")
+    for name, reward in _PLAIN_REWARDS.items()
+} | {
+    "smarts": Reward(None, "1 for molecules containing the SMARTS pattern, else 0; NaN for invalid molecules",
+                     max_value=1.0, parse=substructure),
 }
 
 

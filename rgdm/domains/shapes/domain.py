@@ -33,7 +33,7 @@ from torch import nn
 
 from rgdm.batch import Batch
 from rgdm.diffusion.process import identity_projection
-from rgdm.domains.base import NamedReward, cache_folder
+from rgdm.domains.base import cache_folder
 from rgdm.domains.shapes.classifiers import (
     DescriptorForest,
     PointNetClassifier,
@@ -49,7 +49,7 @@ from rgdm.domains.shapes.io import ShapeFileError, read_ply, write_ply_files
 from rgdm.domains.shapes.metrics import mmd_cov_1nna
 from rgdm.domains.shapes.network import PointDenoiser, PointRegressor
 from rgdm.domains.shapes.procedural import CATEGORIES, procedural_dataset
-from rgdm.rewards.base import RewardFn
+from rgdm.rewards.base import Reward, RewardFn
 
 log = logging.getLogger("rgdm.shapes")
 
@@ -265,23 +265,23 @@ class ShapeDomain:
         wanted = torch.as_tensor(self.classifier_targets(targets, len(x)), device=x.device)
         return pointnet_log_probability_tensor(self.pointnet.to(x.device))(self.denormalize(x), wanted)
 
-    def rewards(self) -> dict[str, NamedReward]:
+    def rewards(self) -> dict[str, Reward]:
         """``height-width`` always; the class rewards when every category is a procedural one.
 
         Class rewards score the probability of the sample's target category, or of the first category
         when sampling without a target.
         """
-        rewards = {"height-width": NamedReward(
+        rewards = {"height-width": Reward(
             height_width_ratio_reward(HEIGHT_WIDTH_TARGET),
             f"-|height / larger horizontal extent - {HEIGHT_WIDTH_TARGET}|: 0 for a box as tall as it is wide",
             max_value=0.0)}
         if self.classifier_classes is None:
             return rewards
         first = self.categories[0]
-        rewards["class-forest"] = NamedReward(
+        rewards["class-forest"] = Reward(
             self._class_reward("forest"),
             f"random-forest probability of the target category ({first} without one); black box", max_value=1.0)
-        rewards["class-pointnet"] = NamedReward(
+        rewards["class-pointnet"] = Reward(
             self._class_reward("pointnet"),
             f"PointNet probability of the target category ({first} without one); differentiable",
             gradient_fn=self._pointnet_log_probability, max_value=1.0)

@@ -13,10 +13,10 @@ from torch import nn
 
 from rgdm.batch import Batch
 from rgdm.diffusion.process import identity_projection
-from rgdm.domains.base import NamedReward
 from rgdm.domains.toy.mixtures import MIXTURES
 from rgdm.domains.toy.network import MLPDenoiser, MLPRegressor
 from rgdm.domains.toy.rewards import exact_payoff_samples, toy_rewards
+from rgdm.rewards import Reward
 
 
 def _mean_distance(x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
@@ -102,7 +102,7 @@ class ToyDomain:
     def decode(self, x: torch.Tensor, mask: torch.Tensor | None) -> Sequence[Any]:
         return x.float().numpy()
 
-    def rewards(self) -> dict[str, NamedReward]:
+    def rewards(self) -> dict[str, Reward]:
         return self._rewards
 
     def parse_target(self, text: str) -> int:
@@ -114,7 +114,7 @@ class ToyDomain:
             raise ValueError(f"toy target {target} is out of range 0..{self.num_targets - 1}")
         return target
 
-    def exact_payoff(self, reward: NamedReward, temperature: float, n: int, generator: torch.Generator,
+    def exact_payoff(self, reward: Reward, temperature: float, n: int, generator: torch.Generator,
                      target: int | None = None) -> torch.Tensor:
         return exact_payoff_samples(self.mixture, reward, temperature, n, generator, target)
 

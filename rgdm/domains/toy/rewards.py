@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from rgdm.domains.base import NamedReward
 from rgdm.domains.toy.mixtures import GaussianMixture
+from rgdm.rewards import Reward
 
 
 def _target_modes(targets: Sequence[int] | None, n: int) -> torch.Tensor:
@@ -21,7 +21,7 @@ def _target_modes(targets: Sequence[int] | None, n: int) -> torch.Tensor:
     return torch.as_tensor(list(targets), dtype=torch.long)
 
 
-def toy_rewards(mixture: GaussianMixture) -> dict[str, NamedReward]:
+def toy_rewards(mixture: GaussianMixture) -> dict[str, Reward]:
     """Region indicator, piecewise-constant cell scores, and (differentiable) distance to a mode."""
     cell_scores = torch.linspace(0.0, 1.0, mixture.num_modes)
 
@@ -45,18 +45,18 @@ def toy_rewards(mixture: GaussianMixture) -> dict[str, NamedReward]:
         return distance_tensor(x, _target_modes(targets, len(x))).numpy()
 
     return {
-        "region": NamedReward(region, "1 inside the target mode's Voronoi cell (mode 0 by default), else 0",
+        "region": Reward(region, "1 inside the target mode's Voronoi cell (mode 0 by default), else 0",
                               max_value=1.0),
-        "piecewise": NamedReward(piecewise, "cell scores 0..1 rising around the ring from the target mode",
+        "piecewise": Reward(piecewise, "cell scores 0..1 rising around the ring from the target mode",
                                  max_value=1.0),
-        "distance": NamedReward(distance, "minus the distance to the target mode's centre (differentiable)",
+        "distance": Reward(distance, "minus the distance to the target mode's centre (differentiable)",
                                 gradient_fn=distance_tensor, max_value=0.0),
     }
 
 
 def exact_payoff_samples(
     mixture: GaussianMixture,
-    reward: NamedReward,
+    reward: Reward,
     temperature: float,
     n: int,
     generator: torch.Generator,
