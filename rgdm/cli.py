@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rgdm.algorithms import ClassifierGuidance
+from rgdm.algorithms import ClassifierGuidance, SequentialMonteCarlo
 from rgdm.algorithms.classifier_guidance import OBJECTIVES
 from rgdm.batch import Batch, flatten_parts, unflatten_parts
 from rgdm.engine import (
@@ -147,18 +147,21 @@ def cmd_sample(args: argparse.Namespace) -> None:
     scorer = make_scorer(RewardConfig(name=args.reward), model.domain, counter)
     guide = None if args.guide is None else load_guide(args.guide, model)
     transition = make_transition(args.guidance, scorer, args.temperature, args.candidates, args.radius, guide,
-                                 args.guidance_start)
+                                 args.guidance_start, particles=args.particles, value=args.value)
     started = time.perf_counter()
     samples = generate(model, args.n, seeded_generator(args.seed), target=target, steps=args.steps,
                        eta=args.eta, transition=transition, cfg_scale=args.cfg_scale, progress=not args.quiet)
     wall_s = round(time.perf_counter() - started, 1)
     meta = {"checkpoint": str(args.checkpoint), "n": args.n, "seed": args.seed, "target": target,
             "steps": args.steps, "eta": args.eta, "guidance": args.guidance, "reward": args.reward,
-            "temperature": args.temperature, "candidates": args.candidates,
-            "guidance_start": args.guidance_start, "cfg_scale": args.cfg_scale,
+            "temperature": args.temperature, "candidates": args.candidates, "particles": args.particles,
+            "value": getattr(transition, "value", None), "guidance_start": args.guidance_start,
+            "cfg_scale": args.cfg_scale,
             "network_evaluations": model.eps_model.evaluations, **counter.as_dict(), "wall_s": wall_s}
     if isinstance(transition, ClassifierGuidance):
         meta |= {"guide": args.guide, "guide_evaluations": transition.evaluations}
+    if isinstance(transition, SequentialMonteCarlo):
+        meta["smc"] = transition.stats.as_dict()
     files = write_samples(model, samples, Path(args.out), meta)
     print(f"wrote {args.n} samples: " + describe_files(files, Path(args.out)))
 
@@ -373,13 +376,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "molecules); 'all' spreads the samples evenly over every target")
     sample.add_argument("--steps", type=int, help="DDIM steps (default: every step, DDPM)")
     sample.add_argument("--eta", type=float, default=1.0, help="DDIM eta (1: ancestral, 0: deterministic)")
-    sample.add_argument("--guidance", choices=["none", "select", "gradient", "regressor"], default="none",
-                        help="reward-guided sampling: select among candidates, or a gradient step")
+    sample.add_argument("--guidance", choices=["none", "select", "smc", "gradient", "regressor"], default="none",
+                        help="reward-guided sampling: smc targets the pay-off p_ref exp(r / T) (sequential Monte "
+                             "Carlo); select is greedy selection among candidates (over-shoots it); gradient steps")
     sample.add_argument("--reward", help="reward for guidance")
     sample.add_argument("--temperature", type=float, default=0.1)
-    sample.add_argument("--candidates", type=int, default=8)
+    sample.add_argument("--candidates", type=int, default=8, help="select: candidates a step")
+    sample.add_argument("--particles", type=int, default=16, help="smc: particles per sample")
+    sample.add_argument("--value", choices=["reuse", "exact"],
+                        help="select, smc: Tweedie values from the noise predicted at each candidate (exact, the "
+                             "default) or at the state it was drawn from (reuse: select then costs one network "
+                             "evaluation a step instead of K)")
     sample.add_argument("--guidance-start", type=int, metavar="T",
-                        help="select candidates only on steps landing at diffusion time <= T (of the model's "
+                        help="select, smc: guide only the steps landing at diffusion time <= T (of the model's "
                              "timesteps); noisier steps are plain draws, saving their evaluations and reward calls")
     sample.add_argument("--radius", type=float, default=0.5, help="exploration radius of gradient steps")
     sample.add_argument("--guide", metavar="DIR", help="noise-aware guide of --guidance regressor (rgdm train-guide)")

@@ -13,10 +13,10 @@ from torch import nn
 from rgdm.algorithms import (
     DDPO,
     RWR,
-    CandidateSelection,
     ConditionalFinetune,
     DataPayoff,
     GradientStep,
+    GreedySelection,
     ModelPayoff,
     StepwiseExploration,
     TrainingContext,
@@ -253,7 +253,7 @@ class AtomSumRegressor(nn.Module):
 @pytest.mark.parametrize("guidance", ["select", "svdd", "gradient", "classifier"])
 def test_guided_sampling_keeps_multi_part_samples_on_the_sample_space_and_raises_the_reward(guidance):
     ctx = graph_context()
-    transition = {"select": lambda: CandidateSelection(ctx.scorer, candidates=4, temperature=0.05),
+    transition = {"select": lambda: GreedySelection(ctx.scorer, candidates=4, temperature=0.05),
                   "svdd": lambda: svdd(ctx.scorer, candidates=4),
                   "gradient": lambda: GradientStep(ctx.scorer, temperature=0.05, radius=0.5),
                   "classifier": lambda: ClassifierGuidance(AtomSumRegressor(), scale=5.0)}[guidance]()

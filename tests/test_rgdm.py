@@ -9,9 +9,9 @@ import torch
 from toolkit import make_model, make_scorer, right_half, right_half_shares
 
 from rgdm.algorithms import (
-    CandidateSelection,
     DataPayoff,
     GradientStep,
+    GreedySelection,
     ModelPayoff,
     StepwiseExploration,
     TrainingContext,
@@ -239,7 +239,7 @@ def test_candidate_selection_raises_the_reward_of_samples(pretrained_gaussian):
     plain = sample(model, (400, 2), generator=generator).x0
     counter = RewardCounter()
     guided = sample(model, (400, 2), generator=generator,
-                    transition=CandidateSelection(make_scorer(right_half, counter), candidates=8,
+                    transition=GreedySelection(make_scorer(right_half, counter), candidates=8,
                                                   temperature=0.05)).x0
     assert right_half(guided.numpy()).mean() > right_half(plain.numpy()).mean() + 0.2
     assert counter.calls == 8 * 400 * 39  # the last step is deterministic and costs nothing
@@ -249,11 +249,11 @@ def test_candidate_selection_with_a_start_selects_only_below_it(pretrained_gauss
     model = pretrained_gaussian
     plain = sample(model, (400, 2), generator=torch.Generator().manual_seed(0)).x0
     counter = RewardCounter()
-    never = CandidateSelection(make_scorer(right_half, counter), candidates=8, temperature=0.05, start=0)
+    never = GreedySelection(make_scorer(right_half, counter), candidates=8, temperature=0.05, start=0)
     assert torch.equal(sample(model, (400, 2), generator=torch.Generator().manual_seed(0), transition=never).x0,
                        plain)
     assert counter.calls == 0
-    late = CandidateSelection(make_scorer(right_half, counter), candidates=8, temperature=0.05, start=19)
+    late = GreedySelection(make_scorer(right_half, counter), candidates=8, temperature=0.05, start=19)
     guided = sample(model, (400, 2), generator=torch.Generator().manual_seed(0), transition=late).x0
     assert counter.calls == 8 * 400 * 19  # the steps landing at s = 19 .. 1
     assert right_half(guided.numpy()).mean() > right_half(plain.numpy()).mean() + 0.1
@@ -261,7 +261,7 @@ def test_candidate_selection_with_a_start_selects_only_below_it(pretrained_gauss
 
 def test_a_guidance_start_is_a_diffusion_time_of_candidate_selection():
     with pytest.raises(ValueError, match="diffusion time"):
-        CandidateSelection(make_scorer(right_half), start=-1)
+        GreedySelection(make_scorer(right_half), start=-1)
     with pytest.raises(ValueError, match="candidate selection"):
         make_transition("gradient", make_scorer(right_half), 0.1, 8, 0.5, start=10)
     with pytest.raises(ValueError, match="candidate selection"):

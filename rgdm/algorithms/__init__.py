@@ -5,24 +5,26 @@ from rgdm.algorithms.best_of_n import best_of_n
 from rgdm.algorithms.cfg import ConditionalFinetune, GuidedEpsModel, reward_classes
 from rgdm.algorithms.classifier_guidance import ClassifierGuidance, train_regressor
 from rgdm.algorithms.ddpo import DDPO
-from rgdm.algorithms.guided_sampling import CandidateSelection, GradientStep
+from rgdm.algorithms.guided_sampling import GradientStep, GreedySelection
 from rgdm.algorithms.payoff import DataPayoff, ModelPayoff, StepwiseExploration
 from rgdm.algorithms.pretrain import Pretrain
 from rgdm.algorithms.rwr import RWR
+from rgdm.algorithms.smc import SequentialMonteCarlo
 from rgdm.algorithms.svdd import svdd
 
 __all__ = [
     "DDPO",
     "RWR",
     "Algorithm",
-    "CandidateSelection",
     "ClassifierGuidance",
     "ConditionalFinetune",
     "DataPayoff",
     "GradientStep",
+    "GreedySelection",
     "GuidedEpsModel",
     "ModelPayoff",
     "Pretrain",
+    "SequentialMonteCarlo",
     "StepwiseExploration",
     "TrainingContext",
     "best_of_n",

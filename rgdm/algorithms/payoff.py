@@ -18,6 +18,8 @@ import torch
 
 from rgdm.algorithms.base import Algorithm, TrainingContext, anchor_loss, score_data_rows
 from rgdm.algorithms.rgdm import (
+    ValueEstimate,
+    check_value_estimate,
     conditional_payoff_weights,
     effective_sample_size,
     payoff_weights,
@@ -136,7 +138,9 @@ class StepwiseExploration(Algorithm):
     name = "rgdm-stepwise"
 
     def __init__(self, temperature: float, candidates: int = 8, radius: float = 0.5, anchor: float = 0.0,
-                 center: str = "reference", value_model: str = "frozen", start: int | None = None) -> None:
+                 center: str = "reference", value_model: str = "frozen", start: int | None = None,
+                 value: ValueEstimate = "exact") -> None:
+        check_value_estimate(value)
         if value_model not in ("frozen", "ema"):
             raise ValueError(f"value_model must be 'frozen' or 'ema', got {value_model!r}")
         if start is not None and start < 0:
@@ -148,6 +152,7 @@ class StepwiseExploration(Algorithm):
         self.center = center
         self.value_model = value_model
         self.start = start
+        self.value = value
 
     def loss(self, ctx: TrainingContext, step: int, generator: torch.Generator
              ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -160,7 +165,7 @@ class StepwiseExploration(Algorithm):
         loss, stats = stepwise_loss(ctx.model, value_model, scorer, batch, generator,
                                     candidates=self.candidates, radius=self.radius,
                                     temperature=self.temperature, center=self.center, start=self.start,
-                                    shard=ctx.shard, charge=ctx.charge)
+                                    value=self.value, shard=ctx.shard, charge=ctx.charge)
         loss = loss + anchor_loss(ctx, self.anchor, generator)
         if stats is None:
             return loss, {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
@@ -126,18 +127,50 @@ def explored_pairs(t: torch.Tensor, start: int | None) -> torch.Tensor:
     return torch.ones_like(t, dtype=torch.bool) if start is None else t - 1 <= start
 
 
+#: How a candidate's Tweedie estimate is made: ``exact`` evaluates the network at the candidate; ``reuse`` takes
+#: the noise the network predicted at the state the candidate was drawn from, at no network evaluation.
+ValueEstimate = Literal["reuse", "exact"]
+VALUE_ESTIMATES: tuple[ValueEstimate, ...] = get_args(ValueEstimate)
+
+
+def check_value_estimate(value: str) -> None:
+    """Reject anything but ``reuse`` and ``exact``, naming both."""
+    if value not in VALUE_ESTIMATES:
+        raise ValueError(f"value must be one of {', '.join(VALUE_ESTIMATES)}, got {value!r}")
+
+
+def tweedie_estimate(model: EpsModel, x: Sample, s: torch.Tensor, cond: torch.Tensor | None = None,
+                     mask: torch.Tensor | None = None, parent_eps: Sample | None = None
+                     ) -> tuple[Sample, Sample | None]:
+    """``x0_hat(x_s)``, and the network's noise prediction at ``x_s`` when every row needed one.
+
+    Without ``parent_eps`` (``value=exact``) the network is evaluated at ``x_s`` for the rows with ``s > 0``;
+    at ``s = 0`` the state is the sample. With ``parent_eps``, the noise predicted at the state ``x_t`` that
+    ``x_s`` was drawn from (``value=reuse``), ``x0_hat ≈ (x_s - sqrt(1 - abar_s) eps(x_t)) / sqrt(abar_s)``
+    costs no evaluation; it is exact at ``s = 0`` and wherever the prediction does not depend on the state.
+    """
+    diffusion = model.diffusion
+    if parent_eps is not None:
+        return diffusion.x0_from_eps(x, s, parent_eps), None
+    rows = s > 0
+    if bool(rows.all()):
+        eps = model(x, s, cond, mask)
+        return diffusion.x0_from_eps(x, s, eps), eps
+    x0_hat = x.clone()
+    if bool(rows.any()):
+        eps = model(x[rows], s[rows], None if cond is None else cond[rows], None if mask is None else mask[rows])
+        x0_hat[rows] = diffusion.x0_from_eps(x[rows], s[rows], eps)
+    return x0_hat, None
+
+
 def tweedie_values(
-    value_model: EpsModel, scorer: Scorer, x: torch.Tensor, s: torch.Tensor, batch: Batch
+    value_model: EpsModel, scorer: Scorer, x: Sample, s: torch.Tensor, batch: Batch,
+    parent_eps: Sample | None = None,
 ) -> torch.Tensor:
-    """``r(x0_hat(x_s))`` with ``x0_hat`` from ``value_model``; at ``s = 0`` the state is the sample."""
+    """``r(x0_hat(x_s))`` with ``x0_hat`` from ``value_model`` (``tweedie_estimate``: exact, or reusing
+    ``parent_eps``); at ``s = 0`` the state is the sample."""
     with torch.no_grad():
-        diffusion = value_model.diffusion
-        rows = s > 0
-        x0_hat = x.clone()
-        if rows.any():
-            pick = batch.select(rows)
-            eps = value_model(x[rows], s[rows], pick.cond, pick.mask)
-            x0_hat[rows] = diffusion.x0_from_eps(x[rows], s[rows], eps)
+        x0_hat, _ = tweedie_estimate(value_model, x, s, batch.cond, batch.mask, parent_eps)
         return scorer(x0_hat, batch.mask, batch.cond).values
 
 
@@ -153,6 +186,7 @@ def stepwise_loss(
     temperature: float,
     center: str,
     start: int | None = None,
+    value: ValueEstimate = "exact",
     shard: Shard = WHOLE,
     charge: Callable[[int], None] = lambda calls: None,
 ) -> tuple[torch.Tensor, StepwiseStats | None]:
@@ -175,7 +209,12 @@ def stepwise_loss(
     scores the same (a molecule so noisy that none is valid). ``charge`` is told the global reward
     calls before any is made (the budget under data parallelism). The stats cover the explored pairs;
     they are ``None`` when there are none.
+
+    ``value`` is how the candidates' Tweedie estimates are made (``tweedie_estimate``): ``exact`` evaluates
+    ``value_model`` on all ``K`` candidates; ``reuse`` takes ``value_model``'s noise prediction at ``x_t``
+    (the reference centre's own, or one more evaluation with the posterior centre) for all of them.
     """
+    check_value_estimate(value)
     diffusion = model.diffusion
     global_rows = len(batch)
     t = torch.randint(1, diffusion.timesteps + 1, (global_rows,), generator=generator,
@@ -200,8 +239,13 @@ def stepwise_loss(
     scored = explored.repeat(candidates)
     values = torch.zeros(candidates * n, device=xt.device)
     if scored.any():
+        parent_eps = None
+        if value == "reuse":
+            with torch.no_grad():
+                value_eps = eps_center if center == "reference" else value_model(xt, t, batch.cond, batch.mask)
+            parent_eps = repeat_rows(value_eps, candidates)[scored]
         values[scored] = tweedie_values(value_model, scorer, proposals[scored], (t - 1).repeat(candidates)[scored],
-                                        batch.repeat(candidates).select(scored)).to(xt.device)
+                                        batch.repeat(candidates).select(scored), parent_eps).to(xt.device)
     weights = payoff_weights(values.view(candidates, n), temperature, dim=0)
     # c_t = beta_t / (sqrt(alpha_t) sqrt(1 - abar_t)): how far mu moves per unit of eps.
     betas = diffusion.schedule.betas

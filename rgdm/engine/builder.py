@@ -55,7 +55,7 @@ def make_algorithm(config: AlgorithmConfig, total_steps: int, domain: Domain) ->
                            config.sample_steps, config.anchor)
     if config.name == "rgdm-stepwise":
         return StepwiseExploration(config.temperature, config.candidates, config.radius, config.anchor,
-                                   config.center, config.value_model, config.explore_start)
+                                   config.center, config.value_model, config.explore_start, config.value)
     if config.name == "cfg":
         return ConditionalFinetune(config.num_classes or domain.num_targets, null_token=domain.num_targets,
                                    scored_size=config.scored_size, uncond_prob=config.uncond_prob)

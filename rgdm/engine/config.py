@@ -75,6 +75,9 @@ class AlgorithmConfig(Section):
                                       "landing at t <= this (the rest cost no reward calls; default: all)")
     center: Literal["posterior", "reference"] = "reference"
     value_model: Literal["frozen", "ema"] = "frozen"
+    value: Literal["reuse", "exact"] = Field("exact", description="rgdm-stepwise: candidates' Tweedie estimates "
+                                             "from the value model's noise prediction at x_t (reuse, no "
+                                             "evaluation) or at each candidate (exact, K evaluations)")
     num_classes: int | None = Field(None, ge=1, description="cfg: reward classes (default: the domain's)")
     uncond_prob: float = Field(0.1, ge=0, lt=1, description="cfg: label dropout for guidance")
     trajectories: int = Field(256, ge=2, description="ddpo: trajectories per refresh")

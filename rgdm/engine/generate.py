@@ -6,24 +6,34 @@ from typing import Literal
 
 import torch
 
-from rgdm.algorithms import CandidateSelection, GradientStep, GuidedEpsModel
+from rgdm.algorithms import GradientStep, GreedySelection, GuidedEpsModel, SequentialMonteCarlo
+from rgdm.algorithms.rgdm import ValueEstimate
 from rgdm.batch import Batch
 from rgdm.diffusion import Transition, ancestral_transition, sample
 from rgdm.engine.builder import LoadedModel
 from rgdm.engine.guide import Guide
 from rgdm.rewards import Scorer
 
-Guidance = Literal["none", "select", "gradient", "regressor"]
+Guidance = Literal["none", "select", "smc", "gradient", "regressor"]
+#: What ``make_transition`` returns: a step transition, or SMC, which runs populations of particles.
+Sampler = Transition | SequentialMonteCarlo
 
 
 def make_transition(guidance: Guidance, scorer: Scorer | None, temperature: float, candidates: int,
-                    radius: float, guide: Guide | None = None, start: int | None = None) -> Transition:
-    """The reverse transition of ``rgdm sample --guidance``: plain, candidate selection or a reward
-    gradient (both need ``scorer``), or classifier guidance by a noise-aware ``guide`` at scale ``1 / tau``.
+                    radius: float, guide: Guide | None = None, start: int | None = None, *,
+                    particles: int = 16, value: ValueEstimate | None = None) -> Sampler:
+    """The sampler of ``rgdm sample --guidance``: plain, greedy selection among ``candidates``, sequential
+    Monte Carlo over ``particles`` per sample (both need ``scorer``), a reward gradient, or classifier
+    guidance by a noise-aware ``guide`` at scale ``1 / tau``.
 
-    ``start`` (candidate selection only) is the diffusion time below which candidates are selected."""
-    if start is not None and guidance != "select":
-        raise ValueError(f"a guidance start applies to candidate selection (select), not to {guidance!r}")
+    ``start`` (selection and SMC) is the diffusion time below which the reward guides; ``value`` (selection
+    and SMC) how candidates and particles are valued, ``exact`` by default (see their modules)."""
+    if start is not None and guidance not in ("select", "smc"):
+        raise ValueError(f"a guidance start applies to greedy candidate selection (select) and smc, not to "
+                         f"{guidance!r}")
+    if value is not None and guidance not in ("select", "smc"):
+        raise ValueError(f"a value estimate applies to greedy candidate selection (select) and smc, not to "
+                         f"{guidance!r}")
     if guidance == "none":
         return ancestral_transition
     if guidance == "regressor":
@@ -33,10 +43,14 @@ def make_transition(guidance: Guidance, scorer: Scorer | None, temperature: floa
     if scorer is None:
         raise ValueError(f"guidance {guidance!r} needs a reward (--reward NAME or FILE.py:FUNC)")
     if guidance == "select":
-        return CandidateSelection(scorer, candidates=candidates, temperature=temperature, start=start)
+        return GreedySelection(scorer, candidates=candidates, temperature=temperature, start=start,
+                               value=value or "exact")
+    if guidance == "smc":
+        return SequentialMonteCarlo(scorer, particles=particles, temperature=temperature, start=start,
+                                    value=value or "exact")
     if guidance == "gradient":
         return GradientStep(scorer, temperature=temperature, radius=radius)
-    raise ValueError(f"unknown guidance {guidance!r}; choose none, select, gradient or regressor")
+    raise ValueError(f"unknown guidance {guidance!r}; choose none, select, smc, gradient or regressor")
 
 
 def generate(
@@ -47,7 +61,7 @@ def generate(
     target: int | Literal["all"] | None = None,
     steps: int | None = None,
     eta: float = 1.0,
-    transition: Transition = ancestral_transition,
+    transition: Sampler = ancestral_transition,
     cfg_scale: float | None = None,
     batch_size: int = 4096,
     device: str = "cpu",
@@ -60,6 +74,10 @@ def generate(
 
     ``cfg_scale`` samples a model fine-tuned with ``cfg`` under classifier-free guidance; its
     condition is ``target`` if given, else the top reward class recorded in the model.
+
+    ``transition`` is a step transition, or ``SequentialMonteCarlo``, which samples each batch as its
+    populations of particles: ``batch_size // particles`` samples at a time, so that it holds as many rows
+    as unguided sampling does.
     """
     num_targets = model.domain.num_targets
     if target == "all" and num_targets == 0:
@@ -72,13 +90,19 @@ def generate(
         if condition is None:
             raise ValueError("cfg_scale needs a model fine-tuned with the cfg algorithm, or a --target")
         eps_model = GuidedEpsModel(model.eps_model, cfg_scale, null_token=num_targets)
+    if isinstance(transition, SequentialMonteCarlo):
+        batch_size = max(1, batch_size // transition.particles)
     parts = []
     for start in range(0, n, batch_size):
         size = min(batch_size, n - start)
         cond = _conditions(condition, start, size, num_targets)
         prior = model.domain.prior_batch(size, generator, cond).to(device)
-        x = sample(eps_model, prior.x, steps=steps, eta=eta, cond=prior.cond, mask=prior.mask,
-                   generator=generator, transition=transition, progress=progress, device=device).x0
+        if isinstance(transition, SequentialMonteCarlo):
+            x = transition.draw(eps_model, prior, steps=steps, eta=eta, generator=generator, progress=progress,
+                                device=device)
+        else:
+            x = sample(eps_model, prior.x, steps=steps, eta=eta, cond=prior.cond, mask=prior.mask,
+                       generator=generator, transition=transition, progress=progress, device=device).x0
         # A reward class is a condition of the network, not a target of the samples.
         targets = None if target is None else cond
         parts.append(Batch(x.cpu(), None if prior.mask is None else prior.mask.cpu(), targets))
