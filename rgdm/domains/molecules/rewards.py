@@ -25,6 +25,7 @@ from rdkit import Chem, RDConfig
 from rdkit.Chem import QED, Crippen
 
 from rgdm.domains.molecules.chemistry import Molecule, is_closed_shell, valid_rdkit
+from rgdm.domains.molecules.xtb import xtb_strain
 from rgdm.rewards.base import Reward
 
 MoleculeReward = Callable[[Sequence[Molecule]], list[float]]
@@ -129,6 +130,9 @@ MOLECULE_REWARDS: dict[str, Reward] = _PLAIN_REWARDS | {
 } | {
     "smarts": Reward(None, "1 for molecules containing the SMARTS pattern, else 0; NaN for invalid molecules",
                      max_value=1.0, parse=substructure),
+    "xtb-strain": Reward(xtb_strain, "-(GFN2-xTB energy of the generated geometry - after a short relaxation) per "
+                         "atom, in eV/atom (tblite), at most 0; NaN for invalid molecules, models without hydrogens, "
+                         "failed SCF and timeouts", max_value=0.0),
 }
 
 
