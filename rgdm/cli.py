@@ -1,4 +1,5 @@
-"""The ``rgdm`` command line: train, finetune, export, sample, evaluate, train-guide, bench, demo, checkpoints."""
+"""The ``rgdm`` command line: train, finetune, export, sample, evaluate, train-guide, bench, demo, checkpoints,
+list."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,44 +15,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from rgdm.algorithms import ClassifierGuidance, SequentialMonteCarlo
+from rgdm import api, registry
 from rgdm.algorithms.classifier_guidance import OBJECTIVES
 from rgdm.batch import Batch, flatten_parts, unflatten_parts
+from rgdm.domains import build_domain
+from rgdm.domains.base import SupportsFiles
 from rgdm.engine import (
     ConfigError,
     Trainer,
     TrainingInterrupted,
-    generate,
     load_config,
     load_trained,
     make_scorer,
-    make_transition,
 )
-from rgdm.engine.builder import seeded_generator
 from rgdm.engine.config import RewardConfig
 from rgdm.engine.distributed import leave_process_group
-from rgdm.engine.guide import load_guide, save_guide, train_guide
+from rgdm.engine.guide import save_guide, train_guide
 from rgdm.engine.registry import resolve_model, shipped_models
 from rgdm.io import CheckpointError, read_json, save_arrays, write_json
-from rgdm.rewards import BudgetExhausted, RewardCounter, RewardPluginError
-
-PRESETS = Path(__file__).resolve().parent / "configs"
+from rgdm.rewards import BudgetExhausted, Reward, RewardCounter, RewardPluginError
 
 
 class UsageError(ValueError):
     """A command-line mistake; printed as one line, exit code 2."""
-
-
-def preset_or_path(name: str) -> Path:
-    """A config path, or the name of a shipped preset (``rgdm/configs/NAME.yaml``)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    preset = PRESETS / f"{name}.yaml"
-    if preset.is_file():
-        return preset
-    presets = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
-    raise ConfigError(f"config {name!r} is neither a file nor a preset; presets: {presets}")
 
 
 def fresh_run_dir(out: str) -> Path:
@@ -74,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         if not (args.config and args.out):
             raise UsageError("train needs --config and --out (or --resume DIR)")
-        trainer = Trainer(load_config(preset_or_path(args.config), args.set), fresh_run_dir(args.out))
+        trainer = Trainer(load_config(api.preset_or_path(args.config), args.set), fresh_run_dir(args.out))
     run_dir = trainer.fit(progress=not args.quiet)
     print(f"trained {trainer.step} steps; final weights in {run_dir / 'final.safetensors'}")
 
@@ -82,20 +67,20 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     if args.resume:
         trainer = resume(args.resume)
+        trainer.fit(progress=not args.quiet)
+        algorithm, calls = trainer.config.algorithm.name, trainer.counter.calls
     else:
         if not (args.checkpoint and args.reward and args.out):
             raise UsageError("finetune needs --checkpoint, --reward and --out (or --resume DIR)")
-        domain_name = read_json(resolve_model(args.checkpoint) / "model.json")["domain"]["name"]
-        overrides = [f"init={args.checkpoint}", f"reward.name={args.reward}"]
-        flags = {"algorithm.name": args.algorithm, "algorithm.temperature": args.temperature,
-                 "train.steps": args.steps, "train.checkpoint_every": args.checkpoint_every,
-                 "train.seed": args.seed, "algorithm.targets": args.targets}
-        overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
-        config = load_config(preset_or_path(args.config or f"finetune-{domain_name}"), overrides + args.set)
-        trainer = Trainer(config, fresh_run_dir(args.out))
-    run_dir = trainer.fit(progress=not args.quiet)
-    print(f"fine-tuned with {trainer.config.algorithm.name}: {trainer.counter.calls} reward calls; "
-          f"final weights in {run_dir / 'final.safetensors'}")
+        flags = {"train.checkpoint_every": args.checkpoint_every, "algorithm.targets": args.targets}
+        overrides = [f"{key}={value}" for key, value in flags.items() if value is not None] + args.set
+        training = api.finetune(args.checkpoint, reward=args.reward, algorithm=args.algorithm,
+                                temperature=args.temperature, steps=args.steps, seed=args.seed, config=args.config,
+                                overrides=overrides, out=fresh_run_dir(args.out), progress=not args.quiet
+                                ).meta["training"]
+        algorithm, calls = training["algorithm"], training["reward_calls"]
+    print(f"fine-tuned with {algorithm}: {calls} reward calls; "
+          f"final weights in {Path(args.resume or args.out) / 'final.safetensors'}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -139,30 +124,15 @@ def cmd_train_guide(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    model = load_trained(args.checkpoint)
-    target = args.target if args.target in (None, "all") else model.domain.parse_target(args.target)
     if (args.guide is not None) != (args.guidance == "regressor"):
         raise UsageError("--guidance regressor and --guide DIR go together")
-    counter = RewardCounter()
-    scorer = make_scorer(RewardConfig(name=args.reward), model.domain, counter)
-    guide = None if args.guide is None else load_guide(args.guide, model)
-    transition = make_transition(args.guidance, scorer, args.temperature, args.candidates, args.radius, guide,
-                                 args.guidance_start, particles=args.particles, value=args.value)
-    started = time.perf_counter()
-    samples = generate(model, args.n, seeded_generator(args.seed), target=target, steps=args.steps,
-                       eta=args.eta, transition=transition, cfg_scale=args.cfg_scale, progress=not args.quiet)
-    wall_s = round(time.perf_counter() - started, 1)
-    meta = {"checkpoint": str(args.checkpoint), "n": args.n, "seed": args.seed, "target": target,
-            "steps": args.steps, "eta": args.eta, "guidance": args.guidance, "reward": args.reward,
-            "temperature": args.temperature, "candidates": args.candidates, "particles": args.particles,
-            "value": getattr(transition, "value", None), "guidance_start": args.guidance_start,
-            "cfg_scale": args.cfg_scale,
-            "network_evaluations": model.eps_model.evaluations, **counter.as_dict(), "wall_s": wall_s}
-    if isinstance(transition, ClassifierGuidance):
-        meta |= {"guide": args.guide, "guide_evaluations": transition.evaluations}
-    if isinstance(transition, SequentialMonteCarlo):
-        meta["smc"] = transition.stats.as_dict()
-    files = write_samples(model, samples, Path(args.out), meta)
+    samples = api.sample(args.checkpoint, args.n, reward=args.reward, guidance=args.guidance, seed=args.seed,
+                         temperature=args.temperature, target=args.target, steps=args.steps, eta=args.eta,
+                         candidates=args.candidates, particles=args.particles, value=args.value,
+                         guidance_start=args.guidance_start, radius=args.radius, guide=args.guide,
+                         cfg_scale=args.cfg_scale, progress=not args.quiet)
+    files = write_samples(samples.model, samples.batch, Path(args.out),
+                          {"checkpoint": str(args.checkpoint), **samples.meta})
     print(f"wrote {args.n} samples: " + describe_files(files, Path(args.out)))
 
 
@@ -177,7 +147,7 @@ def load_samples(folder: Path, domain: Any) -> Batch:
     """``samples.npz`` as written by ``rgdm sample``, else the domain's own files (XYZ, SDF, PLY)."""
     path = folder / "samples.npz"
     if not path.is_file():
-        if hasattr(domain, "read_samples"):
+        if isinstance(domain, SupportsFiles):
             return domain.read_samples(folder)
         raise UsageError(f"{folder} has no samples.npz; write one with: rgdm sample --out {folder}")
     try:
@@ -209,18 +179,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     samples = load_samples(folder, model.domain)
     if args.target is not None:
         samples = with_target(samples, model.domain.parse_target(args.target))
-    training = model.meta.get("training", {})
-    named = model.domain.rewards()
-    defaults = [name for name in (training.get("reward"), meta.get("reward"))
-                if name and name.partition(":")[0] in named]
-    reward_name = args.reward or next(iter(defaults), None)
-    temperature = args.temperature or training.get("temperature")
-    if reward_name is not None and reward_name.partition(":")[0] not in named:
-        raise UsageError(f"evaluate measures with a domain reward ({', '.join(sorted(named))}); "
-                         f"got {reward_name!r}")
-    metrics = model.domain.evaluate(samples, reward_name, temperature if reward_name else None,
-                                    seeded_generator(args.seed))
-    metrics |= {"reward": reward_name, "temperature": temperature, "checkpoint": str(checkpoint)}
+    metrics = api.evaluate(api.Samples(samples, model, meta), reward=args.reward, temperature=args.temperature,
+                           seed=args.seed)
+    metrics["checkpoint"] = str(checkpoint)
     text = json.dumps(metrics, indent=2)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -295,22 +256,17 @@ def write_report(path: Path, result: dict[str, Any], table: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from rgdm.benchmarks.demo import run_molecule_demo, run_shape_demo, run_toy_demo
+    from rgdm.benchmarks import demo
 
-    if args.domain == "shapes":
-        metrics = run_shape_demo(Path(args.out), progress=not args.quiet)
-        print(json.dumps(metrics, indent=2))
-        print(f"demo written to {args.out}: table.md, metrics.json, CLASS.png and CLASS/ply/*.ply per class")
-        return
-    if args.domain == "molecules":
-        metrics = run_molecule_demo(Path(args.out), progress=not args.quiet)
-        print(json.dumps(metrics, indent=2))
-        print(f"demo written to {args.out}: table.md, metrics.json, qed_histograms.png, before/ and after/ "
-              "(samples.xyz, samples.sdf, molecules.png)")
-        return
-    metrics = run_toy_demo(Path(args.out), progress=not args.quiet)
-    print(json.dumps(metrics, indent=2))
-    print(f"demo written to {args.out}: metrics.json, samples.npz, demo.png")
+    run, files = {
+        "toy": (demo.run_toy_demo, "metrics.json, samples.npz, demo.png, run/"),
+        "molecules": (demo.run_molecule_demo, "table.md, metrics.json, qed_histograms.png, before/ and after/ "
+                      "(samples.xyz, samples.sdf, molecules.png), run/"),
+        "shapes": (demo.run_shape_demo, "table.md, metrics.json, CLASS.png and CLASS/ply/*.ply per class"),
+    }[args.domain]
+    out = Path(args.out) / args.domain  # each demo its own folder: a second demo never meets the first one's run
+    print(json.dumps(run(out, progress=not args.quiet), indent=2))
+    print(f"demo written to {out}: {files}")
 
 
 def cmd_train_predictor(args: argparse.Namespace) -> None:
@@ -323,6 +279,58 @@ def cmd_train_predictor(args: argparse.Namespace) -> None:
     folder = predictor.save(Path(args.out))
     print(f"{args.property} predictor on {args.split}: validation MAE {predictor.meta['val_mae']:.4f}; "
           f"saved to {folder}")
+
+
+def catalogue() -> dict[str, Any]:
+    """What this installation offers, plugins included: domains with their rewards (of a domain built with
+    default options), algorithms, and the shipped checkpoints."""
+    domains: dict[str, Any] = {}
+    for name in registry.domains.names():
+        entry: dict[str, Any] = {"source": registry.domains.source(name)}
+        try:
+            domain = build_domain({"name": name})
+            own = domain.rewards()
+            entry["rewards"] = {reward_name: describe_reward(reward, "domain" if reward_name in own
+                                                             else registry.rewards.source(reward_name))
+                                for reward_name, reward in sorted(registry.rewards_for(domain).items())}
+        except Exception as error:  # a plugin's domain may need options: list it, and say why it has no rewards
+            entry["error"] = f"{type(error).__name__}: {error}"
+        domains[name] = entry
+    algorithms = {name: {"source": registry.algorithms.source(name)} for name in registry.algorithms.names()}
+    checkpoints = {}
+    for name in shipped_models():
+        meta = read_json(resolve_model(name) / "model.json")
+        training = meta.get("training", {})
+        checkpoints[name] = {"domain": meta["domain"]["name"], "algorithm": training.get("algorithm"),
+                             "steps": training.get("steps")}
+    return {"domains": domains, "algorithms": algorithms, "checkpoints": checkpoints}
+
+
+def describe_reward(reward: Reward, source: str) -> dict[str, Any]:
+    """A reward as ``rgdm list`` shows it: what it measures and what the engine may rely on."""
+    return {"description": reward.description, "max_value": reward.max_value, "argument": reward.parse is not None,
+            "differentiable": reward.gradient_fn is not None, "source": source}
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    listing = catalogue()
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return
+    print("domains (rewards of the domain with default options):")
+    for name, domain in listing["domains"].items():
+        print(f"  {name} [{domain['source']}]")
+        if "error" in domain:
+            print(f"    rewards not listed: {domain['error']}")
+        for reward_name, reward in domain.get("rewards", {}).items():
+            extra = "" if reward["source"] == "domain" else f" [{reward['source']}]"
+            print(f"    {reward_name}{':ARG' if reward['argument'] else ''}{extra}: {reward['description']}")
+    print("algorithms:")
+    for name, algorithm in listing["algorithms"].items():
+        print(f"  {name} [{algorithm['source']}]")
+    print("checkpoints:")
+    for name, checkpoint in listing["checkpoints"].items():
+        print(f"  {name}: domain {checkpoint['domain']}, {checkpoint['algorithm']} {checkpoint['steps']} steps")
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> None:
@@ -349,8 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = commands.add_parser("finetune", help="RGDM fine-tuning of a trained model with a reward")
     finetune.add_argument("--checkpoint", help="shipped name or run folder to start from")
     finetune.add_argument("--reward", help="domain reward name, FILE.py:FUNC or module:FUNC")
-    finetune.add_argument("--algorithm", choices=["rgdm-data", "rgdm-model", "rgdm-stepwise", "cfg", "rwr", "ddpo"],
-                          help="an RGDM estimator (default rgdm-data for toys) or a training peer")
+    finetune.add_argument("--algorithm", choices=registry.algorithms.names(),
+                          help="an RGDM estimator (default rgdm-data for toys), a training peer or a plugin's "
+                               "algorithm (rgdm list)")
     finetune.add_argument("--temperature", type=float, help="tau of exp(r / tau)")
     finetune.add_argument("--steps", type=int)
     finetune.add_argument("--checkpoint-every", type=int)
@@ -462,11 +471,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the main job on the embedded default: toy ring RGDM")
     demo.add_argument("domain", nargs="?", default="toy", choices=["toy", "molecules", "shapes"])
-    demo.add_argument("--out", default="rgdm-demo")
+    demo.add_argument("--out", default="rgdm-demo", help="parent folder: each demo writes OUT/DOMAIN")
     demo.set_defaults(func=cmd_demo)
 
     checkpoints = commands.add_parser("checkpoints", help="list the shipped checkpoints")
     checkpoints.set_defaults(func=cmd_checkpoints)
+
+    listing = commands.add_parser("list", help="the registered domains with their rewards, algorithms (plugins "
+                                  "included) and the shipped checkpoints")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=cmd_list)
     return parser
 
 

@@ -111,18 +111,6 @@ def test_console_script_is_installed():
     assert "toy-ring-pretrained" in result.stdout
 
 
-def test_demo_writes_its_report_and_reaches_the_payoff(tmp_path):
-    out = tmp_path / "demo"
-    assert main(["-q", "demo", "--out", str(out)]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["rgdm"]["mean_reward"] > 0.75 > metrics["pretrained"]["mean_reward"]
-    assert metrics["rgdm"]["energy_distance"] < 5 * metrics["rgdm"]["noise_floor"]
-    assert (out / "demo.png").read_bytes()[:4] == b"\x89PNG"
-    assert (out / "run" / "final.safetensors").is_file()
-    with np.load(out / "samples.npz") as data:
-        assert data["samples"].shape == (2000, 2)
-
-
 @pytest.mark.parametrize(("checkpoint", "name", "content", "message"), [
     ("qm9-pretrained", "samples.xyz", "3\nwater\nO 0 0 0\nH 0 0\n", "line 4"),
     ("qm9-pretrained", "samples.xyz", "1\nxenon\nXe 0 0 0\n", "Xe"),

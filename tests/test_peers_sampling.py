@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import typing
-
 import pytest
 import torch
 
+from rgdm import registry
 from rgdm.algorithms import Algorithm, best_of_n, svdd
 from rgdm.batch import Batch
 from rgdm.benchmarks.toy import Budget, ToyTask, markdown_table, run_task
@@ -60,7 +59,7 @@ def test_svdd_raises_the_reward_over_plain_sampling(ring_model):
     assert counter.calls == 300 * 8 * 49
 
 
-@pytest.mark.parametrize("name", typing.get_args(AlgorithmConfig.model_fields["name"].annotation))
+@pytest.mark.parametrize("name", registry.algorithms.names())
 def test_every_configured_algorithm_builds(name):
     algorithm = make_algorithm(AlgorithmConfig(name=name), total_steps=100, domain=ToyDomain())
     assert isinstance(algorithm, Algorithm) and algorithm.name == name

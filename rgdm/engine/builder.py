@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rgdm import registry
 from rgdm.algorithms import (
     DDPO,
     RWR,
@@ -26,7 +27,7 @@ from rgdm.engine.checkpoint import load_model
 from rgdm.engine.config import AlgorithmConfig, DiffusionConfig, RewardConfig
 from rgdm.engine.registry import resolve_model
 from rgdm.io import CheckpointError
-from rgdm.rewards import BlackBoxReward, RewardCounter, Scorer, resolve_reward
+from rgdm.rewards import RewardCounter, Scorer
 
 
 def make_diffusion(config: DiffusionConfig, domain: Domain) -> GaussianDiffusion:
@@ -35,34 +36,54 @@ def make_diffusion(config: DiffusionConfig, domain: Domain) -> GaussianDiffusion
 
 
 def make_scorer(config: RewardConfig, domain: Domain, counter: RewardCounter) -> Scorer | None:
-    """The reward named in the config: a domain reward (``qed``, ``smarts:c1ccccc1``) or a plugin ``FILE.py:FUNC``."""
+    """The reward named in the config: a domain or registered reward (``qed``, ``smarts:c1ccccc1``) or a plugin
+    ``FILE.py:FUNC``."""
     if config.name is None:
         return None
-    reward = resolve_reward(config.name, domain.rewards())
-    black_box = BlackBoxReward(reward.fn, name=config.name, floor=config.floor, counter=counter,
-                               workers=config.workers, timeout=config.timeout)
-    return Scorer(black_box, domain.decode, counter, reward.gradient_fn)
+    return domain.scorer(config.name, counter, floor=config.floor, workers=config.workers, timeout=config.timeout)
 
 
 def make_algorithm(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:
-    """The training objective a config names (RGDM's estimators and the training peers)."""
-    if config.name == "pretrain":
-        return Pretrain()
-    if config.name == "rgdm-data":
-        return DataPayoff(config.temperature, config.anchor, config.scored_size)
-    if config.name == "rgdm-model":
-        return ModelPayoff(config.temperature, total_steps, config.rounds, config.buffer_size,
-                           config.sample_steps, config.anchor)
-    if config.name == "rgdm-stepwise":
-        return StepwiseExploration(config.temperature, config.candidates, config.radius, config.anchor,
-                                   config.center, config.value_model, config.explore_start, config.value)
-    if config.name == "cfg":
-        return ConditionalFinetune(config.num_classes or domain.num_targets, null_token=domain.num_targets,
-                                   scored_size=config.scored_size, uncond_prob=config.uncond_prob)
-    if config.name == "rwr":
-        return RWR(config.temperature, total_steps, config.rounds, config.buffer_size, config.sample_steps)
-    return DDPO(config.trajectories, config.sample_steps or 20, config.inner_epochs, config.minibatch,
-                config.clip)
+    """The training objective a config names, built by its registered factory (``rgdm.registry``)."""
+    return registry.algorithms.get(config.name)(config, total_steps, domain)
+
+
+def build_pretrain(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:
+    """``pretrain``: the denoising loss on the data."""
+    return Pretrain()
+
+
+def build_data_payoff(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:
+    """``rgdm-data``: RGDM's pay-off weights on scored data rows."""
+    return DataPayoff(config.temperature, config.anchor, config.scored_size)
+
+
+def build_model_payoff(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:
+    """``rgdm-model``: RGDM's pay-off weights on rounds of the model's own samples, tempered across rounds."""
+    return ModelPayoff(config.temperature, total_steps, config.rounds, config.buffer_size, config.sample_steps,
+                       config.anchor)
+
+
+def build_stepwise(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:
+    """``rgdm-stepwise``: RGDM's step-wise exploration among antithetic candidates."""
+    return StepwiseExploration(config.temperature, config.candidates, config.radius, config.anchor,
+                               config.center, config.value_model, config.explore_start, config.value)
+
+
+def build_cfg(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:
+    """``cfg``: classifier-free guidance trained on reward classes (default: one per domain target)."""
+    return ConditionalFinetune(config.num_classes or domain.num_targets, null_token=domain.num_targets,
+                               scored_size=config.scored_size, uncond_prob=config.uncond_prob)
+
+
+def build_rwr(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:
+    """``rwr``: reward-weighted regression, a training peer."""
+    return RWR(config.temperature, total_steps, config.rounds, config.buffer_size, config.sample_steps)
+
+
+def build_ddpo(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:
+    """``ddpo``: DDPO's clipped policy gradient over sampling trajectories, a training peer."""
+    return DDPO(config.trajectories, config.sample_steps or 20, config.inner_epochs, config.minibatch, config.clip)
 
 
 @dataclass

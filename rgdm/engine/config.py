@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rgdm import registry
 
 
 class _Loader(yaml.SafeLoader):
@@ -61,7 +63,7 @@ class TrainConfig(Section):
 class AlgorithmConfig(Section):
     """The training objective and its hyper-parameters (each used by the algorithms noted)."""
 
-    name: Literal["pretrain", "rgdm-data", "rgdm-model", "rgdm-stepwise", "cfg", "rwr", "ddpo"] = "pretrain"
+    name: str = Field("pretrain", description="a registered algorithm (rgdm list)")
     temperature: float = Field(0.3, gt=0, allow_inf_nan=False)
     anchor: float = Field(0.0, ge=0)
     targets: list[int] | None = None
@@ -84,6 +86,12 @@ class AlgorithmConfig(Section):
     inner_epochs: int = Field(2, ge=1, description="ddpo: passes over each batch of trajectories")
     minibatch: int = Field(256, ge=1, description="ddpo: (trajectory, step) pairs per update")
     clip: float = Field(0.2, gt=0, lt=1, description="ddpo: importance-ratio clip")
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        """Names come from the algorithm registry, so a plugin's algorithm is as valid as rgdm's own."""
+        return registry.algorithms.require(name)
 
     @model_validator(mode="after")
     def _even_candidates(self) -> AlgorithmConfig:

@@ -10,6 +10,7 @@ from rgdm.algorithms import GradientStep, GreedySelection, GuidedEpsModel, Seque
 from rgdm.algorithms.rgdm import ValueEstimate
 from rgdm.batch import Batch
 from rgdm.diffusion import Transition, ancestral_transition, sample
+from rgdm.domains.base import SupportsTargets
 from rgdm.engine.builder import LoadedModel
 from rgdm.engine.guide import Guide
 from rgdm.rewards import Scorer
@@ -79,7 +80,7 @@ def generate(
     populations of particles: ``batch_size // particles`` samples at a time, so that it holds as many rows
     as unguided sampling does.
     """
-    num_targets = model.domain.num_targets
+    num_targets = model.domain.num_targets if isinstance(model.domain, SupportsTargets) else 0
     if target == "all" and num_targets == 0:
         raise ValueError("target 'all' needs a conditional model; this one has no targets")
     if isinstance(target, int) and not 0 <= target < num_targets:

@@ -8,7 +8,7 @@ isolation, the shared budget and an executor (``InProcess``, ``WorkerPool``, ``R
 
 from rgdm.rewards.base import BudgetExhausted, Reward, RewardCounter, RewardFn, RewardResult
 from rgdm.rewards.executors import Executor, InProcess, RayExecutor, WorkerPool
-from rgdm.rewards.plugin import RewardPluginError, load_reward_function, resolve_reward
+from rgdm.rewards.plugin import RewardPluginError, find_registered, load_reward_function, resolve_reward
 from rgdm.rewards.scorer import BlackBoxReward, Scorer
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "RewardResult",
     "Scorer",
     "WorkerPool",
+    "find_registered",
     "load_reward_function",
     "resolve_reward",
 ]

@@ -96,6 +96,12 @@ def file_plugin_modules() -> list[ModuleType]:
     return [module for name, module in list(sys.modules.items()) if name.startswith(FILE_MODULE_PREFIX)]
 
 
+def find_registered(name: str, named: Mapping[str, Reward]) -> Reward | None:
+    """The registered spec among ``named`` that ``name`` refers to (``qed``, or the family of
+    ``smarts:c1ccccc1``), or ``None`` when ``name`` is a plugin spec; loads nothing."""
+    return named.get(name.partition(":")[0])
+
+
 def resolve_reward(name: str, named: Mapping[str, Reward]) -> Reward:
     """The reward ``name`` stands for among a domain's ``named`` rewards.
 
@@ -104,7 +110,7 @@ def resolve_reward(name: str, named: Mapping[str, Reward]) -> Reward:
     plugin ``FILE.py:FUNC`` or ``package.module:FUNC``.
     """
     head, colon, argument = name.partition(":")
-    spec = named.get(head)
+    spec = find_registered(name, named)
     if spec is None and colon:
         return Reward(load_reward_function(name), f"plugin {name}")
     if spec is None:

@@ -10,7 +10,7 @@ distribution's, refitted by the pay-off fine-tunes).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +22,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from rgdm.batch import Batch
+from rgdm.domains.base import Domain, SupportsFiles, SupportsTargets, pyplot, save_figure
 from rgdm.domains.molecules.chemistry import Molecule, chemistry_metrics, posebusters_metrics, stability_metrics
 from rgdm.domains.molecules.data import (
     ELEMENTS,
@@ -37,7 +38,7 @@ from rgdm.domains.molecules.encoding import FORMAL_CHARGES, GraphEncoding, Point
 from rgdm.domains.molecules.graph_network import BondGraphDenoiser, BondGraphRegressor
 from rgdm.domains.molecules.network import EGNNDenoiser, EGNNRegressor
 from rgdm.domains.molecules.rewards import MOLECULE_REWARDS, PropertyReward
-from rgdm.rewards import BlackBoxReward, Reward, resolve_reward
+from rgdm.rewards import Reward
 
 
 class MoleculeOptions(BaseModel):
@@ -72,13 +73,15 @@ class NetworkOptions(BaseModel):
     edge_hidden: int = Field(32, ge=4, description="the bond graph network's edge width (bonds: true)")
 
 
-class MoleculeDomain:
+class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
     """QM9 molecules with or without hydrogens, as point clouds or as graphs with bonds."""
 
     name = "molecules"
+    Options = MoleculeOptions
+    options: MoleculeOptions
 
-    def __init__(self, options: dict[str, Any] | None = None) -> None:
-        self.options = MoleculeOptions.model_validate(options or {})
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
         self.elements = ELEMENTS if self.options.hydrogens else ELEMENTS[1:]
         #: EDM's point cloud: the encoding of the property predictors, and of point-cloud models.
         self.points = PointCloudEncoding(self.elements, self.options.charges)
@@ -90,9 +93,6 @@ class MoleculeDomain:
         self.num_targets = self.options.property_bins
         self._datasets: dict[str, Batch] = {}
         self._predictors: dict[str, Any] = {}
-
-    def config(self) -> dict[str, Any]:
-        return self.options.model_dump()
 
     @cached_property
     def _qm9(self) -> QM9:
@@ -252,10 +252,10 @@ class MoleculeDomain:
         """Canonical SMILES of the training molecules (for novelty), without stereo tags."""
         return {str(s) for s in self.molecules("train").canonical if s}
 
-    def evaluate(self, samples: Batch, reward: str | None, temperature: float | None,
-                 generator: torch.Generator) -> dict[str, Any]:
+    def quality_metrics(self, samples: Batch, reward: str | None, temperature: float | None,
+                        generator: torch.Generator) -> dict[str, Any]:
         """Stability, validity, uniqueness, novelty and the PoseBusters pass rate of the valid molecules;
-        with a reward, its mean over valid molecules.
+        for targeted samples, the property's error by the measuring predictor.
 
         A bond model's ``atom_stability``, ``molecule_stability`` and validity use its generated bonds;
         ``edm_atom_stability`` and ``edm_molecule_stability`` beside them are EDM's distance-table rule
@@ -271,12 +271,6 @@ class MoleculeDomain:
             metrics |= stability_metrics(positions_only, "edm_", kekulize=False)
         else:
             metrics |= stability_metrics(molecules, suffix="_kekule", kekulize=True)
-        if reward is not None:
-            scored = BlackBoxReward(resolve_reward(reward, self.rewards()).fn, name=reward)(
-                molecules, None if samples.cond is None else samples.cond.tolist())
-            valid = scored.values[scored.valid]
-            metrics["mean_reward"] = float(valid.mean()) if len(valid) else None
-            metrics["reward_valid"] = len(valid) / max(len(molecules), 1)
         if samples.cond is not None and self.options.target_property is not None:
             metrics |= self._property_metrics(molecules, samples.cond)
         return metrics
@@ -343,13 +337,9 @@ class MoleculeDomain:
 
     def plot(self, panels: dict[str, Batch], path: Path) -> Path:
         """One molecule grid per panel, stacked with its title."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         from rgdm.domains.molecules.io import draw_grid
 
+        plt = pyplot()
         fig, axes = plt.subplots(len(panels), 1, figsize=(12, 5 * len(panels)), squeeze=False)
         for ax, (title, batch) in zip(axes[:, 0], panels.items(), strict=True):
             with tempfile.TemporaryDirectory() as folder:
@@ -357,7 +347,4 @@ class MoleculeDomain:
                 ax.imshow(plt.imread(grid))
             ax.set(title=title)
             ax.axis("off")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -32,8 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from rgdm.batch import Batch
-from rgdm.diffusion.process import identity_projection
-from rgdm.domains.base import cache_folder
+from rgdm.domains.base import Domain, SupportsFiles, SupportsTargets, cache_folder, pyplot, save_figure
 from rgdm.domains.shapes.classifiers import (
     DescriptorForest,
     PointNetClassifier,
@@ -127,24 +126,20 @@ def _procedural_training_clouds(per_class: int, seed: int, num_points: int) -> t
     return shapes.denormalize(shapes.points).astype(np.float32), shapes.labels
 
 
-class ShapeDomain:
+class ShapeDomain(SupportsTargets, SupportsFiles, Domain):
     """Point clouds of procedural shapes, the 151 real airplanes or PointFlow's ShapeNet-15k."""
 
     name = "shapes"
-    project = staticmethod(identity_projection)
-    dof_offset = 0
-    parts = None
+    Options = ShapeOptions
+    options: ShapeOptions
 
-    def __init__(self, options: dict[str, Any] | None = None) -> None:
-        self.options = ShapeOptions.model_validate(options or {})
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
         self.categories = tuple(_category_name(c) for c in self.options.categories or ())
         self.num_targets = len(self.categories)
         known = all(name in CATEGORIES for name in self.categories)
         #: Each domain class's column in the classifiers (over ``CATEGORIES``); None if a category is not procedural.
         self.classifier_classes = np.array([CATEGORIES.index(c) for c in self.categories]) if known else None
-
-    def config(self) -> dict[str, Any]:
-        return self.options.model_dump()
 
     @cached_property
     def shapes(self) -> ShapeSet:
@@ -178,9 +173,6 @@ class ShapeDomain:
 
     def prior_batch(self, n: int, generator: torch.Generator, cond: torch.Tensor | None = None) -> Batch:
         return Batch(torch.zeros(n, self.options.num_points, 3), cond=cond)
-
-    def refit_prior(self, mask: torch.Tensor, weights: torch.Tensor) -> None:
-        """Every sample has the same size: nothing to refit."""
 
     def decode(self, x: torch.Tensor, mask: torch.Tensor | None) -> np.ndarray:
         """Normalised tensors ``(b, N, 3)`` to object-frame clouds, a float32 array whose rows are ``(N, 3)``."""
@@ -311,16 +303,16 @@ class ShapeDomain:
         keep = torch.rand(tensor.shape[:2], generator=generator).argsort(dim=1)[:, :METRIC_POINTS]
         return tensor.gather(1, keep[..., None].expand(-1, -1, 3))
 
-    def evaluate(self, samples: Batch, reward: str | None, temperature: float | None,
-                 generator: torch.Generator) -> dict[str, Any]:
-        """Class success under the independent judge, PointFlow's distribution metrics, and the mean reward.
+    def quality_metrics(self, samples: Batch, reward: str | None, temperature: float | None,
+                        generator: torch.Generator) -> dict[str, Any]:
+        """Class success under the independent judge and PointFlow's distribution metrics.
 
         ``success_rate``: the share of samples whose target (``cond``, or the only category) is the judge's
         arg-max over the five procedural categories; non-finite clouds fail. ``class_shares``: the judge's
         arg-max shares. ``mmd_cd``, ``cov_cd``, ``1nna_cd``: Chamfer-distance metrics of the finite samples
         against reference shapes with the samples' category counts (even counts without targets), at most
         ``MAX_REFERENCE_PER_CLASS`` per category, each cloud cut to ``METRIC_POINTS`` random points so that
-        100 samples take about 15 s on one core. ``temperature`` is unused (no exact pay-off here).
+        100 samples take about 15 s on one core. ``reward`` and ``temperature`` are unused.
         """
         clouds = self.decode(samples.x, samples.mask)
         finite = np.isfinite(clouds).all(axis=(1, 2))
@@ -343,14 +335,6 @@ class ShapeDomain:
         if finite.sum() >= 2:
             metrics |= self._distribution_metrics(clouds[finite], None if targets is None else targets[finite],
                                                   generator)
-        if reward is not None:
-            named = self.rewards()
-            if reward not in named:
-                raise ValueError(f"unknown shape reward {reward!r}; choose one of {', '.join(sorted(named))}")
-            values = np.asarray(named[reward].fn(clouds, None if targets is None else targets.tolist()), dtype=float)
-            valid = values[np.isfinite(values)]
-            metrics["mean_reward"] = float(valid.mean()) if len(valid) else float("nan")
-            metrics["reward_valid"] = len(valid) / max(len(values), 1)
         return metrics
 
     def _distribution_metrics(self, clouds: np.ndarray, targets: np.ndarray | None,
@@ -395,11 +379,7 @@ class ShapeDomain:
         Points outside the data's extent are left out and counted in the title, so stray points cannot
         shrink the shapes to a dot.
         """
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         limit = self._view_limit
         fig = plt.figure(figsize=(2.4 * PLOT_SHAPES, 2.6 * max(len(panels), 1)))
         for row, (title, batch) in enumerate(panels.items()):
@@ -422,7 +402,4 @@ class ShapeDomain:
                 ax.set_box_aspect((1, 1, 1), zoom=1.3)
                 ax.view_init(elev=20, azim=-60)
                 ax.set_axis_off()
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)

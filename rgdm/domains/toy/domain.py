@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from rgdm.batch import Batch
-from rgdm.diffusion.process import identity_projection
+from rgdm.domains.base import Domain, SupportsTargets, pyplot, save_figure
 from rgdm.domains.toy.mixtures import MIXTURES
 from rgdm.domains.toy.network import MLPDenoiser, MLPRegressor
 from rgdm.domains.toy.rewards import exact_payoff_samples, toy_rewards
@@ -59,24 +59,20 @@ class NetworkOptions(BaseModel):
     depth: int = Field(4, ge=1)
 
 
-class ToyDomain:
+class ToyDomain(SupportsTargets, Domain):
     """Mixture data, an MLP denoiser, geometric rewards, energy-distance metrics and scatter plots."""
 
     name = "toy"
-    project = staticmethod(identity_projection)
-    dof_offset = 0
-    parts = None
+    Options = ToyOptions
+    options: ToyOptions
 
-    def __init__(self, options: dict[str, Any] | None = None) -> None:
-        self.options = ToyOptions.model_validate(options or {})
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
         self.mixture = MIXTURES[self.options.mixture]()
         self.num_targets = self.mixture.num_modes
         self._rewards = toy_rewards(self.mixture)
         self._data: Batch | None = None
         self._references: dict[tuple[str, float, int | None], tuple[torch.Tensor, float]] = {}
-
-    def config(self) -> dict[str, Any]:
-        return self.options.model_dump()
 
     def build_network(self, options: dict[str, Any]) -> nn.Module:
         net = NetworkOptions.model_validate(options)
@@ -95,9 +91,6 @@ class ToyDomain:
 
     def prior_batch(self, n: int, generator: torch.Generator, cond: torch.Tensor | None = None) -> Batch:
         return Batch(torch.zeros(n, self.mixture.dim), cond=cond)
-
-    def refit_prior(self, mask: torch.Tensor, weights: torch.Tensor) -> None:
-        """Every sample has the same size: nothing to refit."""
 
     def decode(self, x: torch.Tensor, mask: torch.Tensor | None) -> Sequence[Any]:
         return x.float().numpy()
@@ -135,9 +128,9 @@ class ToyDomain:
         reference, spread = self._exact_reference(reward, temperature, target)
         return energy_distance(x.float(), reference, spread)
 
-    def evaluate(self, samples: Batch, reward: str | None, temperature: float | None,
-                 generator: torch.Generator) -> dict[str, Any]:
-        """Mode shares, and with a reward its mean and the distance to the exact pay-off distribution.
+    def quality_metrics(self, samples: Batch, reward: str | None, temperature: float | None,
+                        generator: torch.Generator) -> dict[str, Any]:
+        """Mode shares, and with a toy reward and a temperature the distance to the exact pay-off distribution.
 
         The distance is measured against a fixed large exact reference set (``REFERENCE_SIZE``
         samples). ``noise_floor`` is what a perfect sampler scores: the mean distance of
@@ -146,16 +139,10 @@ class ToyDomain:
         x = samples.x.float()
         shares = torch.bincount(self.mixture.nearest_mode(x), minlength=self.num_targets) / len(x)
         metrics: dict[str, Any] = {"n": len(x), "mode_shares": [round(float(s), 4) for s in shares]}
-        if reward is None:
+        if temperature is None or reward not in self._rewards:
             return metrics
-        if reward not in self._rewards:
-            raise ValueError(f"unknown toy reward {reward!r}; choose one of {', '.join(sorted(self._rewards))}")
         named = self._rewards[reward]
-        targets = None if samples.cond is None else samples.cond.tolist()
-        metrics["mean_reward"] = float(np.mean(named.fn(x.numpy(), targets)))
-        if temperature is None:
-            return metrics
-        groups = [None] if samples.cond is None else sorted(set(targets))
+        groups = [None] if samples.cond is None else sorted(set(samples.cond.tolist()))
         distances, floors, payoff_rewards = [], [], []
         for target in groups:
             rows = x if target is None else x[samples.cond == target]
@@ -174,16 +161,9 @@ class ToyDomain:
         }
         return metrics
 
-    def save_samples(self, samples: Batch, out_dir: Path) -> list[Path]:
-        return []
-
     def plot(self, panels: dict[str, Batch], path: Path) -> Path:
         """Scatter plots side by side; 16-D points are shown on the two main axes of the mode means."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         means = self.mixture.means
         if self.mixture.dim == 2:
             axes_2d = torch.eye(2)
@@ -197,7 +177,4 @@ class ToyDomain:
             ax.scatter(xy[:, 0], xy[:, 1], s=2, alpha=0.4, c=color, cmap="tab10" if color is not None else None)
             ax.scatter(*(means @ axes_2d).T.numpy(), marker="x", c="k", s=20)
             ax.set(title=title, xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)

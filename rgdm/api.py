@@ -1,0 +1,214 @@
+"""The Python API: load a trained model, fine-tune it with a reward, sample it and measure the samples.
+
+These are the verbs of the command line as functions (``rgdm finetune``, ``sample`` and ``evaluate`` and
+the demos call them), re-exported from ``rgdm``::
+
+    import rgdm
+
+    model = rgdm.load("toy-ring-pretrained")
+    tuned = rgdm.finetune("toy-ring-pretrained", reward="region", steps=200, out="runs/ring")
+    metrics = rgdm.evaluate(rgdm.sample(tuned, 500), reward="region")
+
+A reward is named as on the command line: a domain reward (``region``, ``qed``, ``smarts:c1ccccc1``), a
+registered one, or a plugin ``FILE.py:FUNC`` or ``module:FUNC``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rgdm import registry
+from rgdm.algorithms import ClassifierGuidance, SequentialMonteCarlo
+from rgdm.algorithms.rgdm import ValueEstimate
+from rgdm.batch import Batch
+from rgdm.domains.base import SupportsTargets
+from rgdm.engine import (
+    ConfigError,
+    LoadedModel,
+    RunConfig,
+    Trainer,
+    generate,
+    load_config,
+    load_trained,
+    make_scorer,
+    make_transition,
+)
+from rgdm.engine.builder import seeded_generator
+from rgdm.engine.config import RewardConfig
+from rgdm.engine.distributed import barrier
+from rgdm.engine.generate import Guidance
+from rgdm.engine.guide import load_guide
+from rgdm.engine.registry import resolve_model
+from rgdm.io import read_json
+from rgdm.rewards import RewardCounter, find_registered
+
+#: The shipped presets: ``finetune-DOMAIN`` is the fine-tuning recipe of a domain's models.
+PRESETS = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Samples of a model: the tensors, the model they came from, and how they were drawn.
+
+    ``meta`` is what ``rgdm sample`` records in ``sample.json`` (seed, guidance, reward and network
+    evaluations, wall time); ``evaluate`` reads the guiding reward from it.
+    """
+
+    batch: Batch
+    model: LoadedModel
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def decode(self) -> Sequence[Any]:
+        """The samples as the objects rewards score: arrays, molecules, point clouds."""
+        return self.model.domain.decode(self.batch.x, self.batch.mask)
+
+
+def load(name_or_dir: str | Path, device: str = "cpu") -> LoadedModel:
+    """A trained model, by shipped name (``toy-ring-pretrained``; ``rgdm checkpoints`` lists them) or by
+    folder (a finished run, or one written by ``rgdm export``), ready to sample on ``device``."""
+    return load_trained(name_or_dir, device)
+
+
+def preset_or_path(name: str | Path) -> Path:
+    """A config path, or the name of a shipped preset (``rgdm/configs/NAME.yaml``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    preset = PRESETS / f"{name}.yaml"
+    if preset.is_file():
+        return preset
+    presets = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+    raise ConfigError(f"config {str(name)!r} is neither a file nor a preset; presets: {presets}")
+
+
+def finetune(model_or_config: str | Path | RunConfig, *, out: str | Path, reward: str | None = None,
+             algorithm: str | None = None, temperature: float | None = None, steps: int | None = None,
+             seed: int | None = None, config: str | Path | None = None, overrides: Sequence[str] = (),
+             progress: bool = False) -> LoadedModel:
+    """Fine-tune a trained model towards a reward, as ``rgdm finetune`` does, and return it trained.
+
+    ``model_or_config`` is a shipped name or model folder, fine-tuned with the recipe of its domain (the
+    preset ``finetune-DOMAIN``, or ``config``: a preset name or YAML file), the keywords set and then
+    ``overrides`` (``section.key=value``) on top; or a whole ``RunConfig``, run as it stands.
+    ``algorithm`` is an RGDM estimator (``rgdm-data``, ``rgdm-model``, ``rgdm-stepwise``) or a training
+    peer; ``temperature`` the tau of the pay-off ``exp(r / tau)``.
+
+    ``out`` is the run folder. One that holds this same run continues it where it stopped (or returns
+    it, finished), so a rerun costs nothing; one that holds another run is refused, and left as it is.
+    """
+    settings = {"reward.name": reward, "algorithm.name": algorithm, "algorithm.temperature": temperature,
+                "train.steps": steps, "train.seed": seed}
+    changes = [f"{key}={value}" for key, value in settings.items() if value is not None] + list(overrides)
+    if isinstance(model_or_config, RunConfig):
+        if changes or config is not None:
+            raise ValueError("a RunConfig is run as it stands: set the reward, algorithm and the rest in it")
+        run = model_or_config
+    else:
+        domain = read_json(resolve_model(model_or_config) / "model.json")["domain"]["name"]
+        run = load_config(preset_or_path(config or f"finetune-{domain}"), [f"init={model_or_config}", *changes])
+    if run.init is None or run.reward.name is None:
+        raise ValueError("a fine-tune needs a model to start from and a reward (reward=NAME)")
+    trainer = _open_run(run, Path(out))
+    run_dir = trainer.fit(progress=progress)
+    barrier(trainer.shard)  # under torchrun, every process loads the model once rank 0 has written it
+    return load_trained(run_dir)
+
+
+def _open_run(config: RunConfig, out: Path) -> Trainer:
+    """A new run of ``config`` in ``out``, or the run there resumed if it has the same settings; a folder
+    holding another run is refused with a message that names that run and how it differs."""
+    if not (out / "config.yaml").is_file():
+        return Trainer(config, out)
+    held = load_config(out / "config.yaml")
+    ours, theirs = _settings(config), _settings(held)
+    differences = [f"{key}: {theirs[key]!r} there, {value!r} here" for key, value in ours.items()
+                   if theirs[key] != value]
+    if differences:
+        reward = f" for reward {held.reward.name!r}" if held.reward.name else ""
+        more = f"; {len(differences) - 3} more" if len(differences) > 3 else ""
+        raise ValueError(f"{out} holds another run, {held.algorithm.name} of {held.init or 'a new model'}{reward} "
+                         f"({'; '.join(differences[:3])}{more}); write this one to another folder (--out)")
+    return Trainer.resume(out)
+
+
+def _settings(config: RunConfig) -> dict[str, Any]:
+    """What makes a run the same run: where it starts and its training, algorithm and reward settings."""
+    sections = config.model_dump(mode="json", include={"train", "algorithm", "reward"})
+    return {"init": config.init} | {f"{section}.{key}": value
+                                    for section, values in sections.items() for key, value in values.items()}
+
+
+def sample(model: LoadedModel | str | Path, n: int, *, reward: str | None = None, guidance: Guidance = "none",
+           seed: int = 0, temperature: float = 0.1, target: int | str | None = None, steps: int | None = None,
+           eta: float = 1.0, candidates: int = 8, particles: int = 16, value: ValueEstimate | None = None,
+           guidance_start: int | None = None, radius: float = 0.5, guide: str | Path | None = None,
+           cfg_scale: float | None = None, progress: bool = False) -> Samples:
+    """``n`` samples of a model (loaded, or a shipped name or folder), plain or reward-guided, as
+    ``rgdm sample`` draws them.
+
+    ``guidance``: ``smc`` targets the pay-off ``p_ref exp(r / temperature)`` with ``particles`` per sample;
+    ``select`` greedily picks among ``candidates`` each step; ``gradient`` steps along the reward's
+    gradient within ``radius``; ``regressor`` follows a noise-aware ``guide`` (``rgdm train-guide``).
+    ``target`` is a class index or name (or ``"all"``, spread over every target) for a conditional model;
+    ``steps`` DDIM steps (default: every step, DDPM) with ``eta``; ``cfg_scale`` classifier-free guidance
+    of a model fine-tuned with ``cfg``. ``guidance_start`` and ``value`` tune ``select`` and ``smc``.
+    """
+    model = load(model) if isinstance(model, str | Path) else model
+    if isinstance(target, str) and target != "all":
+        if not isinstance(model.domain, SupportsTargets):
+            raise ValueError(f"target {target!r}: the {model.domain.name} domain has no targets")
+        target = model.domain.parse_target(target)
+    if guide is not None and guidance != "regressor":
+        raise ValueError(f"a guide steers guidance 'regressor', not {guidance!r}")
+    counter = RewardCounter()
+    scorer = make_scorer(RewardConfig(name=reward), model.domain, counter)
+    transition = make_transition(guidance, scorer, temperature, candidates, radius,
+                                 None if guide is None else load_guide(guide, model), guidance_start,
+                                 particles=particles, value=value)
+    evaluations = model.eps_model.evaluations
+    started = time.perf_counter()
+    batch = generate(model, n, seeded_generator(seed), target=target, steps=steps, eta=eta,
+                     transition=transition, cfg_scale=cfg_scale, progress=progress)
+    meta = {"n": n, "seed": seed, "target": target, "steps": steps, "eta": eta, "guidance": guidance,
+            "reward": reward, "temperature": temperature, "candidates": candidates, "particles": particles,
+            "value": getattr(transition, "value", None), "guidance_start": guidance_start, "cfg_scale": cfg_scale,
+            "network_evaluations": model.eps_model.evaluations - evaluations, **counter.as_dict(),
+            "wall_s": round(time.perf_counter() - started, 1)}
+    if isinstance(transition, ClassifierGuidance):
+        meta |= {"guide": str(guide), "guide_evaluations": transition.evaluations}
+    if isinstance(transition, SequentialMonteCarlo):
+        meta["smc"] = transition.stats.as_dict()
+    return Samples(batch, model, meta)
+
+
+def evaluate(model_or_samples: Samples | LoadedModel | str | Path, *, reward: str | None = None,
+             temperature: float | None = None, n: int = 1000, seed: int = 0, progress: bool = False
+             ) -> dict[str, Any]:
+    """The metrics ``rgdm evaluate`` reports: the domain's quality metrics and, with a reward, its mean
+    (and, on the toy domain, the distance to exact pay-off samples at ``temperature``).
+
+    Given a model rather than samples, it draws ``n`` plain samples first (seed ``seed``). The reward is a
+    domain or registered reward, by default the model's training reward or the one that guided the
+    samples; the temperature defaults to the model's training one.
+    """
+    samples = (model_or_samples if isinstance(model_or_samples, Samples)
+               else sample(model_or_samples, n, seed=seed, progress=progress))
+    model = samples.model
+    training = model.meta.get("training", {})
+    named = registry.rewards_for(model.domain)
+    defaults = [name for name in (training.get("reward"), samples.meta.get("reward"))
+                if name and find_registered(name, named) is not None]
+    reward = reward or next(iter(defaults), None)
+    temperature = temperature or training.get("temperature")
+    if reward is not None and find_registered(reward, named) is None:
+        raise ValueError(f"evaluate measures with a domain or registered reward ({', '.join(sorted(named))}); "
+                         f"got {reward!r}")
+    metrics = model.domain.evaluate(samples.batch, reward, temperature if reward else None, seeded_generator(seed))
+    return metrics | {"reward": reward, "temperature": temperature}
