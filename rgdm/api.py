@@ -27,7 +27,6 @@ from rgdm.algorithms.rgdm import ValueEstimate
 from rgdm.batch import Batch
 from rgdm.domains.base import SupportsTargets
 from rgdm.engine import (
-    ConfigError,
     LoadedModel,
     RunConfig,
     Trainer,
@@ -38,16 +37,12 @@ from rgdm.engine import (
     make_transition,
 )
 from rgdm.engine.builder import seeded_generator
-from rgdm.engine.config import RewardConfig
+from rgdm.engine.config import Guidance, RewardConfig, SampleConfig, preset_or_path, validated
 from rgdm.engine.distributed import barrier
-from rgdm.engine.generate import Guidance
 from rgdm.engine.guide import load_guide
 from rgdm.engine.registry import resolve_model
 from rgdm.io import read_json
 from rgdm.rewards import RewardCounter, find_registered
-
-#: The shipped presets: ``finetune-DOMAIN`` is the fine-tuning recipe of a domain's models.
-PRESETS = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass(frozen=True)
@@ -76,19 +71,7 @@ def load(name_or_dir: str | Path, device: str = "cpu") -> LoadedModel:
     return load_trained(name_or_dir, device)
 
 
-def preset_or_path(name: str | Path) -> Path:
-    """A config path, or the name of a shipped preset (``rgdm/configs/NAME.yaml``)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    preset = PRESETS / f"{name}.yaml"
-    if preset.is_file():
-        return preset
-    presets = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
-    raise ConfigError(f"config {str(name)!r} is neither a file nor a preset; presets: {presets}")
-
-
-def finetune(model_or_config: str | Path | RunConfig, *, out: str | Path, reward: str | None = None,
+def finetune(model_or_config: str | Path | RunConfig | None = None, *, out: str | Path, reward: str | None = None,
              algorithm: str | None = None, temperature: float | None = None, steps: int | None = None,
              seed: int | None = None, config: str | Path | None = None, overrides: Sequence[str] = (),
              progress: bool = False) -> LoadedModel:
@@ -96,7 +79,8 @@ def finetune(model_or_config: str | Path | RunConfig, *, out: str | Path, reward
 
     ``model_or_config`` is a shipped name or model folder, fine-tuned with the recipe of its domain (the
     preset ``finetune-DOMAIN``, or ``config``: a preset name or YAML file), the keywords set and then
-    ``overrides`` (``section.key=value``) on top; or a whole ``RunConfig``, run as it stands.
+    ``overrides`` (``section.key=value``) on top; or ``None`` with a ``config`` that names its model and reward
+    (the recipe of a shipped checkpoint, ``qm9-rgdm-qed``); or a whole ``RunConfig``, run as it stands.
     ``algorithm`` is an RGDM estimator (``rgdm-data``, ``rgdm-model``, ``rgdm-stepwise``) or a training
     peer; ``temperature`` the tau of the pay-off ``exp(r / tau)``.
 
@@ -110,6 +94,10 @@ def finetune(model_or_config: str | Path | RunConfig, *, out: str | Path, reward
         if changes or config is not None:
             raise ValueError("a RunConfig is run as it stands: set the reward, algorithm and the rest in it")
         run = model_or_config
+    elif model_or_config is None:
+        if config is None:
+            raise ValueError("a fine-tune needs a model to start from, or a recipe (config) that names one")
+        run = load_config(preset_or_path(config), changes)
     else:
         domain = read_json(resolve_model(model_or_config) / "model.json")["domain"]["name"]
         run = load_config(preset_or_path(config or f"finetune-{domain}"), [f"init={model_or_config}", *changes])
@@ -145,44 +133,47 @@ def _settings(config: RunConfig) -> dict[str, Any]:
                                     for section, values in sections.items() for key, value in values.items()}
 
 
-def sample(model: LoadedModel | str | Path, n: int, *, reward: str | None = None, guidance: Guidance = "none",
-           seed: int = 0, temperature: float = 0.1, target: int | str | None = None, steps: int | None = None,
-           eta: float = 1.0, candidates: int = 8, particles: int = 16, value: ValueEstimate | None = None,
-           guidance_start: int | None = None, radius: float = 0.5, guide: str | Path | None = None,
-           cfg_scale: float | None = None, progress: bool = False) -> Samples:
+def sample(model: LoadedModel | str | Path, n: int, *, reward: str | None = None, guidance: Guidance | None = None,
+           seed: int | None = None, temperature: float | None = None, target: int | str | None = None,
+           steps: int | None = None, eta: float | None = None, candidates: int | None = None,
+           particles: int | None = None, value: ValueEstimate | None = None, guidance_start: int | None = None,
+           radius: float | None = None, guide: str | Path | None = None, cfg_scale: float | None = None,
+           progress: bool = False) -> Samples:
     """``n`` samples of a model (loaded, or a shipped name or folder), plain or reward-guided, as
     ``rgdm sample`` draws them.
 
+    The options are those of ``SampleConfig``, which checks them and gives the default of each left ``None``
+    (``rgdm sample --help`` shows them).
     ``guidance``: ``smc`` targets the pay-off ``p_ref exp(r / temperature)`` with ``particles`` per sample;
     ``select`` greedily picks among ``candidates`` each step; ``gradient`` steps along the reward's
     gradient within ``radius``; ``regressor`` follows a noise-aware ``guide`` (``rgdm train-guide``).
     ``target`` is a class index or name (or ``"all"``, spread over every target) for a conditional model;
     ``steps`` DDIM steps (default: every step, DDPM) with ``eta``; ``cfg_scale`` classifier-free guidance
     of a model fine-tuned with ``cfg``. ``guidance_start`` and ``value`` tune ``select`` and ``smc``.
+    The samples' ``meta`` is the config (with the target resolved) and what the draw cost.
     """
+    options = {"n": n, "seed": seed, "target": target, "steps": steps, "eta": eta, "guidance": guidance,
+               "reward": reward, "temperature": temperature, "candidates": candidates, "particles": particles,
+               "value": value, "guidance_start": guidance_start, "radius": radius,
+               "guide": None if guide is None else str(guide), "cfg_scale": cfg_scale}
+    config = validated(SampleConfig, {key: option for key, option in options.items() if option is not None},
+                       "sampling options")
     model = load(model) if isinstance(model, str | Path) else model
-    if isinstance(target, str) and target != "all":
+    if isinstance(config.target, str) and config.target != "all":
         if not isinstance(model.domain, SupportsTargets):
-            raise ValueError(f"target {target!r}: the {model.domain.name} domain has no targets")
-        target = model.domain.parse_target(target)
-    if guide is not None and guidance != "regressor":
-        raise ValueError(f"a guide steers guidance 'regressor', not {guidance!r}")
+            raise ValueError(f"target {config.target!r}: the {model.domain.name} domain has no targets")
+        config = config.model_copy(update={"target": model.domain.parse_target(config.target)})
     counter = RewardCounter()
-    scorer = make_scorer(RewardConfig(name=reward), model.domain, counter)
-    transition = make_transition(guidance, scorer, temperature, candidates, radius,
-                                 None if guide is None else load_guide(guide, model), guidance_start,
-                                 particles=particles, value=value)
+    scorer = make_scorer(RewardConfig(name=config.reward), model.domain, counter)
+    transition = make_transition(config, scorer, None if config.guide is None else load_guide(config.guide, model))
     evaluations = model.eps_model.evaluations
     started = time.perf_counter()
-    batch = generate(model, n, seeded_generator(seed), target=target, steps=steps, eta=eta,
-                     transition=transition, cfg_scale=cfg_scale, progress=progress)
-    meta = {"n": n, "seed": seed, "target": target, "steps": steps, "eta": eta, "guidance": guidance,
-            "reward": reward, "temperature": temperature, "candidates": candidates, "particles": particles,
-            "value": getattr(transition, "value", None), "guidance_start": guidance_start, "cfg_scale": cfg_scale,
-            "network_evaluations": model.eps_model.evaluations - evaluations, **counter.as_dict(),
-            "wall_s": round(time.perf_counter() - started, 1)}
+    batch = generate(model, config.n, seeded_generator(config.seed), target=config.target, steps=config.steps,
+                     eta=config.eta, transition=transition, cfg_scale=config.cfg_scale, progress=progress)
+    meta = config.model_dump(mode="json") | {"network_evaluations": model.eps_model.evaluations - evaluations,
+                                             **counter.as_dict(), "wall_s": round(time.perf_counter() - started, 1)}
     if isinstance(transition, ClassifierGuidance):
-        meta |= {"guide": str(guide), "guide_evaluations": transition.evaluations}
+        meta["guide_evaluations"] = transition.evaluations
     if isinstance(transition, SequentialMonteCarlo):
         meta["smc"] = transition.stats.as_dict()
     return Samples(batch, model, meta)

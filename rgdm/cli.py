@@ -10,13 +10,14 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 
 from rgdm import api, registry
 from rgdm.algorithms.classifier_guidance import OBJECTIVES
+from rgdm.algorithms.rgdm import VALUE_ESTIMATES
 from rgdm.batch import Batch, flatten_parts, unflatten_parts
 from rgdm.domains import build_domain
 from rgdm.domains.base import SupportsFiles
@@ -28,7 +29,7 @@ from rgdm.engine import (
     load_trained,
     make_scorer,
 )
-from rgdm.engine.config import RewardConfig
+from rgdm.engine.config import Guidance, RewardConfig, SampleConfig, preset_or_path
 from rgdm.engine.distributed import leave_process_group
 from rgdm.engine.guide import save_guide, train_guide
 from rgdm.engine.registry import resolve_model, shipped_models
@@ -59,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         if not (args.config and args.out):
             raise UsageError("train needs --config and --out (or --resume DIR)")
-        trainer = Trainer(load_config(api.preset_or_path(args.config), args.set), fresh_run_dir(args.out))
+        trainer = Trainer(load_config(preset_or_path(args.config), args.set), fresh_run_dir(args.out))
     run_dir = trainer.fit(progress=not args.quiet)
     print(f"trained {trainer.step} steps; final weights in {run_dir / 'final.safetensors'}")
 
@@ -70,8 +71,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         trainer.fit(progress=not args.quiet)
         algorithm, calls = trainer.config.algorithm.name, trainer.counter.calls
     else:
-        if not (args.checkpoint and args.reward and args.out):
-            raise UsageError("finetune needs --checkpoint, --reward and --out (or --resume DIR)")
+        if not (((args.checkpoint and args.reward) or args.config) and args.out):
+            raise UsageError("finetune needs --checkpoint, --reward and --out, or a recipe (--config NAME) and --out "
+                             "(or --resume DIR)")
         flags = {"train.checkpoint_every": args.checkpoint_every, "algorithm.targets": args.targets}
         overrides = [f"{key}={value}" for key, value in flags.items() if value is not None] + args.set
         training = api.finetune(args.checkpoint, reward=args.reward, algorithm=args.algorithm,
@@ -124,8 +126,6 @@ def cmd_train_guide(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    if (args.guide is not None) != (args.guidance == "regressor"):
-        raise UsageError("--guidance regressor and --guide DIR go together")
     samples = api.sample(args.checkpoint, args.n, reward=args.reward, guidance=args.guidance, seed=args.seed,
                          temperature=args.temperature, target=args.target, steps=args.steps, eta=args.eta,
                          candidates=args.candidates, particles=args.particles, value=args.value,
@@ -199,6 +199,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.suite in ("curve", "steps"):
         cmd_bench_curves(args)
         return
+    if args.suite == "molecules":
+        cmd_bench_molecules(args)
+        return
     from rgdm.benchmarks.toy import markdown_table, plot_curves, run_toy_benchmark
 
     methods = args.methods.split(",") if args.methods else None
@@ -228,6 +231,19 @@ def cmd_bench_curves(args: argparse.Namespace) -> None:
                              progress=not args.quiet)
     write_report(path, result, markdown_table(result))
     print(f"plot in {plot_curve(result, path.with_suffix('.png'))}")
+
+
+def cmd_bench_molecules(args: argparse.Namespace) -> None:
+    from rgdm.benchmarks.molecules import MoleculeTask, markdown_table, plot_curves, run_molecule_benchmark
+
+    given = {"checkpoint": args.checkpoint, "reward": args.reward, "temperature": args.temperature,
+             "floor": args.floor}
+    result = run_molecule_benchmark(MoleculeTask(**{k: v for k, v in given.items() if v is not None}),
+                                    quick=args.quick, seeds=args.seeds, posebusters=not args.no_posebusters,
+                                    methods=args.methods.split(",") if args.methods else None, progress=not args.quiet)
+    path = Path(args.json)
+    write_report(path, result, markdown_table(result))
+    print(f"curves in {plot_curves(result, path.with_suffix('.png'))}")
 
 
 def cmd_bench_perf(args: argparse.Namespace) -> None:
@@ -365,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--checkpoint-every", type=int)
     finetune.add_argument("--seed", type=int)
     finetune.add_argument("--targets", help="conditional targets, e.g. [0,1,2]: the network learns each")
-    finetune.add_argument("--config", help="YAML file or preset (default: finetune-DOMAIN)")
+    finetune.add_argument("--config", help="YAML file or preset (default: finetune-DOMAIN); a shipped checkpoint's "
+                          "recipe (qm9-rgdm-qed) names its own model and reward")
     finetune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     finetune.add_argument("--out", help="run folder")
     finetune.add_argument("--resume", metavar="DIR", help="continue an interrupted run exactly")
@@ -377,29 +394,38 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="new model folder")
     export.set_defaults(func=cmd_export)
 
-    sample = commands.add_parser("sample", help="draw samples from a trained model")
+    sample = commands.add_parser("sample", help="draw samples from a trained model (sample.json records the "
+                                 "options)")
+    options = SampleConfig.model_fields  # the defaults and checks of every option
     sample.add_argument("--checkpoint", required=True, help="shipped name or run folder")
-    sample.add_argument("-n", type=int, default=1000, help="number of samples")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("-n", type=int, default=options["n"].default, help="number of samples (default %(default)s)")
+    sample.add_argument("--seed", type=int, default=options["seed"].default,
+                        help="random seed of the draw (default %(default)s)")
     sample.add_argument("--target", help="condition for a conditional model (a class, or a property value for "
                         "molecules); 'all' spreads the samples evenly over every target")
     sample.add_argument("--steps", type=int, help="DDIM steps (default: every step, DDPM)")
-    sample.add_argument("--eta", type=float, default=1.0, help="DDIM eta (1: ancestral, 0: deterministic)")
-    sample.add_argument("--guidance", choices=["none", "select", "smc", "gradient", "regressor"], default="none",
+    sample.add_argument("--eta", type=float, default=options["eta"].default,
+                        help="DDIM eta (1: ancestral, 0: deterministic; default %(default)s)")
+    sample.add_argument("--guidance", choices=get_args(Guidance), default=options["guidance"].default,
                         help="reward-guided sampling: smc targets the pay-off p_ref exp(r / T) (sequential Monte "
-                             "Carlo); select is greedy selection among candidates (over-shoots it); gradient steps")
+                             "Carlo); select is greedy selection among candidates (over-shoots it); gradient steps "
+                             "(default %(default)s)")
     sample.add_argument("--reward", help="reward for guidance")
-    sample.add_argument("--temperature", type=float, default=0.1)
-    sample.add_argument("--candidates", type=int, default=8, help="select: candidates a step")
-    sample.add_argument("--particles", type=int, default=16, help="smc: particles per sample")
-    sample.add_argument("--value", choices=["reuse", "exact"],
+    sample.add_argument("--temperature", type=float, default=options["temperature"].default,
+                        help="tau of the pay-off p_ref exp(r / tau) that guidance aims at (default %(default)s)")
+    sample.add_argument("--candidates", type=int, default=options["candidates"].default,
+                        help="select: candidates a step, even (default %(default)s)")
+    sample.add_argument("--particles", type=int, default=options["particles"].default,
+                        help="smc: particles per sample (default %(default)s)")
+    sample.add_argument("--value", choices=VALUE_ESTIMATES,
                         help="select, smc: Tweedie values from the noise predicted at each candidate (exact, the "
                              "default) or at the state it was drawn from (reuse: select then costs one network "
                              "evaluation a step instead of K)")
     sample.add_argument("--guidance-start", type=int, metavar="T",
                         help="select, smc: guide only the steps landing at diffusion time <= T (of the model's "
                              "timesteps); noisier steps are plain draws, saving their evaluations and reward calls")
-    sample.add_argument("--radius", type=float, default=0.5, help="exploration radius of gradient steps")
+    sample.add_argument("--radius", type=float, default=options["radius"].default,
+                        help="exploration radius of gradient steps (default %(default)s)")
     sample.add_argument("--guide", metavar="DIR", help="noise-aware guide of --guidance regressor (rgdm train-guide)")
     sample.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (models trained with cfg)")
     sample.add_argument("--out", required=True)
@@ -417,8 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     bench = commands.add_parser("bench", help="benchmarks with JSON output")
-    bench.add_argument("suite", choices=["toy", "perf", "profile", "curve", "steps"],
-                       help="toy: every method on the toy tasks; perf: speed and memory of sampling, training steps "
+    bench.add_argument("suite", choices=["toy", "molecules", "perf", "profile", "curve", "steps"],
+                       help="toy: every method on the toy tasks; molecules: every method on a molecule reward at "
+                            "equal reward calls; perf: speed and memory of sampling, training steps "
                             "and rewards; profile: torch.profiler operator tables of the step-wise and guided paths; "
                             "curve: quality of every checkpoint of a run (--run) against training hours; steps: "
                             "quality of a model (--checkpoint) against sampling steps")
@@ -433,7 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--bf16", action="store_true", help="perf: bf16 autocast of the networks (CUDA only)")
     bench.add_argument("--compile", action="store_true", help="perf: torch.compile the networks (CUDA only)")
     bench.add_argument("--run", help="curve: the training run folder")
-    bench.add_argument("--checkpoint", help="steps: shipped name or model folder")
+    bench.add_argument("--checkpoint", help="steps, molecules: shipped name or model folder (molecules: default "
+                       "qm9-noh-pretrained)")
+    bench.add_argument("--reward", help="molecules: the reward (default qed; xtb-strain for models with hydrogens)")
+    bench.add_argument("--temperature", type=float, help="molecules: tau of the pay-off (default 0.02)")
+    bench.add_argument("--floor", type=float, help="molecules: reward of invalid molecules (default 0; below the "
+                       "reward's range for xtb-strain, e.g. -1)")
+    bench.add_argument("--no-posebusters", action="store_true", help="molecules: skip PoseBusters (slow)")
     bench.add_argument("-n", type=int, default=200, help="curve, steps: samples per point")
     bench.add_argument("--sampling-steps", type=lambda text: [int(v) for v in text.split(",")], default=[100],
                        help="curve: sampling steps (default 100); steps: comma-separated counts, e.g. 25,50,100")

@@ -14,9 +14,10 @@ Each registry holds named factories from three places, all through one machinery
 
 Entry points are discovered on the first lookup and each is imported only when its name is first
 looked up, so listing names imports nothing. A domain factory takes the domain's options
-(``factory(options) -> Domain``); an algorithm factory takes ``(config, total_steps, domain)`` and
-returns the ``Algorithm``; a reward is a ``Reward`` spec, or a factory ``factory(domain) -> Reward`` of
-the domain instance it scores, for every domain or for one (``RewardEntry``).
+(``factory(options) -> Domain``); an algorithm is its config class (``rgdm.algorithms.config``), whose
+``build`` makes it, or a bare factory ``(config, total_steps, domain) -> Algorithm``; a reward is a
+``Reward`` spec, or a factory ``factory(domain) -> Reward`` of the domain instance it scores, for every
+domain or for one (``RewardEntry``).
 """
 
 from __future__ import annotations
@@ -45,15 +46,15 @@ BUILTIN_DOMAINS = {
     "molecules": "rgdm.domains.molecules.domain:MoleculeDomain",
     "shapes": "rgdm.domains.shapes.domain:ShapeDomain",
 }
-#: rgdm's training algorithms: RGDM's estimators and the training peers.
+#: rgdm's training algorithms, RGDM's estimators and the training peers, by their config classes.
 BUILTIN_ALGORITHMS = {
-    "pretrain": "rgdm.engine.builder:build_pretrain",
-    "rgdm-data": "rgdm.engine.builder:build_data_payoff",
-    "rgdm-model": "rgdm.engine.builder:build_model_payoff",
-    "rgdm-stepwise": "rgdm.engine.builder:build_stepwise",
-    "cfg": "rgdm.engine.builder:build_cfg",
-    "rwr": "rgdm.engine.builder:build_rwr",
-    "ddpo": "rgdm.engine.builder:build_ddpo",
+    "pretrain": "rgdm.algorithms.pretrain:PretrainConfig",
+    "rgdm-data": "rgdm.algorithms.payoff:DataPayoffConfig",
+    "rgdm-model": "rgdm.algorithms.payoff:ModelPayoffConfig",
+    "rgdm-stepwise": "rgdm.algorithms.payoff:StepwiseConfig",
+    "cfg": "rgdm.algorithms.cfg:CFGConfig",
+    "rwr": "rgdm.algorithms.rwr:RWRConfig",
+    "ddpo": "rgdm.algorithms.ddpo:DDPOConfig",
 }
 
 
@@ -208,8 +209,10 @@ def register_domain(name: str, factory: F | None = None) -> Any:
 
 
 def register_algorithm(name: str, factory: F | None = None) -> Any:
-    """Register a training algorithm: ``factory(config, total_steps, domain) -> Algorithm``, where ``config``
-    is the run's ``AlgorithmConfig``. Called with the name alone it is a decorator."""
+    """Register a training algorithm: its config class (an ``AlgorithmConfig`` subclass with
+    ``name: Literal[NAME]``, whose ``build`` makes the algorithm), or a bare ``factory(config, total_steps,
+    domain) -> Algorithm`` configured by ``AlgorithmConfig`` itself. Called with the name alone it is a
+    decorator."""
     if factory is None:
         def decorate(fn: F) -> F:
             algorithms.register(name, fn)

@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rgdm.algorithms.payoff import StepwiseConfig
+from rgdm.algorithms.pretrain import PretrainConfig
 from rgdm.engine.config import (
     ConfigError,
     RunConfig,
@@ -18,6 +20,9 @@ from rgdm.engine.config import (
     load_config,
     parse_config,
 )
+
+#: Selects the algorithm whose keys the algorithm tests set.
+STEPWISE = "algorithm.name=rgdm-stepwise"
 
 
 def config_error(overrides: list[str]) -> str:
@@ -38,8 +43,8 @@ def test_defaults_validate() -> None:
     assert config.diffusion.schedule == "cosine"
     assert config.diffusion.timesteps == 1000
     assert config.train.steps == 5000
-    assert config.algorithm.name == "pretrain"
-    assert config.algorithm.candidates % 2 == 0
+    assert config.algorithm.name == "pretrain" and isinstance(config.algorithm, PretrainConfig)
+    assert StepwiseConfig().candidates % 2 == 0
     assert config.reward.name is None
     assert config.init is None
 
@@ -104,12 +109,20 @@ def test_wrong_type_names_the_field(override: str, field: str) -> None:
      ("train.ema_decay=1", "train.ema_decay"),
      ("diffusion.timesteps=1", "diffusion.timesteps"),
      ("algorithm.temperature=-0.1", "algorithm.temperature"),
-     ("algorithm.candidates=0", "algorithm.candidates"),
-     ("algorithm.radius=0", "algorithm.radius"),
      ("train.grad_clip=0", "train.grad_clip")],
 )
 def test_out_of_range_names_the_field(override: str, field: str) -> None:
     message = config_error([override])
+    assert f"{field}:" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [("algorithm.candidates=0", "algorithm.candidates"),
+     ("algorithm.radius=0", "algorithm.radius")],
+)
+def test_out_of_range_algorithm_keys_name_the_field(override: str, field: str) -> None:
+    message = config_error([STEPWISE, override])
     assert f"{field}:" in message
 
 
@@ -122,10 +135,11 @@ def test_several_problems_are_all_reported() -> None:
 
 @pytest.mark.parametrize("candidates", [3, 7, 9])
 def test_odd_candidates_rejected(candidates: int) -> None:
-    message = config_error([f"algorithm.candidates={candidates}"])
+    message = config_error([STEPWISE, f"algorithm.candidates={candidates}"])
     assert "candidates must be even" in message
     assert str(candidates) in message
-    assert load_config(None, [f"algorithm.candidates={candidates + 1}"]).algorithm.candidates == candidates + 1
+    config = load_config(None, [STEPWISE, f"algorithm.candidates={candidates + 1}"])
+    assert config.algorithm.candidates == candidates + 1
 
 
 def test_config_error_is_a_value_error() -> None:
@@ -234,7 +248,7 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
 
 def test_file_with_bad_values_names_fields(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("train: {step: 10}\nalgorithm: {candidates: 5}\n")
+    path.write_text("train: {step: 10}\nalgorithm: {name: rgdm-stepwise, candidates: 5}\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "train.step: unknown key; did you mean 'steps'?" in str(info.value)
@@ -249,6 +263,37 @@ def test_yaml_scalar_construction_errors_are_config_errors(tmp_path: Path, value
     path.write_text(f"train: {{lr: {value}}}\n")
     with pytest.raises(ConfigError):
         load_config(path)
+
+
+def test_a_file_extends_another_section_by_section_and_overrides_come_last(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("domain: {name: toy, mixture: ring8, train_size: 100}\n"
+                                        "train: {steps: 10, lr: 0.01}\nalgorithm: {name: rgdm-data, targets: [0, 1]}\n")
+    (tmp_path / "middle.yaml").write_text("extends: base\ntrain: {steps: 20}\n")
+    path = tmp_path / "top.yaml"
+    path.write_text("extends: middle.yaml\ndomain: {mixture: rare-ring8}\nalgorithm: {targets: [2]}\n")
+    config = load_config(path, ["train.lr=0.5"])
+    assert config.domain == {"name": "toy", "mixture": "rare-ring8", "train_size": 100}
+    assert (config.train.steps, config.train.lr) == (20, 0.5)
+    assert config.algorithm.name == "rgdm-data" and config.algorithm.targets == [2], "a list is replaced"
+
+
+def test_a_file_elsewhere_extends_a_shipped_preset_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: finetune-toy\ninit: toy-ring-pretrained\ntrain: {steps: 7}\n")
+    config = load_config(path)
+    assert (config.train.steps, config.train.batch_size, config.algorithm.name) == (7, 256, "rgdm-data")
+
+
+@pytest.mark.parametrize(("files", "match"), [
+    ({"a.yaml": "extends: b\n", "b.yaml": "extends: a\n"}, "which extends it in turn"),
+    ({"a.yaml": "extends: nowhere\n"}, r"extends 'nowhere', which is neither a file next to it nor a preset \("),
+    ({"a.yaml": "extends: [b]\n"}, "extends takes a preset name or a file"),
+])
+def test_a_bad_extends_is_a_config_error(tmp_path: Path, files: dict[str, str], match: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(tmp_path / "a.yaml")
 
 
 # --------------------------------------------------------------------------------------------------

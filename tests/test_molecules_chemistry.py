@@ -234,7 +234,7 @@ def test_closed_shell_rewards_score_radicals_as_failures(methane, ch3_radical, t
 
 def test_named_rewards_are_listed_with_descriptions(benzene):
     assert set(MOLECULE_REWARDS) == {"qed", "logp", "sa", "qed-closed-shell", "logp-closed-shell", "sa-closed-shell",
-                                     "smarts"}
+                                     "smarts", "xtb-strain"}
     for name, reward in MOLECULE_REWARDS.items():
         fn = resolve_reward(f"{name}:c1ccccc1" if reward.parse else name, MOLECULE_REWARDS).fn
         assert reward.description and len(fn([benzene, benzene])) == 2

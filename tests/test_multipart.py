@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from tensordict import TensorDict
-from toolkit import hand_made_molecules, make_scorer
+from toolkit import denoising_losses, hand_made_molecules, make_scorer, stepwise_loss
 from torch import nn
 
 from rgdm.algorithms import (
@@ -21,8 +21,9 @@ from rgdm.algorithms import (
     StepwiseExploration,
     TrainingContext,
 )
+from rgdm.algorithms.base import DenoisingRows
 from rgdm.algorithms.classifier_guidance import ClassifierGuidance
-from rgdm.algorithms.rgdm import denoising_loss, explore, stepwise_loss
+from rgdm.algorithms.rgdm import StepwiseLoss, explore
 from rgdm.algorithms.svdd import svdd
 from rgdm.batch import Batch, Shard, flatten_parts, unflatten_parts
 from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, sample
@@ -161,7 +162,7 @@ def constant_reward(samples):
 
 def test_stepwise_loss_is_the_plain_denoising_loss_for_a_constant_reward():
     model, batch = make_model(), data(12)
-    expected = denoising_loss(model, batch, torch.Generator().manual_seed(3)).mean()
+    expected = denoising_losses(model, batch, torch.Generator().manual_seed(3)).mean()
     scorer = make_scorer(constant_reward, decode=lambda x, mask: list(range(x.shape[0])))
     loss, stats = stepwise_loss(model, model, scorer, batch, torch.Generator().manual_seed(3), candidates=8,
                                 radius=0.5, temperature=0.3, center="posterior")
@@ -183,12 +184,15 @@ def test_two_shards_add_up_to_the_whole_batch_gradient(loss):
     scorer = make_scorer(lambda samples: [float(i % 5) for i in samples],
                          decode=lambda x, mask: [int(v * 1e3) % 7 for v in x["atoms"].sum((1, 2)).tolist()])
 
+    stepwise = StepwiseLoss(candidates=4, radius=0.5, temperature=0.3, center="reference")
+
     def compute(shard: Shard) -> torch.Tensor:
         generator = torch.Generator().manual_seed(4)
         if loss == "denoising":
-            return shard.mean(denoising_loss(model, batch, generator, shard), len(batch))
-        return stepwise_loss(model, model, scorer, batch, generator, candidates=4, radius=0.5, temperature=0.3,
-                             center="reference", shard=shard)[0]
+            rows = DenoisingRows.draw(batch, model.diffusion, generator)
+            return shard.mean(rows.select(shard.rows(len(rows))).losses(model), len(rows))
+        rows = stepwise.draw(batch, model.diffusion, generator)
+        return shard.mean(stepwise(model, model, scorer, rows.select(shard.rows(len(rows))))[0], len(rows))
 
     whole = gradient(model, compute(Shard()))
     parts = sum(gradient(model, compute(Shard(rank, 2))) for rank in range(2)) / 2

@@ -68,7 +68,7 @@ def test_every_configured_algorithm_builds(name):
 def test_the_exploration_start_reaches_the_step_wise_algorithm_and_must_be_a_time():
     algorithm = make_algorithm(AlgorithmConfig(name="rgdm-stepwise", explore_start=20), total_steps=100,
                                domain=ToyDomain())
-    assert algorithm.start == 20
+    assert algorithm.stepwise.start == 20
     with pytest.raises(ValueError, match="explore_start"):
         AlgorithmConfig(name="rgdm-stepwise", explore_start=-1)
 

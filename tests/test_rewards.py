@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from rgdm.algorithms.base import TrainingContext, score_data_rows
+from rgdm.algorithms.base import score_data_rows
 from rgdm.batch import Batch, Shard
+from rgdm.engine.distributed import DataParallelContext
 from rgdm.rewards import (
     BlackBoxReward,
     BudgetExhausted,
@@ -374,9 +375,9 @@ def test_data_rows_are_scored_against_every_target_once_per_process(monkeypatch:
     monkeypatch.setattr(torch.distributed, "all_gather_object", gather)
     counter, ledger = RewardCounter(), RewardCounter(limit=10)
     data = Batch(torch.arange(5.0)[:, None])
-    ctx = TrainingContext(model=None, ema=None, reference=None, data=data, batch_size=1, prior=None,
-                          scorer=Scorer(BlackBoxReward(Offset(), counter=counter), decode, counter),
-                          targets=[0, 10], shard=Shard(rank=1, world=2), ledger=ledger)
+    ctx = DataParallelContext(model=None, ema=None, reference=None, data=data, batch_size=1, prior=None,
+                              scorer=Scorer(BlackBoxReward(Offset(), counter=counter), decode, counter),
+                              targets=[0, 10], shard=Shard(rank=1, world=2), ledger=ledger)
     rows, rewards = score_data_rows(ctx, "test", None, torch.Generator().manual_seed(0))
     own = data.x[rows[3:], 0]
     assert decoded == [own.tolist()], "rank 1 decodes its own rows (3 and 4 of 5), once"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from toolkit import make_model, make_scorer, right_half, right_half_shares
+from toolkit import denoising_losses, make_model, make_scorer, right_half, right_half_shares, stepwise_loss
 
 from rgdm.algorithms import (
     DataPayoff,
@@ -17,16 +17,10 @@ from rgdm.algorithms import (
     TrainingContext,
 )
 from rgdm.algorithms.base import score_data_rows
-from rgdm.algorithms.rgdm import (
-    conditional_payoff_weights,
-    denoising_loss,
-    explore,
-    payoff_weights,
-    stepwise_loss,
-)
+from rgdm.algorithms.rgdm import StepwiseLoss, conditional_payoff_weights, explore, payoff_weights
 from rgdm.batch import Batch
 from rgdm.diffusion import GaussianDiffusion, NoiseSchedule, sample
-from rgdm.engine.generate import make_transition
+from rgdm.engine.config import SampleConfig
 from rgdm.rewards import BlackBoxReward, RewardCounter, Scorer
 
 
@@ -37,14 +31,14 @@ def constant_reward(samples):
 def test_stepwise_loss_is_plain_denoising_loss_for_a_constant_reward():
     model = make_model()
     batch = Batch(torch.randn(64, 2))
-    expected = denoising_loss(model, batch, torch.Generator().manual_seed(3)).mean()
+    expected = denoising_losses(model, batch, torch.Generator().manual_seed(3)).mean()
     loss, stats = stepwise_loss(model, model, make_scorer(constant_reward), batch, torch.Generator().manual_seed(3),
                                 candidates=8, radius=0.5, temperature=0.3, center="posterior")
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     assert stats.effective_candidates == pytest.approx(8.0)
 
     grads = []
-    for compute in (lambda: denoising_loss(model, batch, torch.Generator().manual_seed(3)).mean(),
+    for compute in (lambda: denoising_losses(model, batch, torch.Generator().manual_seed(3)).mean(),
                     lambda: stepwise_loss(model, model, make_scorer(constant_reward), batch,
                                           torch.Generator().manual_seed(3), candidates=8, radius=0.5,
                                           temperature=0.3, center="posterior")[0]):
@@ -81,13 +75,12 @@ def test_stepwise_exploration_start_scores_only_the_pairs_landing_at_or_below_it
     t = first_times(3)
     start = int(t.median())
     counter = RewardCounter()
-    charged = []
-    _, stats = stepwise_loss(model, reference, make_scorer(right_half, counter), batch,
-                             torch.Generator().manual_seed(3), candidates=8, radius=0.5, temperature=0.3,
-                             center="reference", start=start, charge=charged.append)
+    loss = StepwiseLoss(candidates=8, radius=0.5, temperature=0.3, center="reference", start=start)
+    rows = loss.draw(batch, model.diffusion, torch.Generator().manual_seed(3))  # the engine charges rows.reward_calls
+    _, stats = loss(model, reference, make_scorer(right_half, counter), rows)
     explored = int((t - 1 <= start).sum())
     assert 0 < explored < 64
-    assert counter.calls == charged[0] == 8 * explored
+    assert counter.calls == rows.reward_calls == 8 * explored
     assert stats is not None and 1.0 <= stats.effective_candidates <= 8.0
 
     everything = [stepwise_loss(model, reference, make_scorer(right_half), batch, torch.Generator().manual_seed(3),
@@ -115,10 +108,9 @@ def test_stepwise_pairs_above_the_exploration_start_distil_the_reference_whateve
 def test_weighted_loss_reduces_to_denoising_for_uniform_data_weights():
     model = make_model()
     x = torch.randn(32, 2)
-    plain = denoising_loss(model, Batch(x), torch.Generator().manual_seed(1)).mean()
-    from rgdm.algorithms.rgdm import weighted_denoising_loss
-
-    weighted = weighted_denoising_loss(model, Batch(x, weight=torch.full((32,), 5.0)), torch.Generator().manual_seed(1))
+    losses = denoising_losses(model, Batch(x), torch.Generator().manual_seed(1))
+    plain, weights = losses.mean(), torch.full((32,), 5.0)
+    weighted = (weights * losses).sum() / weights.sum()  # sum_i w_i L_i / sum_i w_i: a weighting is a product
     torch.testing.assert_close(plain, weighted)
 
 
@@ -263,9 +255,9 @@ def test_a_guidance_start_is_a_diffusion_time_of_candidate_selection():
     with pytest.raises(ValueError, match="diffusion time"):
         GreedySelection(make_scorer(right_half), start=-1)
     with pytest.raises(ValueError, match="candidate selection"):
-        make_transition("gradient", make_scorer(right_half), 0.1, 8, 0.5, start=10)
+        SampleConfig(guidance="gradient", reward="r", guidance_start=10)
     with pytest.raises(ValueError, match="candidate selection"):
-        make_transition("none", None, 0.1, 8, 0.5, start=10)
+        SampleConfig(guidance_start=10)
 
 
 def test_gradient_step_moves_samples_up_the_reward_within_the_radius(pretrained_gaussian):

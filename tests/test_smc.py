@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from test_multipart import MASK, assert_on_the_sample_space, atom_sum, graph_context, zeros
-from toolkit import make_scorer
+from toolkit import make_scorer, stepwise_loss
 from torch import nn
 
 from rgdm.algorithms import GreedySelection, SequentialMonteCarlo
-from rgdm.algorithms.rgdm import stepwise_loss, tweedie_estimate
+from rgdm.algorithms.rgdm import tweedie_estimate
 from rgdm.algorithms.smc import populations_of, residual_resampling, systematic_resampling
 from rgdm.batch import Batch
 from rgdm.benchmarks.toy import Budget, ToyTask, plot_curves, run_task
@@ -23,7 +23,7 @@ from rgdm.diffusion.sampling import timestep_pairs
 from rgdm.domains.toy import ToyDomain
 from rgdm.engine import generate, load_trained
 from rgdm.engine.builder import make_algorithm, seeded_generator
-from rgdm.engine.config import AlgorithmConfig
+from rgdm.engine.config import AlgorithmConfig, SampleConfig
 from rgdm.engine.generate import make_transition
 from rgdm.rewards import RewardCounter
 
@@ -175,7 +175,7 @@ def test_stepwise_training_with_reused_values_matches_exact_values_when_the_pred
 def test_the_value_option_reaches_step_wise_training_and_is_validated():
     algorithm = make_algorithm(AlgorithmConfig(name="rgdm-stepwise", value="reuse"), total_steps=10,
                                domain=ToyDomain())
-    assert algorithm.value == "reuse"
+    assert algorithm.stepwise.value == "reuse"
     with pytest.raises(ValueError, match="value"):
         AlgorithmConfig(name="rgdm-stepwise", value="approximate")
 
@@ -278,10 +278,11 @@ def test_the_toy_benchmark_runs_the_guided_rows_and_plots_distance_against_calls
 
 def test_value_and_start_are_options_of_selection_and_smc_only():
     scorer = make_scorer(lambda x: x[:, 0])
-    assert make_transition("select", scorer, 0.1, 8, 0.5, value="reuse").value == "reuse"
-    assert make_transition("smc", scorer, 0.1, 8, 0.5, start=5, particles=4).particles == 4
+    assert make_transition(SampleConfig(guidance="select", reward="r", value="reuse"), scorer).value == "reuse"
+    smc = SampleConfig(guidance="smc", reward="r", guidance_start=5, particles=4)
+    assert make_transition(smc, scorer).particles == 4
     with pytest.raises(ValueError, match="value estimate"):
-        make_transition("gradient", scorer, 0.1, 8, 0.5, value="reuse")
+        SampleConfig(guidance="gradient", reward="r", value="reuse")
     with pytest.raises(ValueError, match="value must be"):
         GreedySelection(scorer, value="cheap")
     with pytest.raises(ValueError, match="particle"):

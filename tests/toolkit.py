@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rgdm.algorithms.base import TrainingContext
-from rgdm.algorithms.rgdm import denoising_loss
+from rgdm.algorithms.base import DenoisingRows, TrainingContext
+from rgdm.algorithms.rgdm import StepwiseLoss, StepwiseStats
 from rgdm.batch import Batch
 from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, sample
 from rgdm.domains.molecules.chemistry import Molecule, molecule_from_smiles
@@ -31,6 +31,19 @@ def make_scorer(fn, counter: RewardCounter | None = None, decode=lambda x, mask:
     return Scorer(BlackBoxReward(fn, counter=counter), decode, counter)
 
 
+def denoising_losses(model: EpsModel, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+    """Each row's denoising loss, its time and noise drawn from ``generator``."""
+    return DenoisingRows.draw(batch, model.diffusion, generator).losses(model)
+
+
+def stepwise_loss(model: EpsModel, value_model: EpsModel, scorer: Scorer, batch: Batch,
+                       generator: torch.Generator, **options) -> tuple[torch.Tensor, StepwiseStats | None]:
+    """The step-wise loss (``StepwiseLoss(**options)``) of ``batch`` in one process: the mean row loss, the stats."""
+    loss = StepwiseLoss(**options)
+    losses, stats = loss(model, value_model, scorer, loss.draw(batch, model.diffusion, generator))
+    return losses.mean(), stats
+
+
 def right_half(samples):
     """Reward 1 on the right half plane."""
     return (samples[:, 0] > 0).astype(float)
@@ -44,7 +57,7 @@ def train_gaussian_model() -> EpsModel:
     generator = torch.Generator().manual_seed(0)
     data = Batch(torch.randn(4000, 2, generator=generator))
     for _ in range(400):
-        loss = denoising_loss(model, data.sample(256, generator), generator).mean()
+        loss = denoising_losses(model, data.sample(256, generator), generator).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -26,10 +26,13 @@ size distribution to the top class's rows; a targeted run keeps the domain's ``p
 
 from __future__ import annotations
 
-import torch
+from typing import Literal
 
-from rgdm.algorithms.base import Algorithm, TrainingContext, score_data_rows
-from rgdm.algorithms.rgdm import weighted_denoising_loss
+import torch
+from pydantic import Field
+
+from rgdm.algorithms.base import Algorithm, DenoisingRows, TrainingContext, score_data_rows
+from rgdm.algorithms.config import AlgorithmConfig, ScoredSize
 from rgdm.batch import Batch
 from rgdm.diffusion.sampling import EpsModel
 
@@ -113,17 +116,32 @@ class ConditionalFinetune(Algorithm):
         picked = ctx.data.select(self.rows[index].to(ctx.data.x.device))
         return Batch(picked.x, picked.mask, cond.to(picked.x.device))
 
-    def loss(self, ctx: TrainingContext, step: int, generator: torch.Generator
-             ) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = self.minibatch(ctx, generator)
-        uncond = float((batch.cond == self.null_token).float().mean())
-        return weighted_denoising_loss(ctx.model, batch, generator, ctx.shard), {"uncond_share": uncond}
+    def draw_rows(self, ctx: TrainingContext, step: int, generator: torch.Generator) -> DenoisingRows:
+        return DenoisingRows.draw(self.minibatch(ctx, generator), ctx.model.diffusion, generator)
+
+    def row_losses(self, ctx: TrainingContext, rows: DenoisingRows) -> tuple[torch.Tensor, dict[str, float]]:
+        uncond = float((rows.batch.cond == self.null_token).float().mean())
+        return rows.losses(ctx.model), {"uncond_share": uncond}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {"rows": self.rows, "labels": self.labels}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.rows, self.labels = tensors["rows"], tensors["labels"]
+
+
+class CFGConfig(AlgorithmConfig):
+    """``cfg``: classifier-free guidance trained on ``num_classes`` reward classes of ``scored_size`` data rows;
+    the null token is the domain's (``num_targets``), and the classes default to one per domain target."""
+
+    name: Literal["cfg"] = "cfg"
+    scored_size: ScoredSize = None
+    num_classes: int | None = Field(None, ge=1, description="reward classes (null: one per domain target)")
+    uncond_prob: float = Field(0.1, ge=0, lt=1, description="label dropout for guidance")
+
+    def build(self, total_steps: int, num_targets: int) -> ConditionalFinetune:
+        return ConditionalFinetune(self.num_classes or num_targets, null_token=num_targets,
+                                   scored_size=self.scored_size, uncond_prob=self.uncond_prob)
 
 
 class GuidedEpsModel:

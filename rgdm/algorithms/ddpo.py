@@ -15,9 +15,14 @@ calls, and watch sample quality, which nothing here protects.
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+from typing import Literal
 
-from rgdm.algorithms.base import Algorithm, TrainingContext
+import torch
+from pydantic import Field
+
+from rgdm.algorithms.base import Algorithm, Rows, TrainingContext
+from rgdm.algorithms.config import AlgorithmConfig
 from rgdm.diffusion.sampling import EpsModel, sample
 
 
@@ -33,6 +38,19 @@ def clipped_surrogate(
     unclipped = ratio * advantages
     clipped = ratio.clamp(1.0 - clip, 1.0 + clip) * advantages
     return -torch.minimum(unclipped, clipped)
+
+
+@dataclass(frozen=True)
+class PairRows(Rows):
+    """A minibatch of DDPO's (trajectory, step) pairs, by their index ``p`` (step ``p // n``, trajectory ``p % n``)."""
+
+    index: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def select(self, index: slice) -> PairRows:
+        return PairRows(self.index[index])
 
 
 class DDPO(Algorithm):
@@ -137,23 +155,24 @@ class DDPO(Algorithm):
                 self.old_log_probs[index] = self._log_probs(ctx.model, index, prior.x.device).cpu()
         self.cursor = 0
 
-    def loss(self, ctx: TrainingContext, step: int, generator: torch.Generator
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+    def draw_rows(self, ctx: TrainingContext, step: int, generator: torch.Generator) -> PairRows:
+        """The next minibatch of pairs, after a refresh when the last batch's epochs are done."""
         if self.cursor >= self.order.numel():
             self.refresh(ctx, generator)
-        minibatch = self._next_minibatch()
-        index = ctx.shard(minibatch)  # under data parallelism, this process's pairs
+        return PairRows(self._next_minibatch())
+
+    def row_losses(self, ctx: TrainingContext, rows: PairRows) -> tuple[torch.Tensor, dict[str, float]]:
+        """Each pair's clipped surrogate."""
         device = ctx.data.x.device
-        log_probs = self._log_probs(ctx.model, index, device)
-        old = self.old_log_probs[index].to(device)
-        advantages = self.advantages[index % self.advantages.numel()].to(device)
+        log_probs = self._log_probs(ctx.model, rows.index, device)
+        old = self.old_log_probs[rows.index].to(device)
+        advantages = self.advantages[rows.index % self.advantages.numel()].to(device)
         surrogate = clipped_surrogate(log_probs, old.to(log_probs.dtype), advantages.to(log_probs.dtype), self.clip)
-        loss = ctx.shard.mean(surrogate, len(minibatch))
         with torch.no_grad():
             log_ratio = log_probs - old
             approx_kl = float(0.5 * (log_ratio**2).mean())
             clip_fraction = float(((log_ratio.exp() - 1).abs() > self.clip).float().mean())
-        return loss, {"reward": self.mean_reward, "approx_kl": approx_kl, "clip_fraction": clip_fraction}
+        return surrogate, {"reward": self.mean_reward, "approx_kl": approx_kl, "clip_fraction": clip_fraction}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {
@@ -173,3 +192,20 @@ class DDPO(Algorithm):
         self.order, self.cursor = tensors["order"], int(tensors["cursor"])
         self.mean_reward = float(tensors["mean_reward"])
         self.cond, self.mask = tensors.get("cond"), tensors.get("mask")
+
+
+class DDPOConfig(AlgorithmConfig):
+    """``ddpo``: the settings of ``DDPO`` (see its arguments). DDPO maximises the reward itself, so the shared
+    ``temperature`` is only recorded, as the pay-off its result is measured against."""
+
+    name: Literal["ddpo"] = "ddpo"
+    trajectories: int = Field(256, ge=2, description="trajectories per refresh")
+    sample_steps: int = Field(20, ge=2, description="DDIM steps (eta 1) per trajectory")
+    inner_epochs: int = Field(2, ge=1, description="passes over each batch of trajectories")
+    minibatch: int = Field(256, ge=1, description="(trajectory, step) pairs per update")
+    clip: float = Field(0.2, gt=0, lt=1, description="importance-ratio clip")
+    advantage_clip: float = Field(5.0, gt=0, allow_inf_nan=False, description="advantages are clipped to +-this")
+
+    def build(self, total_steps: int, num_targets: int) -> DDPO:
+        return DDPO(self.trajectories, self.sample_steps, self.inner_epochs, self.minibatch, self.clip,
+                    self.advantage_clip)

@@ -1,4 +1,4 @@
-"""The three RGDM fine-tuning algorithms: where the pay-off samples come from (DESIGN.md §1.3).
+"""The three RGDM fine-tuning algorithms: where the pay-off samples come from (docs/design.md §1.3).
 
 * ``DataPayoff`` (offline): score the training data once; draw minibatches with probability
   ``softmax(r / tau)`` (importance resampling of the weighted log-likelihood).
@@ -7,24 +7,27 @@
   exactly ``exp(r / tau)``, so the target stays ``p_ref exp(r / tau)`` while every round's weights
   stay close to uniform.
 * ``StepwiseExploration`` (the paper's core): candidate transitions valued by the reward of their
-  Tweedie estimate (``rgdm.algorithms.rgdm.stepwise_loss``).
+  Tweedie estimate (``rgdm.algorithms.rgdm.StepwiseLoss``).
 
-All three add the optional KL anchor on unweighted data.
+All three add the optional KL anchor on unweighted data. The loss they share is ``rgdm.algorithms.rgdm``.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import Literal
 
-from rgdm.algorithms.base import Algorithm, TrainingContext, anchor_loss, score_data_rows
+import torch
+from pydantic import Field
+
+from rgdm.algorithms.base import Algorithm, Anchored, DenoisingRows, TrainingContext, score_data_rows
+from rgdm.algorithms.config import AlgorithmConfig, Anchor, Candidates, ScoredSize
 from rgdm.algorithms.rgdm import (
+    StepwiseLoss,
+    StepwiseRows,
     ValueEstimate,
-    check_value_estimate,
     conditional_payoff_weights,
     effective_sample_size,
     payoff_weights,
-    stepwise_loss,
-    weighted_denoising_loss,
 )
 from rgdm.batch import Batch
 from rgdm.diffusion.sampling import sample
@@ -48,8 +51,8 @@ class DataPayoff(Algorithm):
         if not ctx.targets and ctx.data.mask is not None:  # conditional runs keep p(M | c) from the data
             ctx.refit_sizes(ctx.data.mask[self.rows.to(ctx.data.mask.device)], self.weights[0])
 
-    def loss(self, ctx: TrainingContext, step: int, generator: torch.Generator
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+    def draw_rows(self, ctx: TrainingContext, step: int, generator: torch.Generator) -> Anchored[DenoisingRows]:
+        """Scored data rows drawn with probability ``w`` (their target's weights), and the anchor's rows."""
         cond = ctx.draw_targets(ctx.batch_size, generator)
         index = torch.multinomial(self.weights[0], ctx.batch_size, replacement=True, generator=generator)
         if cond is not None:
@@ -61,8 +64,10 @@ class DataPayoff(Algorithm):
                                                   generator=generator)
         picked = ctx.data.select(self.rows[index].to(ctx.data.x.device))
         batch = Batch(picked.x, picked.mask, None if cond is None else cond.to(picked.x.device))
-        loss = weighted_denoising_loss(ctx.model, batch, generator, ctx.shard)
-        return loss + anchor_loss(ctx, self.anchor, generator), {"ess": effective_sample_size(self.weights[0])}
+        return Anchored.draw(DenoisingRows.draw(batch, ctx.model.diffusion, generator), ctx, self.anchor, generator)
+
+    def row_losses(self, ctx: TrainingContext, rows: Anchored[DenoisingRows]) -> tuple[torch.Tensor, dict[str, float]]:
+        return rows.plus_anchor(rows.rows.losses(ctx.model), ctx.model), {"ess": effective_sample_size(self.weights[0])}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {"rows": self.rows, "weights": self.weights}
@@ -107,16 +112,18 @@ class ModelPayoff(Algorithm):
         """One round's share of the tempering: ``softmax(r / (R tau))``, per target if any."""
         return conditional_payoff_weights(rewards, self.temperature * self.rounds, cond)
 
-    def loss(self, ctx: TrainingContext, step: int, generator: torch.Generator
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+    def draw_rows(self, ctx: TrainingContext, step: int, generator: torch.Generator) -> Anchored[DenoisingRows]:
+        """Buffer rows drawn with probability ``w`` (a new buffer each round), and the anchor's rows."""
         round_index = min(step // self.steps_per_round, self.rounds - 1)
         if round_index != self.round:
             self._refresh(ctx, generator)
             self.round = round_index
         batch = self.buffer.sample(ctx.batch_size, generator, self.weights).to(ctx.data.x.device)
-        loss = weighted_denoising_loss(ctx.model, batch, generator, ctx.shard)
-        loss = loss + anchor_loss(ctx, self.anchor, generator)
-        return loss, {"ess": effective_sample_size(self.weights), "round": float(self.round)}
+        return Anchored.draw(DenoisingRows.draw(batch, ctx.model.diffusion, generator), ctx, self.anchor, generator)
+
+    def row_losses(self, ctx: TrainingContext, rows: Anchored[DenoisingRows]) -> tuple[torch.Tensor, dict[str, float]]:
+        losses = rows.plus_anchor(rows.rows.losses(ctx.model), ctx.model)
+        return losses, {"ess": effective_sample_size(self.weights), "round": float(self.round)}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {"round": torch.tensor(self.round), "x": self.buffer.x, "weights": self.weights}
@@ -140,34 +147,74 @@ class StepwiseExploration(Algorithm):
     def __init__(self, temperature: float, candidates: int = 8, radius: float = 0.5, anchor: float = 0.0,
                  center: str = "reference", value_model: str = "frozen", start: int | None = None,
                  value: ValueEstimate = "exact") -> None:
-        check_value_estimate(value)
         if value_model not in ("frozen", "ema"):
             raise ValueError(f"value_model must be 'frozen' or 'ema', got {value_model!r}")
-        if start is not None and start < 0:
-            raise ValueError(f"the exploration start is a diffusion time (0 = the data), got {start}")
-        self.temperature = temperature
-        self.candidates = candidates
-        self.radius = radius
+        self.stepwise = StepwiseLoss(candidates, radius, temperature, center, start, value)
         self.anchor = anchor
-        self.center = center
         self.value_model = value_model
-        self.start = start
-        self.value = value
 
-    def loss(self, ctx: TrainingContext, step: int, generator: torch.Generator
-             ) -> tuple[torch.Tensor, dict[str, float]]:
-        scorer = ctx.require_scorer(self.name)
-        value_model = ctx.reference if self.value_model == "frozen" and ctx.reference is not None else ctx.ema
+    def draw_rows(self, ctx: TrainingContext, step: int, generator: torch.Generator) -> Anchored[StepwiseRows]:
+        """Data rows (with drawn targets, if any) as training pairs, and the anchor's rows."""
+        ctx.require_scorer(self.name)  # a run without a reward fails before its first draw
         batch = ctx.data.sample(ctx.batch_size, generator)
         cond = ctx.draw_targets(ctx.batch_size, generator)
         if cond is not None:
             batch = Batch(batch.x, batch.mask, cond.to(batch.x.device))
-        loss, stats = stepwise_loss(ctx.model, value_model, scorer, batch, generator,
-                                    candidates=self.candidates, radius=self.radius,
-                                    temperature=self.temperature, center=self.center, start=self.start,
-                                    value=self.value, shard=ctx.shard, charge=ctx.charge)
-        loss = loss + anchor_loss(ctx, self.anchor, generator)
-        if stats is None:
-            return loss, {}
-        return loss, {"value": stats.mean_value, "value_spread": stats.value_spread,
-                      "ess_candidates": stats.effective_candidates}
+        return Anchored.draw(self.stepwise.draw(batch, ctx.model.diffusion, generator), ctx, self.anchor, generator)
+
+    def row_losses(self, ctx: TrainingContext, rows: Anchored[StepwiseRows]) -> tuple[torch.Tensor, dict[str, float]]:
+        value_model = ctx.reference if self.value_model == "frozen" and ctx.reference is not None else ctx.ema
+        losses, stats = self.stepwise(ctx.model, value_model, ctx.require_scorer(self.name), rows.rows)
+        logged = {} if stats is None else {"value": stats.mean_value, "value_spread": stats.value_spread,
+                                           "ess_candidates": stats.effective_candidates}
+        return rows.plus_anchor(losses, ctx.model), logged
+
+
+class DataPayoffConfig(AlgorithmConfig):
+    """``rgdm-data``: RGDM's pay-off weights on ``scored_size`` data rows, scored once."""
+
+    name: Literal["rgdm-data"] = "rgdm-data"
+    anchor: Anchor = 0.0
+    scored_size: ScoredSize = None
+
+    def build(self, total_steps: int, num_targets: int) -> DataPayoff:
+        return DataPayoff(self.temperature, self.anchor, self.scored_size)
+
+
+class RoundsConfig(AlgorithmConfig):
+    """The settings of an algorithm that fits rounds of the model's own samples (``rgdm-model``, ``rwr``)."""
+
+    rounds: int = Field(4, ge=1, description="rounds, each on a fresh buffer sampled from the model")
+    buffer_size: int = Field(4096, ge=1, description="samples per round; each costs one reward call")
+    sample_steps: int | None = Field(None, ge=1, description="sampler steps of a buffer (null: every step)")
+
+
+class ModelPayoffConfig(RoundsConfig):
+    """``rgdm-model``: RGDM's pay-off weights on rounds of the model's own samples, tempered across rounds."""
+
+    name: Literal["rgdm-model"] = "rgdm-model"
+    anchor: Anchor = 0.0
+
+    def build(self, total_steps: int, num_targets: int) -> ModelPayoff:
+        return ModelPayoff(self.temperature, total_steps, self.rounds, self.buffer_size, self.sample_steps,
+                           self.anchor)
+
+
+class StepwiseConfig(AlgorithmConfig):
+    """``rgdm-stepwise``: RGDM's step-wise exploration among ``candidates`` antithetic transitions."""
+
+    name: Literal["rgdm-stepwise"] = "rgdm-stepwise"
+    anchor: Anchor = 0.0
+    candidates: Candidates = 8
+    radius: float = Field(0.5, gt=0, allow_inf_nan=False, description="exploration radius rho")
+    explore_start: int | None = Field(None, ge=0, description="explore only transitions landing at t <= this "
+                                                              "(the rest cost no reward calls; null: all)")
+    center: Literal["posterior", "reference"] = "reference"
+    value_model: Literal["frozen", "ema"] = "frozen"
+    value: ValueEstimate = Field("exact", description="candidates' Tweedie estimates from the value model's "
+                                                      "noise prediction at x_t (reuse, no evaluation) or at "
+                                                      "each candidate (exact, K evaluations)")
+
+    def build(self, total_steps: int, num_targets: int) -> StepwiseExploration:
+        return StepwiseExploration(self.temperature, self.candidates, self.radius, self.anchor, self.center,
+                                   self.value_model, self.explore_start, self.value)

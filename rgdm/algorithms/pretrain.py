@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
-from rgdm.algorithms.base import Algorithm, TrainingContext
-from rgdm.algorithms.rgdm import weighted_denoising_loss
+from rgdm.algorithms.base import Algorithm, DenoisingRows, TrainingContext
+from rgdm.algorithms.config import AlgorithmConfig
 
 
 class Pretrain(Algorithm):
     name = "pretrain"
 
-    def loss(self, ctx: TrainingContext, step: int, generator: torch.Generator
-             ) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = ctx.data.sample(ctx.batch_size, generator)
-        return weighted_denoising_loss(ctx.model, batch, generator, ctx.shard), {}
+    def draw_rows(self, ctx: TrainingContext, step: int, generator: torch.Generator) -> DenoisingRows:
+        return DenoisingRows.draw(ctx.data.sample(ctx.batch_size, generator), ctx.model.diffusion, generator)
+
+    def row_losses(self, ctx: TrainingContext, rows: DenoisingRows) -> tuple[torch.Tensor, dict[str, float]]:
+        return rows.losses(ctx.model), {}
+
+
+class PretrainConfig(AlgorithmConfig):
+    """``pretrain``: no settings beyond the shared ones (``targets`` trains a conditional model)."""
+
+    name: Literal["pretrain"] = "pretrain"
+
+    def build(self, total_steps: int, num_targets: int) -> Pretrain:
+        return Pretrain()

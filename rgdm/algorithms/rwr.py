@@ -10,9 +10,11 @@ There is no KL anchor and no exploration radius. Everything else (rounds, buffer
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
-from rgdm.algorithms.payoff import ModelPayoff
+from rgdm.algorithms.payoff import ModelPayoff, RoundsConfig
 from rgdm.algorithms.rgdm import conditional_payoff_weights
 
 
@@ -37,3 +39,12 @@ class RWR(ModelPayoff):
     def round_weights(self, rewards: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The full temperature every round: ``softmax(r / tau)``, per target if any."""
         return conditional_payoff_weights(rewards, self.temperature, cond)
+
+
+class RWRConfig(RoundsConfig):
+    """``rwr``: reward-weighted regression's rounds of the model's own samples (no anchor)."""
+
+    name: Literal["rwr"] = "rwr"
+
+    def build(self, total_steps: int, num_targets: int) -> RWR:
+        return RWR(self.temperature, total_steps, self.rounds, self.buffer_size, self.sample_steps)

@@ -23,14 +23,14 @@ from typing import Any
 
 import torch
 
-from rgdm.algorithms import ClassifierGuidance, GreedySelection, SequentialMonteCarlo, best_of_n, svdd, train_regressor
+from rgdm.algorithms import ClassifierGuidance, train_regressor
 from rgdm.batch import Batch
+from rgdm.benchmarks.common import GUIDED_SAMPLERS, finetune, mean, sample_with_reward, spread
 from rgdm.domains.toy import ToyDomain
-from rgdm.engine import LoadedModel, Trainer, generate, load_config, load_trained, make_scorer
+from rgdm.engine import LoadedModel, generate, load_config, load_trained, make_scorer
 from rgdm.engine.builder import seeded_generator
 from rgdm.engine.config import RewardConfig
-from rgdm.engine.generate import Sampler
-from rgdm.rewards import RewardCounter, Scorer
+from rgdm.rewards import RewardCounter
 
 FINETUNE_PRESET = Path(__file__).resolve().parent.parent / "configs" / "finetune-toy.yaml"
 BUDGET_MARKS = (1_000, 10_000, 100_000)
@@ -143,35 +143,11 @@ def _finetune(measure: Measure, overrides: list[str], seed: int, run_dir: Path, 
         f"init={task.checkpoint}", f"reward.name={task.reward}", f"train.seed={seed}",
         f"train.steps={budget.finetune_steps}", f"algorithm.temperature={task.temperature}",
         f"train.checkpoint_every={budget.finetune_steps}", *overrides])
-    trainer = Trainer(config, run_dir)
-    cfg = config.algorithm.name == "cfg"
     curve_generator = seeded_generator(30_000 + seed)
-    curve: list[tuple[int, float, float]] = []
-    paused = 0.0
-
-    def trained_model() -> tuple[LoadedModel, dict[str, Any]]:
-        meta = {"guidance_condition": getattr(trainer.algorithm, "top_class", None)}
-        model = LoadedModel(measure.domain, trainer.diffusion, trainer.ema.module, meta)
-        return model, {"cfg_scale": 1.0} if cfg else {}
-
-    def evaluate(trainer: Trainer, step: int) -> None:
-        nonlocal paused
-        if step % budget.eval_every and step != config.train.steps:
-            return
-        start = time.perf_counter()
-        model, args = trained_model()
-        curve.append((trainer.counter.calls, *measure.point(model, curve_generator, **args)))
-        paused += time.perf_counter() - start
-
-    start = time.perf_counter()
-    trainer.fit(on_step=evaluate, progress=progress)
-    wall = time.perf_counter() - start - paused
-    context = trainer.context
-    evaluations = sum(m.evaluations for m in {id(m): m for m in (context.model, context.ema, context.reference)
-                                              if m is not None}.values())
-    model, args = trained_model()
-    return MethodRun(measure.final(model, seed, **args), trainer.counter.calls, evaluations,
-                     measure.first_reaching(curve), wall, curve)
+    run = finetune(config, run_dir, lambda model, args: measure.point(model, curve_generator, **args),
+                   budget.eval_every, progress)
+    return MethodRun(measure.final(run.model, seed, **run.generate_args), run.reward_calls, run.network_evaluations,
+                     measure.first_reaching(run.curve), run.wall_s, run.curve)
 
 
 def _sampling_method(measure: Measure, pretrained: LoadedModel, name: str, seed: int) -> MethodRun:
@@ -184,18 +160,11 @@ def _sampling_method(measure: Measure, pretrained: LoadedModel, name: str, seed:
     generator = seeded_generator(10_000 + seed)
     start = time.perf_counter()
     extra_evaluations = 0
-    steps = {"steps": budget.sampling_steps}
     if name == "pretrained":
         samples = generate(model, budget.eval_samples, generator)
-    elif name in GUIDED_SAMPLERS:
-        transition = GUIDED_SAMPLERS[name](scorer, budget, task.temperature)
-        particles = transition.particles if isinstance(transition, SequentialMonteCarlo) else 1
-        samples = generate(model, budget.eval_samples, generator, transition=transition,
-                           batch_size=budget.eval_samples * particles, **steps)
-    elif name == "best-of-n":
-        def draw(count: int) -> Batch:
-            return generate(model, count, generator, **steps)
-        samples = best_of_n(draw, scorer, budget.eval_samples, budget.candidates, generator)
+    elif name in (*GUIDED_SAMPLERS, "best-of-n"):
+        samples = sample_with_reward(model, name, scorer, budget.eval_samples, generator, budget, task.temperature,
+                                     budget.sampling_steps, budget.candidates)
     else:
         samples, extra_evaluations = _classifier_guidance(measure, model, scorer, generator)
     wall = time.perf_counter() - start
@@ -220,27 +189,10 @@ def _classifier_guidance(measure: Measure, model: LoadedModel, scorer: Callable,
     return samples, guidance.evaluations + budget.regressor_steps * 256
 
 
-#: Guided samplers by name: greedy selection with exact and reused Tweedie values, SMC with both, SVDD. Each
-#: draws its samples in one batch: SMC's are one population of ``eval_samples * particles`` particles.
-GUIDED_SAMPLERS: dict[str, Callable[[Scorer, Budget, float], Sampler]] = {
-    "rgdm-guided-sampling": lambda scorer, budget, tau: GreedySelection(scorer, budget.candidates, tau,
-                                                                        value="exact"),
-    "rgdm-guided-sampling-reuse": lambda scorer, budget, tau: GreedySelection(scorer, budget.candidates, tau,
-                                                                              value="reuse"),
-    "rgdm-smc": lambda scorer, budget, tau: SequentialMonteCarlo(scorer, budget.particles, tau, value="exact"),
-    "rgdm-smc-reuse": lambda scorer, budget, tau: SequentialMonteCarlo(scorer, budget.particles, tau, value="reuse"),
-    "svdd": lambda scorer, budget, tau: svdd(scorer, budget.candidates),
-}
 SAMPLING_METHODS = ("pretrained", *GUIDED_SAMPLERS, "best-of-n", "classifier-guidance")
 
 
 def _summarise(runs: list[MethodRun], seeds: list[int]) -> dict[str, Any]:
-    def mean(values: list[float]) -> float:
-        return statistics.fmean(values)
-
-    def spread(values: list[float]) -> float:
-        return statistics.stdev(values) if len(values) > 1 else 0.0
-
     def at_budget(run: MethodRun, calls: int) -> tuple[float, float] | None:
         within = [(reward, distance) for spent, reward, distance in run.curve if spent <= calls]
         return within[-1] if within else None

@@ -1,5 +1,6 @@
-"""Domain-agnostic diffusion maths: schedules, the Gaussian process, and samplers."""
+"""Domain-agnostic diffusion maths: schedules, the Gaussian process, samplers and the denoising loss."""
 
+from rgdm.diffusion.loss import denoising_loss, draw_training_noise, noise_error
 from rgdm.diffusion.process import (
     GaussianDiffusion,
     Part,
@@ -34,7 +35,10 @@ __all__ = [
     "Transition",
     "TransitionResult",
     "ancestral_transition",
+    "denoising_loss",
+    "draw_training_noise",
     "identity_projection",
+    "noise_error",
     "sample",
     "sum_per_sample",
     "timestep_pairs",

@@ -11,18 +11,10 @@ import torch
 from torch import nn
 
 from rgdm import registry
-from rgdm.algorithms import (
-    DDPO,
-    RWR,
-    Algorithm,
-    ConditionalFinetune,
-    DataPayoff,
-    ModelPayoff,
-    Pretrain,
-    StepwiseExploration,
-)
+from rgdm.algorithms import Algorithm
 from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule
 from rgdm.domains import Domain, build_domain
+from rgdm.domains.base import SupportsTargets
 from rgdm.engine.checkpoint import load_model
 from rgdm.engine.config import AlgorithmConfig, DiffusionConfig, RewardConfig
 from rgdm.engine.registry import resolve_model
@@ -44,46 +36,11 @@ def make_scorer(config: RewardConfig, domain: Domain, counter: RewardCounter) ->
 
 
 def make_algorithm(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:
-    """The training objective a config names, built by its registered factory (``rgdm.registry``)."""
-    return registry.algorithms.get(config.name)(config, total_steps, domain)
-
-
-def build_pretrain(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:
-    """``pretrain``: the denoising loss on the data."""
-    return Pretrain()
-
-
-def build_data_payoff(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:
-    """``rgdm-data``: RGDM's pay-off weights on scored data rows."""
-    return DataPayoff(config.temperature, config.anchor, config.scored_size)
-
-
-def build_model_payoff(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:
-    """``rgdm-model``: RGDM's pay-off weights on rounds of the model's own samples, tempered across rounds."""
-    return ModelPayoff(config.temperature, total_steps, config.rounds, config.buffer_size, config.sample_steps,
-                       config.anchor)
-
-
-def build_stepwise(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:
-    """``rgdm-stepwise``: RGDM's step-wise exploration among antithetic candidates."""
-    return StepwiseExploration(config.temperature, config.candidates, config.radius, config.anchor,
-                               config.center, config.value_model, config.explore_start, config.value)
-
-
-def build_cfg(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:
-    """``cfg``: classifier-free guidance trained on reward classes (default: one per domain target)."""
-    return ConditionalFinetune(config.num_classes or domain.num_targets, null_token=domain.num_targets,
-                               scored_size=config.scored_size, uncond_prob=config.uncond_prob)
-
-
-def build_rwr(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:
-    """``rwr``: reward-weighted regression, a training peer."""
-    return RWR(config.temperature, total_steps, config.rounds, config.buffer_size, config.sample_steps)
-
-
-def build_ddpo(config: AlgorithmConfig, total_steps: int, domain: Domain) -> Algorithm:
-    """``ddpo``: DDPO's clipped policy gradient over sampling trajectories, a training peer."""
-    return DDPO(config.trajectories, config.sample_steps or 20, config.inner_epochs, config.minibatch, config.clip)
+    """The training objective a config names, built by its config (``config.build``) from the domain's number
+    of targets; a plugin's bare factory (configured by ``AlgorithmConfig`` itself) gets the domain."""
+    if type(config) is AlgorithmConfig:
+        return registry.algorithms.get(config.name)(config, total_steps, domain)
+    return config.build(total_steps, domain.num_targets if isinstance(domain, SupportsTargets) else 0)
 
 
 @dataclass

@@ -7,51 +7,40 @@ from typing import Literal
 import torch
 
 from rgdm.algorithms import GradientStep, GreedySelection, GuidedEpsModel, SequentialMonteCarlo
-from rgdm.algorithms.rgdm import ValueEstimate
 from rgdm.batch import Batch
 from rgdm.diffusion import Transition, ancestral_transition, sample
 from rgdm.domains.base import SupportsTargets
 from rgdm.engine.builder import LoadedModel
+from rgdm.engine.config import SampleConfig
 from rgdm.engine.guide import Guide
 from rgdm.rewards import Scorer
 
-Guidance = Literal["none", "select", "smc", "gradient", "regressor"]
 #: What ``make_transition`` returns: a step transition, or SMC, which runs populations of particles.
 Sampler = Transition | SequentialMonteCarlo
 
 
-def make_transition(guidance: Guidance, scorer: Scorer | None, temperature: float, candidates: int,
-                    radius: float, guide: Guide | None = None, start: int | None = None, *,
-                    particles: int = 16, value: ValueEstimate | None = None) -> Sampler:
-    """The sampler of ``rgdm sample --guidance``: plain, greedy selection among ``candidates``, sequential
-    Monte Carlo over ``particles`` per sample (both need ``scorer``), a reward gradient, or classifier
-    guidance by a noise-aware ``guide`` at scale ``1 / tau``.
+def make_transition(config: SampleConfig, scorer: Scorer | None = None, guide: Guide | None = None) -> Sampler:
+    """The sampler of ``config.guidance``: plain, greedy selection among ``candidates``, sequential Monte Carlo
+    over ``particles`` per sample (both from ``guidance_start`` on, valued by ``value``), a reward gradient
+    within ``radius``, or classifier guidance by a noise-aware ``guide`` at scale ``1 / temperature``.
 
-    ``start`` (selection and SMC) is the diffusion time below which the reward guides; ``value`` (selection
-    and SMC) how candidates and particles are valued, ``exact`` by default (see their modules)."""
-    if start is not None and guidance not in ("select", "smc"):
-        raise ValueError(f"a guidance start applies to greedy candidate selection (select) and smc, not to "
-                         f"{guidance!r}")
-    if value is not None and guidance not in ("select", "smc"):
-        raise ValueError(f"a value estimate applies to greedy candidate selection (select) and smc, not to "
-                         f"{guidance!r}")
-    if guidance == "none":
+    ``SampleConfig`` has checked that the guidance takes its options (and set ``value`` where it applies);
+    ``scorer`` (the config's reward) and ``guide`` (loaded from ``config.guide``) are the objects it names."""
+    if config.guidance == "none":
         return ancestral_transition
-    if guidance == "regressor":
+    if config.guidance == "regressor":
         if guide is None:
-            raise ValueError("guidance 'regressor' needs a guide (--guide DIR, trained with rgdm train-guide)")
-        return guide.transition(temperature)
+            raise ValueError("guidance 'regressor' needs the loaded guide (rgdm.engine.guide.load_guide)")
+        return guide.transition(config.temperature)
     if scorer is None:
-        raise ValueError(f"guidance {guidance!r} needs a reward (--reward NAME or FILE.py:FUNC)")
-    if guidance == "select":
-        return GreedySelection(scorer, candidates=candidates, temperature=temperature, start=start,
-                               value=value or "exact")
-    if guidance == "smc":
-        return SequentialMonteCarlo(scorer, particles=particles, temperature=temperature, start=start,
-                                    value=value or "exact")
-    if guidance == "gradient":
-        return GradientStep(scorer, temperature=temperature, radius=radius)
-    raise ValueError(f"unknown guidance {guidance!r}; choose none, select, smc, gradient or regressor")
+        raise ValueError(f"guidance {config.guidance!r} needs the reward's scorer (make_scorer)")
+    if config.guidance == "select":
+        return GreedySelection(scorer, candidates=config.candidates, temperature=config.temperature,
+                               start=config.guidance_start, value=config.value)
+    if config.guidance == "smc":
+        return SequentialMonteCarlo(scorer, particles=config.particles, temperature=config.temperature,
+                                    start=config.guidance_start, value=config.value)
+    return GradientStep(scorer, temperature=config.temperature, radius=config.radius)
 
 
 def generate(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import logging
 import signal
-import statistics
 import threading
 import time
 from collections import Counter
@@ -23,7 +22,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from rgdm.algorithms import TrainingContext
 from rgdm.batch import Batch, flatten_parts, unflatten_parts
 from rgdm.diffusion import EpsModel, SamplingInterrupted
 from rgdm.domains import build_domain
@@ -38,7 +36,15 @@ from rgdm.engine.builder import (
 )
 from rgdm.engine.checkpoint import flatten_state, load_checkpoint, save_checkpoint, save_model, unflatten_state
 from rgdm.engine.config import DiffusionConfig, RunConfig, dump_config, load_config
-from rgdm.engine.distributed import any_process, barrier, gather, join_process_group
+from rgdm.engine.distributed import (
+    DataParallelContext,
+    any_process,
+    barrier,
+    gather,
+    join_process_group,
+    mean_over_processes,
+    step_loss,
+)
 from rgdm.engine.logging import RunLogger
 from rgdm.io import CheckpointError, write_json
 from rgdm.rewards import BudgetExhausted, RewardCounter
@@ -106,7 +112,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.train.seed)
         data = self.domain.dataset("train").to(self.device)
         trained = self.net if self.shard.world == 1 else DistributedDataParallel(self.net)
-        self.context = TrainingContext(
+        self.context = DataParallelContext(
             model=EpsModel(trained, self.diffusion),
             ema=EpsModel(self.ema.module, self.diffusion),
             reference=reference,
@@ -281,7 +287,7 @@ class Trainer:
             while self.step < train.steps:
                 rng_state = self.generator.get_state()
                 try:
-                    loss, stats = self.algorithm.loss(self.context, self.step, self.generator)
+                    loss, stats = step_loss(self.algorithm, self.context, self.step, self.generator)
                 except BudgetExhausted as spent:
                     log.warning("%s; stopping at step %d and saving the model", spent, self.step)
                     self.save_checkpoint()
@@ -301,10 +307,10 @@ class Trainer:
                 bar.update(1)
                 if self.step % train.log_every == 0 or self.step == train.steps:
                     counts = self.reward_counts()
-                    step_loss = statistics.fmean(gather(loss.item(), self.shard))  # DDP averages the same way
+                    logged = mean_over_processes({"loss": loss.item(), **stats}, self.shard)  # as DDP averages
                     if logger is not None:
-                        logger.log(self.step, {"loss": step_loss, **stats, **counts})
-                    bar.set_postfix(loss=f"{step_loss:.4f}", reward_calls=counts["reward_calls"])
+                        logger.log(self.step, {**logged, **counts})
+                    bar.set_postfix(loss=f"{logged['loss']:.4f}", reward_calls=counts["reward_calls"])
                 if on_step is not None:
                     on_step(self, self.step)
                 if self.step % train.checkpoint_every == 0 or self.step == train.steps:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rdkit import Chem
-from rdkit.Chem import AllChem
+from rdkit import Chem, DataStructs
+from rdkit.Chem import AllChem, rdDetermineBonds, rdFingerprintGenerator
 from rdkit.Geometry import Point3D
 from rdkit.rdBase import BlockLogs
 from scipy.sparse.csgraph import connected_components
@@ -255,6 +255,16 @@ def _rdkit_graph(mol: Molecule, orders: np.ndarray) -> Chem.RWMol:
     return editable
 
 
+def _with_conformer(editable: Chem.RWMol, mol: Molecule) -> Chem.Mol:
+    """The RDKit molecule with ``mol``'s positions as its 3-D conformer."""
+    conformer = Chem.Conformer(len(mol))
+    for index, (x, y, z) in enumerate(mol.positions):
+        conformer.SetAtomPosition(index, Point3D(float(x), float(y), float(z)))
+    conformer.Set3D(True)
+    editable.AddConformer(conformer, assignId=True)
+    return editable.GetMol()
+
+
 def bond_orders(mol: Molecule, kekulize: bool = True) -> np.ndarray:
     """Integer bond orders (n, n): the molecule's own bonds with aromatic rings in a Kekulé form, or, without
     bonds, those perceived from distances (``perceive_bonds``). Aromatic bonds that admit no Kekulé form
@@ -311,13 +321,7 @@ def to_rdkit(mol: Molecule) -> Chem.Mol | None:
     holds exactly the atoms given (an atom short of bonds becomes a radical). Stereochemistry is not
     assigned, so SMILES carry none.
     """
-    editable = _rdkit_graph(mol, perceive_bonds(mol) if mol.bonds is None else mol.bonds)
-    conformer = Chem.Conformer(len(mol))
-    for index, (x, y, z) in enumerate(mol.positions):
-        conformer.SetAtomPosition(index, Point3D(float(x), float(y), float(z)))
-    conformer.Set3D(True)
-    editable.AddConformer(conformer, assignId=True)
-    rdkit_mol = editable.GetMol()
+    rdkit_mol = _with_conformer(_rdkit_graph(mol, perceive_bonds(mol) if mol.bonds is None else mol.bonds), mol)
     with BlockLogs():
         failed = Chem.SanitizeMol(rdkit_mol, catchErrors=True)
     return None if failed != Chem.SanitizeFlags.SANITIZE_NONE else rdkit_mol
@@ -463,3 +467,73 @@ def molecule_from_smiles(smiles: str, seed: int = 0, with_bonds: bool = False) -
         charges = np.array([atom.GetFormalCharge() for atom in rdkit_mol.GetAtoms()])
     return Molecule(np.array([atom.GetAtomicNum() for atom in rdkit_mol.GetAtoms()]),
                     rdkit_mol.GetConformer().GetPositions(), bonds, charges)
+
+
+#: Morgan fingerprints of ``diversity``: radius 2 (ECFP4), 2048 bits.
+_MORGAN = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
+#: A bound on xyz2mol's search for bond orders (a garbled geometry could make it search at length).
+PERCEPTION_ITERATIONS = 10_000
+
+
+def diversity(rdkit_mols: Sequence[Chem.Mol]) -> float:
+    """Mean pairwise Tanimoto distance of Morgan fingerprints over distinct pairs: 0 when every molecule is the
+    same, 1 when no two share a substructure; 0.0 for fewer than two molecules. Unlike uniqueness, it falls
+    when molecules collapse onto a few scaffolds."""
+    fingerprints = [_MORGAN.GetFingerprint(m) for m in rdkit_mols]
+    pairs = len(fingerprints) * (len(fingerprints) - 1) // 2
+    if not pairs:
+        return 0.0
+    similarity = sum(sum(DataStructs.BulkTanimotoSimilarity(fingerprint, fingerprints[index + 1:]))
+                     for index, fingerprint in enumerate(fingerprints[:-1]))
+    return 1.0 - similarity / pairs
+
+
+def _rdkit_connectivity(mol: Molecule) -> Chem.Mol:
+    """The atoms at their positions, without the molecule's bonds or charges, joined by RDKit's connectivity
+    (covalent radii); unsanitised."""
+    atoms_only = Molecule(mol.atomic_numbers, mol.positions, implicit_hydrogens=mol.implicit_hydrogens)
+    rdkit_mol = _with_conformer(_rdkit_graph(atoms_only, np.zeros((len(mol), len(mol)), np.int64)), atoms_only)
+    rdDetermineBonds.DetermineConnectivity(rdkit_mol)
+    for atom in rdkit_mol.GetAtoms():  # the connectivity marks every atom's hydrogens as all explicit
+        atom.SetNoImplicit(not mol.implicit_hydrogens)
+    return rdkit_mol
+
+
+def _rdkit_reading(connected: Chem.Mol, implicit_hydrogens: bool) -> Chem.Mol | None:
+    """A copy of ``connected`` with xyz2mol's bond orders for a neutral molecule (single bonds, hydrogens
+    filling valences, where hydrogens are implicit), if it sanitises into one fragment, else None."""
+    rdkit_mol = Chem.Mol(connected)
+    with BlockLogs():
+        try:
+            if not implicit_hydrogens:
+                rdDetermineBonds.DetermineBondOrders(rdkit_mol, charge=0, embedChiral=False,
+                                                     maxIterations=PERCEPTION_ITERATIONS)
+            Chem.SanitizeMol(rdkit_mol)
+        except (ValueError, RuntimeError):
+            return None
+    return rdkit_mol if len(Chem.GetMolFrags(rdkit_mol)) == 1 else None
+
+
+def rdkit_reading(mol: Molecule) -> Chem.Mol | None:
+    """The molecule RDKit reads from the atoms and positions alone (as from an XYZ file), or None if it reads
+    none: a measure independent of the molecule's own bonds and of EDM's distance table."""
+    return _rdkit_reading(_rdkit_connectivity(mol), mol.implicit_hydrogens)
+
+
+def oracle_metrics(mols: Sequence[Molecule]) -> dict[str, float | None]:
+    """Measures no reward is computed from, for catching reward hacking: ``diversity`` of the valid molecules;
+    ``rdkit_validity``, the share of molecules valid as RDKit reads them from positions alone
+    (``rdkit_reading``); and, for molecules with their own bonds, ``rdkit_agreement``, the share valid by
+    those bonds whose bond graph (which atoms are bonded, whatever the order) is the one RDKit reads from
+    the positions (None for point clouds, whose bonds are read from positions anyway)."""
+    valid = [valid_rdkit(mol) for mol in mols]
+    connected = [_rdkit_connectivity(mol) for mol in mols]
+    readable = sum(_rdkit_reading(graph, mol.implicit_hydrogens) is not None
+                   for mol, graph in zip(mols, connected, strict=True))
+    agreement = None
+    if mols and all(mol.bonds is not None for mol in mols):
+        agreement = _fraction(sum(
+            rdkit_mol is not None and np.array_equal(Chem.GetAdjacencyMatrix(graph) > 0, mol.bonds > 0)
+            for mol, rdkit_mol, graph in zip(mols, valid, connected, strict=True)), len(mols))
+    return {"diversity": diversity([m for m in valid if m is not None]),
+            "rdkit_validity": _fraction(readable, len(mols)), "rdkit_agreement": agreement}

@@ -23,7 +23,13 @@ from torch import nn
 
 from rgdm.batch import Batch
 from rgdm.domains.base import Domain, SupportsFiles, SupportsTargets, pyplot, save_figure
-from rgdm.domains.molecules.chemistry import Molecule, chemistry_metrics, posebusters_metrics, stability_metrics
+from rgdm.domains.molecules.chemistry import (
+    Molecule,
+    chemistry_metrics,
+    oracle_metrics,
+    posebusters_metrics,
+    stability_metrics,
+)
 from rgdm.domains.molecules.data import (
     ELEMENTS,
     MAX_ATOMS,
@@ -253,9 +259,11 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
         return {str(s) for s in self.molecules("train").canonical if s}
 
     def quality_metrics(self, samples: Batch, reward: str | None, temperature: float | None,
-                        generator: torch.Generator) -> dict[str, Any]:
-        """Stability, validity, uniqueness, novelty and the PoseBusters pass rate of the valid molecules;
-        for targeted samples, the property's error by the measuring predictor.
+                        generator: torch.Generator, *, posebusters: int | None = None) -> dict[str, Any]:
+        """Stability, validity, uniqueness, novelty, diversity, RDKit's reading of the positions alone
+        (``oracle_metrics``) and the PoseBusters pass rate of the valid molecules; for targeted samples, the
+        property's error by the measuring predictor. PoseBusters, which is slow, checks only the first
+        ``posebusters`` samples if set (0: none, and no ``posebusters_*`` keys).
 
         A bond model's ``atom_stability``, ``molecule_stability`` and validity use its generated bonds;
         ``edm_atom_stability`` and ``edm_molecule_stability`` beside them are EDM's distance-table rule
@@ -264,7 +272,9 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
         """
         molecules = self.decode(samples.x, samples.mask)
         metrics: dict[str, Any] = chemistry_metrics(molecules, self.training_smiles, kekulize=False)
-        metrics |= posebusters_metrics(molecules)
+        metrics |= oracle_metrics(molecules)
+        if posebusters != 0:
+            metrics |= posebusters_metrics(molecules[:posebusters])
         if self.options.bonds:
             positions_only = [Molecule(m.atomic_numbers, m.positions, implicit_hydrogens=m.implicit_hydrogens)
                               for m in molecules]

@@ -1,0 +1,37 @@
+"""The denoising loss, one value per row: ``||eps_theta(x_t, t) - eps||^2 / d`` (docs/design.md §1.2).
+
+Ho et al.'s "simple" loss in the noise parametrisation at a uniform time ``t`` in 1..T, divided by each
+row's degrees of freedom ``d``: its free coordinates, without padding nodes, over every part of a
+multi-part sample (an edge part's upper triangle once). Nothing is reduced: a weighted loss is a
+multiplication, and the mean over the rows is the caller's. Drawing (``draw_training_noise``) is apart
+from evaluating, so that the times and noise of a whole batch are drawn at once and any of its rows
+evaluates to the same value (the engine shares a batch's rows among processes).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rgdm.diffusion.process import GaussianDiffusion, Sample
+from rgdm.diffusion.sampling import EpsModel
+
+
+def draw_training_noise(diffusion: GaussianDiffusion, x: Sample, mask: torch.Tensor | None,
+                        generator: torch.Generator) -> tuple[torch.Tensor, Sample]:
+    """Times ``t`` uniform in 1..T, then standard noise on the sample space, for every row of ``x``."""
+    t = torch.randint(1, diffusion.timesteps + 1, (x.shape[0],), generator=generator,
+                      device=generator.device).to(x.device)
+    return t, diffusion.noise_like(x, mask, generator)
+
+
+def noise_error(diffusion: GaussianDiffusion, predicted: Sample, target: Sample,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``||predicted - target||^2 / d`` per row, over the free coordinates of every part."""
+    return diffusion.sum_per_sample((predicted - target) ** 2, mask) / diffusion.dof(predicted, mask)
+
+
+def denoising_loss(model: EpsModel, x: Sample, t: torch.Tensor, noise: Sample, cond: torch.Tensor | None = None,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row ``||eps_theta(x_t, t) - eps||^2 / d`` with ``x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps``."""
+    xt = model.diffusion.q_sample(x, t, noise)
+    return noise_error(model.diffusion, model(xt, t, cond, mask), noise, mask)

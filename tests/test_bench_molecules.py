@@ -1,0 +1,105 @@
+"""``rgdm bench molecules`` at a tiny budget, its budget enforcement and hacking flag, and the measures it adds:
+diversity and RDKit's reading of positions alone."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import matplotlib.image as plt_image
+import numpy as np
+import pytest
+from rdkit import Chem
+from toolkit import hand_made_molecules
+
+from rgdm.benchmarks import molecules
+from rgdm.cli import main
+from rgdm.domains.molecules.chemistry import Molecule, diversity, molecule_from_smiles, oracle_metrics, rdkit_reading
+
+#: QUICK cut down to seconds: 32 reward calls, 8 final samples of 5 sampling steps, PoseBusters on 2.
+TINY = replace(molecules.QUICK, reward_calls=32, finetune_steps=4, batch_size=8, curve_points=2, curve_samples=4,
+               eval_samples=8, sampling_steps=5, model_rounds=2, model_sample_steps=5, candidates=2, particles=2,
+               posebusters=2)
+
+
+def test_the_quick_bench_writes_json_markdown_and_curves(tmp_path, monkeypatch):
+    monkeypatch.setattr(molecules, "QUICK", TINY)
+    report = tmp_path / "molecules.json"
+    assert main(["-q", "bench", "molecules", "--quick", "--methods", "rgdm-data,best-of-n",
+                 "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["task"] == {"checkpoint": "qm9-noh-pretrained", "reward": "qed", "temperature": 0.02, "floor": 0.0}
+    assert result["quick"] and result["seeds"] == [0] and result["budget"]["reward_calls"] == 32
+    methods = result["methods"]
+    assert list(methods) == ["pretrained", "rgdm-data", "best-of-n"], "the base always comes first"
+    for summary in methods.values():
+        for metric in molecules.FINAL_METRICS:
+            assert metric in summary and f"{metric}_std" in summary
+        assert {"reward_calls", "network_evaluations", "wall_s", "calls_spent_at", "hacking",
+                "per_seed"} <= set(summary)
+        assert summary["molecule_stability"] is None, "a model without hydrogens has no stability"
+        assert 0 <= summary["validity"] <= 1 and 0 <= summary["diversity"] <= 1
+    assert methods["pretrained"]["reward_calls"] == 0
+    assert methods["rgdm-data"]["reward_calls"] == methods["best-of-n"]["reward_calls"] == 32, "equal budgets"
+    assert methods["best-of-n"]["calls_spent_at"] == "sampling"
+    curve = methods["rgdm-data"]["per_seed"][0]["curve"]
+    assert curve[0] == methods["pretrained"]["per_seed"][0]["curve"][0], "curves start at the base, 0 calls"
+    assert [point[0] for point in curve[1:]] == [32, 32], "rgdm-data spends its calls before training"
+    table = report.with_suffix(".md").read_text()
+    assert "| rgdm-data | 32 (training)" in table and "| best-of-n | 32 (sampling)" in table
+    assert "the first 2" in table, "the table says PoseBusters saw a subsample"
+    height, width, _ = plt_image.imread(report.with_suffix(".png")).shape
+    assert width > height > 0
+
+
+def test_a_method_that_asks_for_more_calls_stops_at_the_budget(monkeypatch):
+    """Two rounds of 24 own samples ask for 48 calls: the budget of 32 stops the run before the second."""
+    monkeypatch.setattr(molecules, "QUICK", replace(TINY, posebusters=0))
+    greedy = ["algorithm.name=rgdm-model", "algorithm.rounds=2", "algorithm.buffer_size=24",
+              "algorithm.sample_steps=5"]
+    monkeypatch.setattr(molecules, "training_methods", lambda budget, timesteps: {"rgdm-model": greedy})
+    result = molecules.run_molecule_benchmark(quick=True, methods=["rgdm-model"], progress=False)
+    summary = result["methods"]["rgdm-model"]
+    assert summary["reward_calls"] == 24
+    assert summary["per_seed"][0]["curve"][-1][0] == 24, "the early stop is measured too"
+    assert "posebusters_pass" not in summary["per_seed"][0]["metrics"], "PoseBusters off"
+    with pytest.raises(ValueError, match="unknown molecule benchmark methods"):
+        molecules.run_molecule_benchmark(quick=True, methods=["dpo"])
+
+
+def _summary(reward: float, validity: float, diversity: float) -> dict[str, float]:
+    values = {"mean_reward": reward, "validity": validity, "rdkit_validity": validity, "diversity": diversity}
+    return values | {f"{metric}_std": 0.01 for metric in values}
+
+
+def test_hacking_is_a_fall_beside_a_rising_reward():
+    base = _summary(0.40, 0.80, 0.90)
+    assert molecules.hacking(_summary(0.50, 0.60, 0.90), base, 3000) == ["validity -0.200", "rdkit_validity -0.200"]
+    assert molecules.hacking(_summary(0.50, 0.80, 0.70), base, 3000) == ["diversity -0.200"]
+    assert molecules.hacking(_summary(0.50, 0.79, 0.91), base, 3000) == [], "changes within the noise are no fall"
+    assert molecules.hacking(_summary(0.30, 0.60, 0.50), base, 3000) == [], "the reward did not rise"
+    assert molecules.hacking(_summary(0.50, 0.70, 0.90), base, 32) == [], "32 samples cannot tell 0.1 apart"
+
+
+def test_diversity_is_zero_for_identical_molecules_and_grows_with_difference():
+    def of(*smiles: str) -> float:
+        return diversity([Chem.MolFromSmiles(s) for s in smiles])
+
+    assert of("CCO", "CCO", "OCC") == 0.0
+    assert of("CCO") == of() == 0.0
+    assert 0 < of("CCO", "CCN") < of("CCO", "c1ccccc1") <= 1
+
+
+def test_rdkit_reads_the_positions_alone():
+    methane, benzene, broken = hand_made_molecules()
+    stretched = Molecule(methane.atomic_numbers, methane.positions + np.array([[0, 0, 0]] * 4 + [[5.0, 0, 0]]),
+                         methane.bonds, methane.charges)
+    metrics = oracle_metrics([methane, benzene, broken, stretched])
+    assert metrics["rdkit_validity"] == 0.5, "a carbon with five bonds, a hydrogen 5 Å off: invalid"
+    assert metrics["rdkit_agreement"] == 0.5, "the stretched methane's own bonds are not the geometry's"
+    assert Chem.MolToSmiles(Chem.RemoveHs(rdkit_reading(benzene))) == "c1ccccc1"
+    assert oracle_metrics([molecule_from_smiles("C")])["rdkit_agreement"] is None, "a point cloud has no own bonds"
+    ethanol = molecule_from_smiles("CCO")
+    heavy = ethanol.atomic_numbers > 1
+    skeleton = Molecule(ethanol.atomic_numbers[heavy], ethanol.positions[heavy], implicit_hydrogens=True)
+    assert Chem.MolToSmiles(rdkit_reading(skeleton)) == "CCO", "hydrogens fill valences where they are implicit"

@@ -1,0 +1,60 @@
+"""Every shipped checkpoint names its recipe, a preset in ``rgdm/configs/`` that rebuilds it
+(``rgdm train --config RECIPE``), and the recipe's config is the one its ``model.json`` records."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from rgdm.cli import main
+from rgdm.engine.config import PRESETS, load_config
+from rgdm.engine.registry import resolve_model, shipped_models
+from rgdm.io import read_json
+
+#: Checkpoints exported from a run before its end: their steps are the snapshot's, not the recipe's.
+SNAPSHOTS = {"qm9-noh-pretrained"}
+
+
+@pytest.mark.parametrize("name", shipped_models())
+def test_a_shipped_checkpoint_names_a_recipe_whose_config_it_records(name):
+    meta = read_json(resolve_model(name) / "model.json")
+    recipe = PRESETS / f"{meta.get('recipe')}.yaml"
+    assert recipe.is_file(), f"{name}'s model.json names no recipe in rgdm/configs/ (key 'recipe')"
+    config = load_config(recipe)
+    training = meta["training"]
+    assert training["algorithm"] == config.algorithm.name
+    assert training["seed"] == config.train.seed
+    assert training["reward"] == config.reward.name
+    assert meta["targets"] == config.algorithm.targets
+    if config.reward.name is not None:
+        assert training["temperature"] == config.algorithm.temperature
+    if name in SNAPSHOTS:
+        assert training["steps"] < config.train.steps
+    else:
+        assert training["steps"] == config.train.steps
+    if config.init in shipped_models() or config.init is None:  # not a stage of a run folder's chain
+        assert meta["parent"] == config.init
+    if "domain" in config.model_fields_set:  # a fine-tune keeps its parent's domain but for the options it sets
+        assert {key: meta["domain"][key] for key in config.domain} == config.domain
+    if config.network:  # pre-training: the recipe describes the network; a fine-tune's is its parent's
+        assert meta["network"] == config.network
+        assert meta["diffusion"] == config.diffusion.model_dump()
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS.glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_preset_loads_and_its_algorithm_takes_every_key_it_sets(preset: Path, caplog):
+    with caplog.at_level(logging.WARNING, logger="rgdm.config"):
+        load_config(preset)
+    assert "ignores" not in caplog.text
+
+
+def test_rgdm_train_runs_a_fine_tuning_recipe_that_extends_a_preset(tmp_path: Path):
+    recipe = tmp_path / "ring-upper.yaml"
+    recipe.write_text("extends: finetune-toy\ninit: toy-ring-pretrained\nreward: {name: region}\n"
+                      "train: {steps: 2, checkpoint_every: 2}\nalgorithms: {rgdm-data: {scored_size: 64}}\n")
+    assert main(["-q", "train", "--config", str(recipe), "--out", str(tmp_path / "run")]) == 0
+    meta = read_json(tmp_path / "run" / "model.json")
+    assert meta["parent"] == "toy-ring-pretrained"
+    assert (meta["training"]["algorithm"], meta["training"]["reward_calls"]) == ("rgdm-data", 64)
