@@ -116,14 +116,18 @@ def _open_run(config: RunConfig, out: Path) -> Trainer:
         return Trainer(config, out)
     held = load_config(out / "config.yaml")
     ours, theirs = _settings(config), _settings(held)
-    differences = [f"{key}: {theirs[key]!r} there, {value!r} here" for key, value in ours.items()
-                   if theirs[key] != value]
+    differences = [f"{key}: {theirs.get(key, 'unset')!r} there, {ours.get(key, 'unset')!r} here"
+                   for key in {**ours, **theirs} if ours.get(key, _UNSET) != theirs.get(key, _UNSET)]
     if differences:
         reward = f" for reward {held.reward.name!r}" if held.reward.name else ""
         more = f"; {len(differences) - 3} more" if len(differences) > 3 else ""
         raise ValueError(f"{out} holds another run, {held.algorithm.name} of {held.init or 'a new model'}{reward} "
                          f"({'; '.join(differences[:3])}{more}); write this one to another folder (--out)")
     return Trainer.resume(out)
+
+
+#: A setting one run's algorithm has and the other's lacks (their configs are typed per algorithm).
+_UNSET = object()
 
 
 def _settings(config: RunConfig) -> dict[str, Any]:

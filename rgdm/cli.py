@@ -223,7 +223,7 @@ def cmd_bench_curves(args: argparse.Namespace) -> None:
         if args.run is None:
             raise UsageError("bench curve needs --run RUN (a training run folder with checkpoints)")
         result = learning_curve(Path(args.run), args.n, args.sampling_steps[0], previous=read_previous(path),
-                                progress=not args.quiet)
+                                progress=not args.quiet, every=args.every)
     else:
         if args.checkpoint is None:
             raise UsageError("bench steps needs --checkpoint NAME|DIR")
@@ -460,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--bf16", action="store_true", help="perf: bf16 autocast of the networks (CUDA only)")
     bench.add_argument("--compile", action="store_true", help="perf: torch.compile the networks (CUDA only)")
     bench.add_argument("--run", help="curve: the training run folder")
+    bench.add_argument("--every", type=int, default=1, metavar="STEPS",
+                       help="curve: sample only checkpoints at multiples of this step (and the last one)")
     bench.add_argument("--checkpoint", help="steps, molecules: shipped name or model folder (molecules: default "
                        "qm9-noh-pretrained)")
     bench.add_argument("--reward", help="molecules: the reward (default qed; xtb-strain for models with hydrogens)")

@@ -143,6 +143,18 @@ class Registry(Generic[T]):
                                 "choose another name")
         table[name] = _Entry(f"register_{self.kind}()", lambda: value)
 
+    def register_or_decorate(self, name: str, obj: Any = None) -> Any:
+        """``register(name, obj)`` and return ``obj``; without ``obj``, a decorator that registers what it
+        decorates."""
+        if obj is None:
+            def decorate(target: Any) -> Any:
+                self.register(name, target)
+                return target
+
+            return decorate
+        self.register(name, obj)
+        return obj
+
     def get(self, name: str) -> T:
         """The object registered as ``name``, importing its entry point on first use."""
         entry = self._entry(name)
@@ -198,14 +210,7 @@ def register_domain(name: str, factory: F | None = None) -> Any:
 
     Called with the name alone it is a class decorator: ``@register_domain("proteins")``.
     """
-    if factory is None:
-        def decorate(cls: F) -> F:
-            domains.register(name, cls)
-            return cls
-
-        return decorate
-    domains.register(name, factory)
-    return factory
+    return domains.register_or_decorate(name, factory)
 
 
 def register_algorithm(name: str, factory: F | None = None) -> Any:
@@ -213,14 +218,7 @@ def register_algorithm(name: str, factory: F | None = None) -> Any:
     ``name: Literal[NAME]``, whose ``build`` makes the algorithm), or a bare ``factory(config, total_steps,
     domain) -> Algorithm`` configured by ``AlgorithmConfig`` itself. Called with the name alone it is a
     decorator."""
-    if factory is None:
-        def decorate(fn: F) -> F:
-            algorithms.register(name, fn)
-            return fn
-
-        return decorate
-    algorithms.register(name, factory)
-    return factory
+    return algorithms.register_or_decorate(name, factory)
 
 
 def register_reward(name: str, reward: Reward | Callable[[Any], Reward], domain: str | None = None) -> None:

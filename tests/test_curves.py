@@ -33,6 +33,15 @@ def test_the_learning_curve_samples_every_kept_checkpoint_once(tmp_path):
     assert json.loads(report.read_text())["points"][0]["mode_shares"] == "kept", "sampled once, then reused"
 
 
+def test_the_learning_curve_can_thin_out_checkpoints_and_keeps_the_last(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY | {"train": TINY["train"] | {"steps": 50}}))
+    assert main(["-q", "train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run")]) == 0
+    report = tmp_path / "curve.json"
+    assert main(["-q", "bench", "curve", "--run", str(tmp_path / "run"), "-n", "20", "--sampling-steps", "5",
+                 "--every", "20", "--json", str(report)]) == 0
+    assert [p["step"] for p in json.loads(report.read_text())["points"]] == [0, 20, 40, 50]
+
+
 def test_the_steps_curve_reports_each_step_count_over_seeds(tmp_path):
     report = tmp_path / "steps.json"
     assert main(["-q", "bench", "steps", "--checkpoint", "toy-ring-pretrained", "-n", "30", "--sampling-steps",

@@ -41,11 +41,12 @@ def _evaluate(model: LoadedModel, n: int, steps: int, seed: int) -> dict[str, An
 
 
 def learning_curve(run_dir: Path, n: int, steps: int, seed: int = 0, previous: dict[str, Any] | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, every: int = 1) -> dict[str, Any]:
     """Metrics of every kept checkpoint of ``run_dir`` (EMA weights), with its step and training hours.
 
     Checkpoints already in ``previous`` (an earlier result with the same ``n``, ``steps`` and ``seed``)
-    are not sampled again.
+    are not sampled again. ``every`` keeps the cost of a long run down: only steps that are multiples
+    of it are sampled, and the last checkpoint always is.
     """
     settings = {"run": str(run_dir), "n": n, "sampling_steps": steps, "seed": seed}
     done = {}
@@ -53,8 +54,11 @@ def learning_curve(run_dir: Path, n: int, steps: int, seed: int = 0, previous: d
         done = {point["step"]: point for point in previous["points"]}
     config = load_config(run_dir / "config.yaml")
     points = []
-    for meta_path in tqdm(sorted(checkpoint_paths(run_dir)), desc="checkpoints", disable=not progress):
+    paths = sorted(checkpoint_paths(run_dir))
+    for meta_path in tqdm(paths, desc="checkpoints", disable=not progress):
         meta = read_json(meta_path)
+        if meta["step"] % every and meta_path != paths[-1] and meta["step"] not in done:
+            continue
         if meta["step"] in done:
             points.append(done[meta["step"]])
             continue

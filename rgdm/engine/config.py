@@ -191,7 +191,8 @@ class SampleConfig(Section):
         if self.guide is not None and guidance != "regressor":
             raise ValueError(f"a guide steers guidance 'regressor', not {guidance!r}")
         if guidance == "regressor" and self.guide is None:
-            raise ValueError("guidance 'regressor' needs a guide (--guide DIR, trained with rgdm train-guide)")
+            raise ValueError("--guidance regressor and --guide DIR go together: guidance 'regressor' needs a guide "
+                             "(trained with rgdm train-guide)")
         if guidance in ("select", "smc", "gradient") and self.reward is None:
             raise ValueError(f"guidance {guidance!r} needs a reward (--reward NAME or FILE.py:FUNC)")
         if self.temperature == 0 and guidance in ("smc", "gradient", "regressor"):
