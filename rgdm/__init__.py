@@ -24,6 +24,7 @@ _EXPORTS = {
     "register_domain": "rgdm.registry",
     "register_algorithm": "rgdm.registry",
     "register_reward": "rgdm.registry",
+    "register_commands": "rgdm.registry",
 }
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "finetune",
     "load",
     "register_algorithm",
+    "register_commands",
     "register_domain",
     "register_reward",
     "sample",

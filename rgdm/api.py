@@ -23,7 +23,7 @@ from typing import Any
 
 from rgdm import registry
 from rgdm.algorithms import ClassifierGuidance, SequentialMonteCarlo
-from rgdm.algorithms.rgdm import ValueEstimate
+from rgdm.algorithms.exploration import ValueEstimate
 from rgdm.batch import Batch
 from rgdm.domains.base import SupportsTargets
 from rgdm.engine import (

@@ -1,5 +1,5 @@
 """The ``rgdm`` command line: train, finetune, export, sample, evaluate, train-guide, bench, demo, checkpoints,
-list."""
+list, and the commands the domains add (the molecules' train-predictor)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import torch
 
 from rgdm import api, registry
 from rgdm.algorithms.classifier_guidance import OBJECTIVES
-from rgdm.algorithms.rgdm import VALUE_ESTIMATES
+from rgdm.algorithms.exploration import VALUE_ESTIMATES
 from rgdm.batch import Batch, flatten_parts, unflatten_parts
+from rgdm.benchmarks import demo
 from rgdm.domains import build_domain
 from rgdm.domains.base import SupportsFiles
 from rgdm.engine import (
@@ -34,7 +35,10 @@ from rgdm.engine.distributed import leave_process_group
 from rgdm.engine.guide import save_guide, train_guide
 from rgdm.engine.registry import resolve_model, shipped_models
 from rgdm.io import CheckpointError, read_json, save_arrays, write_json
+from rgdm.registry import RegistryError
 from rgdm.rewards import BudgetExhausted, Reward, RewardCounter, RewardPluginError
+
+log = logging.getLogger("rgdm.cli")
 
 
 class UsageError(ValueError):
@@ -272,29 +276,10 @@ def write_report(path: Path, result: dict[str, Any], table: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from rgdm.benchmarks import demo
-
-    run, files = {
-        "toy": (demo.run_toy_demo, "metrics.json, samples.npz, demo.png, run/"),
-        "molecules": (demo.run_molecule_demo, "table.md, metrics.json, qed_histograms.png, before/ and after/ "
-                      "(samples.xyz, samples.sdf, molecules.png), run/"),
-        "shapes": (demo.run_shape_demo, "table.md, metrics.json, CLASS.png and CLASS/ply/*.ply per class"),
-    }[args.domain]
+    chosen = demo.demos()[args.domain]
     out = Path(args.out) / args.domain  # each demo its own folder: a second demo never meets the first one's run
-    print(json.dumps(run(out, progress=not args.quiet), indent=2))
-    print(f"demo written to {out}: {files}")
-
-
-def cmd_train_predictor(args: argparse.Namespace) -> None:
-    from rgdm.domains.molecules.domain import MoleculeDomain
-    from rgdm.domains.molecules.properties import train_property_predictor
-
-    domain = MoleculeDomain({"hydrogens": not args.no_hydrogens, "subset": args.subset})
-    predictor = train_property_predictor(domain, args.property, args.split, args.steps, args.batch_size, args.lr,
-                                         seed=args.seed, progress=not args.quiet)
-    folder = predictor.save(Path(args.out))
-    print(f"{args.property} predictor on {args.split}: validation MAE {predictor.meta['val_mae']:.4f}; "
-          f"saved to {folder}")
+    print(json.dumps(chosen.run(out, progress=not args.quiet), indent=2))
+    print(f"demo written to {out}: {chosen.files}")
 
 
 def catalogue() -> dict[str, Any]:
@@ -491,23 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     guide.add_argument("--out", required=True)
     guide.set_defaults(func=cmd_train_guide)
 
-    predictor = commands.add_parser("train-predictor", help="an EGNN property predictor on one half of QM9")
-    predictor.add_argument("--property", required=True, choices=["alpha", "gap", "homo", "lumo", "mu", "Cv"])
-    predictor.add_argument("--split", required=True, choices=["train_a", "train_b"],
-                           help="train_a: the rewarding predictor; train_b: the measuring one")
-    predictor.add_argument("--steps", type=int, default=6000)
-    predictor.add_argument("--batch-size", type=int, default=128)
-    predictor.add_argument("--lr", type=float, default=1e-3)
-    predictor.add_argument("--seed", type=int, default=0)
-    predictor.add_argument("--subset", type=int, help="use only this many molecules of the split")
-    predictor.add_argument("--no-hydrogens", action="store_true")
-    predictor.add_argument("--out", required=True)
-    predictor.set_defaults(func=cmd_train_predictor)
-
-    demo = commands.add_parser("demo", help="the main job on the embedded default: toy ring RGDM")
-    demo.add_argument("domain", nargs="?", default="toy", choices=["toy", "molecules", "shapes"])
-    demo.add_argument("--out", default="rgdm-demo", help="parent folder: each demo writes OUT/DOMAIN")
-    demo.set_defaults(func=cmd_demo)
+    demo_command = commands.add_parser("demo", help="the main job on the embedded default: toy ring RGDM")
+    demo_command.add_argument("domain", nargs="?", default="toy", choices=list(demo.demos()))
+    demo_command.add_argument("--out", default="rgdm-demo", help="parent folder: each demo writes OUT/DOMAIN")
+    demo_command.set_defaults(func=cmd_demo)
 
     checkpoints = commands.add_parser("checkpoints", help="list the shipped checkpoints")
     checkpoints.set_defaults(func=cmd_checkpoints)
@@ -516,7 +488,18 @@ def build_parser() -> argparse.ArgumentParser:
                                   "included) and the shipped checkpoints")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=cmd_list)
+    add_domain_commands(commands)
     return parser
+
+
+def add_domain_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The subcommands the domains add (``rgdm.registry.commands``); a plugin's that fails to load is left
+    out with a warning, so that the engine's commands still run."""
+    for domain in registry.commands.names():
+        try:
+            registry.commands.get(domain)(commands)
+        except RegistryError as error:
+            log.warning("the commands of domain %r are left out: %s", domain, error)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,22 +2,24 @@
 
 Each registry holds named factories from three places, all through one machinery:
 
-* rgdm's own, declared below as entry points (``BUILTIN_DOMAINS``, ``BUILTIN_ALGORITHMS``), so that they
-  resolve without installed package metadata (a source checkout on ``PYTHONPATH``);
-* the Python entry points of installed packages in the groups ``rgdm.domains``, ``rgdm.algorithms`` and
-  ``rgdm.rewards``, e.g. in a plugin's ``pyproject.toml``::
+* rgdm's own, declared below as entry points (``BUILTIN_DOMAINS``, ``BUILTIN_ALGORITHMS``,
+  ``BUILTIN_COMMANDS``), so that they resolve without installed package metadata (a source checkout on
+  ``PYTHONPATH``);
+* the Python entry points of installed packages in the groups ``rgdm.domains``, ``rgdm.algorithms``,
+  ``rgdm.rewards`` and ``rgdm.commands``, e.g. in a plugin's ``pyproject.toml``::
 
       [project.entry-points."rgdm.domains"]
       proteins = "rgdm_proteins:ProteinDomain"
 
-* ``register_domain``, ``register_algorithm`` and ``register_reward`` called in code.
+* ``register_domain``, ``register_algorithm``, ``register_reward`` and ``register_commands`` called in code.
 
 Entry points are discovered on the first lookup and each is imported only when its name is first
 looked up, so listing names imports nothing. A domain factory takes the domain's options
 (``factory(options) -> Domain``); an algorithm is its config class (``rgdm.algorithms.config``), whose
 ``build`` makes it, or a bare factory ``(config, total_steps, domain) -> Algorithm``; a reward is a
 ``Reward`` spec, or a factory ``factory(domain) -> Reward`` of the domain instance it scores, for every
-domain or for one (``RewardEntry``).
+domain or for one (``RewardEntry``); a domain's commands are ``add_commands(subparsers)``, which adds its
+own ``rgdm`` subcommands (the molecules' ``train-predictor``), so that ``rgdm.cli`` holds only the engine's.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 DOMAIN_GROUP = "rgdm.domains"
 ALGORITHM_GROUP = "rgdm.algorithms"
 REWARD_GROUP = "rgdm.rewards"
+COMMAND_GROUP = "rgdm.commands"
 
 #: rgdm's domains, as the entry points a plugin would declare.
 BUILTIN_DOMAINS = {
@@ -49,12 +52,17 @@ BUILTIN_DOMAINS = {
 #: rgdm's training algorithms, RGDM's estimators and the training peers, by their config classes.
 BUILTIN_ALGORITHMS = {
     "pretrain": "rgdm.algorithms.pretrain:PretrainConfig",
-    "rgdm-data": "rgdm.algorithms.payoff:DataPayoffConfig",
-    "rgdm-model": "rgdm.algorithms.payoff:ModelPayoffConfig",
-    "rgdm-stepwise": "rgdm.algorithms.payoff:StepwiseConfig",
+    "rgdm-data": "rgdm.algorithms.rgdm_data:DataPayoffConfig",
+    "rgdm-model": "rgdm.algorithms.rgdm_model:ModelPayoffConfig",
+    "rgdm-stepwise": "rgdm.algorithms.rgdm_stepwise:StepwiseConfig",
     "cfg": "rgdm.algorithms.cfg:CFGConfig",
     "rwr": "rgdm.algorithms.rwr:RWRConfig",
     "ddpo": "rgdm.algorithms.ddpo:DDPOConfig",
+}
+#: The ``rgdm`` subcommands rgdm's domains add, by domain: light modules that import the domain only when
+#: a command runs, since every ``rgdm`` invocation builds the parser.
+BUILTIN_COMMANDS = {
+    "molecules": "rgdm.domains.molecules.commands:add_commands",
 }
 
 
@@ -203,6 +211,7 @@ domains: Registry[Callable[..., Any]] = Registry("domain", DOMAIN_GROUP, _factor
 algorithms: Registry[Callable[..., Any]] = Registry("algorithm", ALGORITHM_GROUP, _factory("algorithm"),
                                                     BUILTIN_ALGORITHMS)
 rewards: Registry[RewardEntry] = Registry("reward", REWARD_GROUP, _reward_entry)
+commands: Registry[Callable[..., Any]] = Registry("commands", COMMAND_GROUP, _factory("commands"), BUILTIN_COMMANDS)
 
 
 def register_domain(name: str, factory: F | None = None) -> Any:
@@ -233,3 +242,10 @@ def rewards_for(domain: Any) -> dict[str, Reward]:
     (``domain.rewards()``), which take precedence on a shared name."""
     registered = {name: rewards.get(name).build(domain) for name in rewards.names()}
     return {name: reward for name, reward in registered.items() if reward is not None} | domain.rewards()
+
+
+def register_commands(domain: str, add: F | None = None) -> Any:
+    """Register the ``rgdm`` subcommands of the domain ``domain``: ``add(subparsers)`` adds each with
+    ``subparsers.add_parser(...)`` and ``set_defaults(func=handler)``, ``handler(args)`` running it. Called
+    with the name alone it is a decorator."""
+    return commands.register_or_decorate(domain, add)

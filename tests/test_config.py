@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rgdm.algorithms.payoff import StepwiseConfig
 from rgdm.algorithms.pretrain import PretrainConfig
+from rgdm.algorithms.rgdm_stepwise import StepwiseConfig
 from rgdm.engine.config import (
     ConfigError,
     RunConfig,

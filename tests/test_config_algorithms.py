@@ -16,7 +16,8 @@ from rgdm import registry
 from rgdm.algorithms import DDPO, Algorithm, Pretrain
 from rgdm.algorithms.config import AlgorithmConfig, config_class
 from rgdm.algorithms.ddpo import DDPOConfig
-from rgdm.algorithms.payoff import DataPayoffConfig, StepwiseConfig
+from rgdm.algorithms.rgdm_data import DataPayoffConfig
+from rgdm.algorithms.rgdm_stepwise import StepwiseConfig
 from rgdm.domains.toy import ToyDomain
 from rgdm.engine.builder import make_algorithm
 from rgdm.engine.config import ConfigError, dump_config, load_config, parse_config

@@ -28,8 +28,8 @@ def test_docs_build_strict(tmp_path):
         capture_output=True, text=True, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     api = (site / "api" / "index.html").read_text(encoding="utf-8")
-    for module in ("rgdm.algorithms.rgdm", "rgdm.algorithms.payoff", "rgdm.diffusion.process", "rgdm.rewards",
-                   "rgdm.domains.base"):
+    for module in ("rgdm.algorithms.rgdm", "rgdm.algorithms.rgdm_data", "rgdm.algorithms.rgdm_model",
+                   "rgdm.algorithms.rgdm_stepwise", "rgdm.diffusion.process", "rgdm.rewards", "rgdm.domains.base"):
         assert f'id="{module}.' in api, f"the API reference renders no member of {module}"
 
 

@@ -11,6 +11,7 @@ import torch
 from rgdm.algorithms import TrainingContext
 from rgdm.algorithms.base import score_data_rows
 from rgdm.batch import Batch
+from rgdm.cli import main
 from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, sample
 from rgdm.domains import build_domain
 from rgdm.domains.molecules.chemistry import Molecule, is_stable, molecule_from_smiles
@@ -19,7 +20,7 @@ from rgdm.domains.molecules.domain import MoleculeDomain
 from rgdm.domains.molecules.encoding import remove_center_of_mass
 from rgdm.domains.molecules.io import read_sdf, read_xyz
 from rgdm.domains.molecules.network import EGNN, EGNNDenoiser
-from rgdm.domains.molecules.properties import train_property_predictor
+from rgdm.domains.molecules.properties import PropertyPredictor, train_property_predictor
 from rgdm.engine.builder import make_scorer
 from rgdm.engine.config import RewardConfig
 from rgdm.rewards import RewardCounter
@@ -278,6 +279,16 @@ def test_property_reward_and_measure_use_different_predictors(alpha_domain):
     measured = (measuring.predict(data) - alpha_domain.target_value(cond)).abs().mean()
     assert metrics["property_mae"] == pytest.approx(float(measured), rel=1e-4)
     assert metrics["atoms_baseline_mae"] < metrics["naive_baseline_mae"]
+
+
+def test_the_train_predictor_command_of_the_molecules_domain_saves_a_predictor(tmp_path, capsys):
+    out = tmp_path / "alpha-a"
+    assert main(["-q", "train-predictor", "--property", "alpha", "--split", "train_a", "--steps", "2",
+                 "--batch-size", "8", "--subset", "100", "--no-hydrogens", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("alpha predictor on train_a: validation MAE ")
+    predictor = PropertyPredictor.load(out)
+    assert predictor.property == "alpha" and predictor.meta["steps"] == 2
+    assert predictor.meta["domain"]["hydrogens"] is False and predictor.meta["domain"]["subset"] == 100
 
 
 def test_scoring_data_against_every_target_predicts_each_molecule_once(alpha_domain):

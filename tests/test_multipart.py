@@ -23,7 +23,8 @@ from rgdm.algorithms import (
 )
 from rgdm.algorithms.base import DenoisingRows
 from rgdm.algorithms.classifier_guidance import ClassifierGuidance
-from rgdm.algorithms.rgdm import StepwiseLoss, explore
+from rgdm.algorithms.exploration import explore
+from rgdm.algorithms.rgdm_stepwise import StepwiseLoss
 from rgdm.algorithms.svdd import svdd
 from rgdm.batch import Batch, Shard, flatten_parts, unflatten_parts
 from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, sample

@@ -13,7 +13,7 @@ from torch import nn
 
 from rgdm.algorithms.base import TrainingContext
 from rgdm.algorithms.ddpo import DDPO, clipped_surrogate
-from rgdm.algorithms.payoff import ModelPayoff
+from rgdm.algorithms.rgdm_model import ModelPayoff
 from rgdm.algorithms.rwr import RWR
 from rgdm.batch import Batch
 from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,14 @@ from rgdm.domains import build_domain
 from rgdm.domains.toy import ToyDomain
 from rgdm.engine.builder import make_algorithm
 from rgdm.engine.config import AlgorithmConfig, ConfigError, load_config
-from rgdm.registry import RegistryError, RewardEntry, register_algorithm, register_domain, register_reward
+from rgdm.registry import (
+    RegistryError,
+    RewardEntry,
+    register_algorithm,
+    register_commands,
+    register_domain,
+    register_reward,
+)
 from rgdm.rewards import Reward, resolve_reward
 
 BUILTIN_ALGORITHMS = ["cfg", "ddpo", "pretrain", "rgdm-data", "rgdm-model", "rgdm-stepwise", "rwr"]
@@ -55,7 +64,7 @@ def build_plugin_algorithm(config: AlgorithmConfig, total_steps: int, domain: An
 @pytest.fixture
 def fresh(monkeypatch) -> None:
     """Registries as a new process finds them: rgdm's own, entry points not yet discovered."""
-    for kind in ("domains", "algorithms", "rewards"):
+    for kind in ("domains", "algorithms", "rewards", "commands"):
         monkeypatch.setattr(registry, kind, dataclasses.replace(getattr(registry, kind)))
 
 
@@ -199,3 +208,27 @@ def test_rgdm_list_names_a_domain_it_cannot_build_and_why(fresh, capsys):
     assert main(["list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["domains"]["from-file"] == {
         "source": "register_domain()", "error": "ValueError: domain.path is required"}
+
+
+def test_a_domains_commands_join_the_command_line(fresh, capsys):
+    def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        hello = commands.add_parser("line-hello", help="greet from the line domain")
+        hello.add_argument("--name", default="line")
+        hello.set_defaults(func=lambda args: print(f"hello from {args.name}"))
+
+    register_commands("line", add_commands)
+    assert registry.commands.source("molecules") == "rgdm", "the molecules add train-predictor"
+    assert main(["line-hello", "--name", "x"]) == 0 and capsys.readouterr().out == "hello from x\n"
+
+
+def test_a_plugins_broken_commands_are_left_out_and_the_rest_still_run(tmp_path, monkeypatch, fresh, caplog):
+    info = tmp_path / "rgdm_broken-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rgdm-broken\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[rgdm.commands]\nghost = rgdm_no_such_module:add_commands\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="rgdm.cli"):
+        parser = build_parser()
+    assert ("the commands of domain 'ghost' are left out: commands 'ghost' from rgdm-broken 1.0 failed to load: "
+            "ModuleNotFoundError") in caplog.text
+    assert parser.parse_args(["train-predictor", "--property", "mu", "--split", "train_b", "--out", "x"]).steps == 6000

@@ -17,7 +17,9 @@ from rgdm.algorithms import (
     TrainingContext,
 )
 from rgdm.algorithms.base import score_data_rows
-from rgdm.algorithms.rgdm import StepwiseLoss, conditional_payoff_weights, explore, payoff_weights
+from rgdm.algorithms.exploration import explore
+from rgdm.algorithms.rgdm import conditional_payoff_weights, payoff_weights
+from rgdm.algorithms.rgdm_stepwise import StepwiseLoss
 from rgdm.batch import Batch
 from rgdm.diffusion import GaussianDiffusion, NoiseSchedule, sample
 from rgdm.engine.config import SampleConfig

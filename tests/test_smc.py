@@ -14,7 +14,7 @@ from toolkit import make_scorer, stepwise_loss
 from torch import nn
 
 from rgdm.algorithms import GreedySelection, SequentialMonteCarlo
-from rgdm.algorithms.rgdm import tweedie_estimate
+from rgdm.algorithms.exploration import tweedie_estimate
 from rgdm.algorithms.smc import populations_of, residual_resampling, systematic_resampling
 from rgdm.batch import Batch
 from rgdm.benchmarks.toy import Budget, ToyTask, plot_curves, run_task

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from rgdm.algorithms.base import DenoisingRows, TrainingContext
-from rgdm.algorithms.rgdm import StepwiseLoss, StepwiseStats
+from rgdm.algorithms.rgdm_stepwise import StepwiseLoss, StepwiseStats
 from rgdm.batch import Batch
 from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, sample
 from rgdm.domains.molecules.chemistry import Molecule, molecule_from_smiles

@@ -6,8 +6,10 @@ from rgdm.algorithms.cfg import ConditionalFinetune, GuidedEpsModel, reward_clas
 from rgdm.algorithms.classifier_guidance import ClassifierGuidance, train_regressor
 from rgdm.algorithms.ddpo import DDPO
 from rgdm.algorithms.guided_sampling import GradientStep, GreedySelection
-from rgdm.algorithms.payoff import DataPayoff, ModelPayoff, StepwiseExploration
 from rgdm.algorithms.pretrain import Pretrain
+from rgdm.algorithms.rgdm_data import DataPayoff
+from rgdm.algorithms.rgdm_model import ModelPayoff
+from rgdm.algorithms.rgdm_stepwise import StepwiseExploration
 from rgdm.algorithms.rwr import RWR
 from rgdm.algorithms.smc import SequentialMonteCarlo
 from rgdm.algorithms.svdd import svdd

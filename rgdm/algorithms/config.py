@@ -1,6 +1,6 @@
 """The typed config of a training algorithm: its settings, their defaults and checks, and its constructor.
 
-Every algorithm's config sits next to it (``DataPayoffConfig`` beside ``DataPayoff`` in ``payoff.py``) and
+Every algorithm's config sits next to it (``DataPayoffConfig`` beside ``DataPayoff`` in ``rgdm_data.py``) and
 subclasses ``AlgorithmConfig``: it declares ``name: Literal["NAME"]``, its own fields, and ``build``, which
 makes the algorithm from plain values (never a domain: algorithms do not import domains). The registry maps
 each name to its config class, and a plugin registers its own the same way::

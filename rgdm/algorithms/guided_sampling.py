@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rgdm.algorithms.rgdm import ValueEstimate, check_value_estimate, explore, payoff_weights, tweedie_estimate
+from rgdm.algorithms.exploration import ValueEstimate, check_value_estimate, explore, tweedie_estimate
+from rgdm.algorithms.rgdm import payoff_weights
 from rgdm.batch import Batch
 from rgdm.diffusion.process import Sample, per_row, repeat_rows, sample_gradient
 from rgdm.diffusion.sampling import StepContext, TransitionResult, ancestral_transition

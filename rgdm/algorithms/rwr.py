@@ -14,8 +14,8 @@ from typing import Literal
 
 import torch
 
-from rgdm.algorithms.payoff import ModelPayoff, RoundsConfig
 from rgdm.algorithms.rgdm import conditional_payoff_weights
+from rgdm.algorithms.rgdm_model import ModelPayoff, RoundsConfig
 
 
 class RWR(ModelPayoff):

@@ -47,8 +47,8 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from rgdm.algorithms.exploration import ValueEstimate, check_value_estimate, tweedie_estimate
 from rgdm.algorithms.guided_sampling import check_start
-from rgdm.algorithms.rgdm import ValueEstimate, check_value_estimate, tweedie_estimate
 from rgdm.batch import Batch
 from rgdm.diffusion.process import Sample
 from rgdm.diffusion.sampling import EpsModel, StepContext, TransitionResult, ancestral_transition, sample

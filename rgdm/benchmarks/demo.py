@@ -7,13 +7,15 @@ and refuses a folder that holds another run (``rgdm.api.finetune``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from rgdm.api import finetune
 from rgdm.batch import Batch
+from rgdm.domains.base import pyplot, save_figure
 from rgdm.engine import generate, load_trained
 from rgdm.engine.builder import seeded_generator
 from rgdm.io import save_arrays
@@ -61,22 +63,14 @@ MOLECULE_DEMO_STEPS = 100
 
 
 def _qed_histograms(before: list[float], after: list[float], qm9_p90: float, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     bins = np.linspace(0, 1, 41)
     ax.hist([v for v in before if np.isfinite(v)], bins=bins, alpha=0.6, label="pre-trained")
     ax.hist([v for v in after if np.isfinite(v)], bins=bins, alpha=0.6, label="RGDM (QED)")
     ax.axvline(qm9_p90, color="k", linestyle="--", label="QM9 90th percentile")
     ax.set(xlabel="QED of valid molecules", ylabel="molecules")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run_molecule_demo(out: Path, progress: bool = True, pretrained: str = "qm9-pretrained",
@@ -158,3 +152,22 @@ def run_shape_demo(out: Path, progress: bool = True, checkpoint: str = "shapes-r
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+class Demo(NamedTuple):
+    """A domain's demo: ``run(out, progress=...)`` writes it to the folder ``out`` and returns its report;
+    ``files`` says what it writes there."""
+
+    run: Callable[..., dict[str, Any]]
+    files: str
+
+
+def demos() -> dict[str, Demo]:
+    """Each domain's demo, by domain (``rgdm demo DOMAIN``), the toy's first: it is the default. Built on each
+    call, from the demo functions as this module holds them then."""
+    return {
+        "toy": Demo(run_toy_demo, "metrics.json, samples.npz, demo.png, run/"),
+        "molecules": Demo(run_molecule_demo, "table.md, metrics.json, qed_histograms.png, before/ and after/ "
+                          "(samples.xyz, samples.sdf, molecules.png), run/"),
+        "shapes": Demo(run_shape_demo, "table.md, metrics.json, CLASS.png and CLASS/ply/*.ply per class"),
+    }

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from rgdm.algorithms import DDPO, Algorithm, GreedySelection, Pretrain, StepwiseExploration, TrainingContext
-from rgdm.algorithms.rgdm import VALUE_ESTIMATES, ValueEstimate
+from rgdm.algorithms.exploration import VALUE_ESTIMATES, ValueEstimate
 from rgdm.batch import Batch
 from rgdm.diffusion import EpsModel, Transition, ancestral_transition, sample
 from rgdm.domains import build_domain
@@ -402,7 +402,16 @@ def _peak_rss_mb() -> float:
 
 
 def _glibc() -> Any | None:
-    """The C library if it is glibc (it has ``mallopt`` and ``malloc_trim``), else ``None``."""
+    """The C library if it is glibc (it has ``mallopt`` and ``malloc_trim``), else ``None``.
+
+    Only the fresh process of one CPU memory point calls it (``_peak_rss_of_sampling``), never the library
+    nor ``rgdm bench``'s own process. No library does this job: ``psutil`` and ``resource`` read RSS but
+    cannot release the allocator's cache, ``tracemalloc`` sees Python's allocations and not the tensors',
+    and PyTorch keeps no CPU peak outside its profiler. glibc's ``MALLOC_MMAP_THRESHOLD_``, set in the
+    spawned process's environment, could replace the ``mallopt`` call, but ``malloc_trim`` has no
+    environment equivalent, so both stay here, side by side. Without glibc (musl, macOS) the measurement
+    falls back to ``ru_maxrss`` and its ``method`` says so.
+    """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:

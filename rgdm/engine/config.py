@@ -34,8 +34,8 @@ from pydantic import (
 
 from rgdm import registry
 from rgdm.algorithms.config import AlgorithmConfig, Candidates, config_class
+from rgdm.algorithms.exploration import ValueEstimate
 from rgdm.algorithms.pretrain import PretrainConfig
-from rgdm.algorithms.rgdm import ValueEstimate
 
 log = logging.getLogger("rgdm.config")
 
