@@ -65,7 +65,7 @@ def per_row(values: torch.Tensor, like: Sample) -> torch.Tensor:
     return values if isinstance(like, TensorDict) else values.view(-1, *([1] * (like.dim() - 1)))
 
 
-def repeat_rows(x: Sample | torch.Tensor, copies: int) -> Sample:
+def repeat_rows(x: Sample, copies: int) -> Sample:
     """``copies`` copies of every row stacked along the batch, copy-major (candidate evaluation)."""
     return x.repeat(copies, *([1] * (x.dim() - 1)))
 

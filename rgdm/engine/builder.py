@@ -13,6 +13,7 @@ from torch import nn
 from rgdm import registry
 from rgdm.algorithms import Algorithm
 from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule
+from rgdm.diffusion.conditioning import conditioning_of
 from rgdm.domains import Domain, build_domain
 from rgdm.domains.base import SupportsTargets
 from rgdm.engine.checkpoint import load_model
@@ -91,7 +92,7 @@ def trained_with_conditions(meta: dict[str, Any]) -> bool:
 
 
 def tie_targets_to_null(net: nn.Module) -> None:
-    """Copy the null token's embedding (the last row of ``net.target``) onto every target row.
+    """Copy the null token's embedding onto every target row of the network's ``Conditioning``.
 
     A network trained only unconditionally never saw its target rows, which keep their random
     initialisation. Tied, it predicts its unconditional noise for any target: guidance towards a
@@ -99,10 +100,9 @@ def tie_targets_to_null(net: nn.Module) -> None:
     for every target. (The fine-tuned network itself keeps the random rows: distinct rows learn
     their conditions far faster than rows that all start at the null token.)
     """
-    embedding = getattr(net, "target", None)
-    if isinstance(embedding, nn.Embedding):
-        with torch.no_grad():
-            embedding.weight[:-1] = embedding.weight[-1]
+    conditioning = conditioning_of(net)
+    if conditioning is not None:
+        conditioning.tie_to_null()
 
 
 def seeded_generator(seed: int, device: str = "cpu") -> torch.Generator:
