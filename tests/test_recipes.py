@@ -11,6 +11,7 @@ import pytest
 from rgdm.cli import main
 from rgdm.engine.config import PRESETS, load_config
 from rgdm.engine.registry import resolve_model, shipped_models
+from rgdm.engine.trainer import Trainer
 from rgdm.io import read_json
 
 #: Checkpoints exported from a run before its end: their steps are the snapshot's, not the recipe's.
@@ -58,3 +59,14 @@ def test_rgdm_train_runs_a_fine_tuning_recipe_that_extends_a_preset(tmp_path: Pa
     meta = read_json(tmp_path / "run" / "model.json")
     assert meta["parent"] == "toy-ring-pretrained"
     assert (meta["training"]["algorithm"], meta["training"]["reward_calls"]) == ("rgdm-data", 64)
+
+
+def test_a_preset_read_unchanged_names_itself_the_recipe_of_the_model_it_trains(tmp_path: Path):
+    preset = PRESETS / "toy-ring-pretrain.yaml"
+    assert load_config(preset).recipe == "toy-ring-pretrain"
+    assert load_config(preset, ["train.steps=2"]).recipe is None  # changed: no longer the recipe
+    copy = tmp_path / "toy-ring-pretrain.yaml"
+    copy.write_text(preset.read_text())
+    assert load_config(copy).recipe is None  # a user's file is not a shipped recipe
+    trainer = Trainer(load_config(preset), tmp_path / "run")
+    assert trainer.model_meta(reward_calls=0)["recipe"] == "toy-ring-pretrain"

@@ -105,6 +105,8 @@ class RunConfig(Section):
                                                       description="the config of the algorithm it names")
     reward: RewardConfig = Field(default_factory=RewardConfig)
     init: str | None = Field(None, description="checkpoint name or folder to start from")
+    recipe: str | None = Field(None, description="the shipped preset this config is, unchanged (set by "
+                                                 "load_config; model.json records it)")
 
     @field_validator("algorithm", mode="wrap")
     @classmethod
@@ -295,8 +297,10 @@ def apply_override(data: dict[str, Any], override: str) -> None:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or start from defaults), with the files it extends, and apply ``overrides`` in
-    order."""
+    order. A shipped preset read without overrides names itself as the ``recipe``."""
     data = read_config_file(Path(path)) if path is not None else {}
+    if path is not None and not overrides and Path(path).resolve().parent == PRESETS.resolve():
+        data["recipe"] = Path(path).stem
     for override in overrides or []:
         apply_override(data, override)
     return parse_config(data)

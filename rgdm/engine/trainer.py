@@ -241,6 +241,7 @@ class Trainer:
             "diffusion": config.diffusion.model_dump(),
             "targets": config.algorithm.targets,
             "parent": config.init,
+            "recipe": config.recipe,
             "training": {"algorithm": config.algorithm.name, "steps": self.step, "seed": config.train.seed,
                          "reward": config.reward.name,
                          "temperature": config.algorithm.temperature if config.reward.name else None,
