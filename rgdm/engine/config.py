@@ -64,6 +64,10 @@ class ConfigError(ValueError):
     """An invalid configuration; the message names each problem and how to fix it."""
 
 
+class UsageError(ValueError):
+    """A command-line mistake; printed as one line, exit code 2."""
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -1,0 +1,127 @@
+"""``rgdm bench``: the benchmark suites, each writing JSON with its Markdown tables (and plots) beside it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rgdm.engine.config import UsageError
+
+
+def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``rgdm bench SUITE`` to the command line."""
+    bench = commands.add_parser("bench", help="benchmarks with JSON output")
+    bench.add_argument("suite", choices=["toy", "molecules", "perf", "profile", "curve", "steps"],
+                       help="toy: every method on the toy tasks; molecules: every method on a molecule reward at "
+                            "equal reward calls; perf: speed and memory of sampling, training steps "
+                            "and rewards; profile: torch.profiler operator tables of the step-wise and guided paths; "
+                            "curve: quality of every checkpoint of a run (--run) against training hours; steps: "
+                            "quality of a model (--checkpoint) against sampling steps")
+    bench.add_argument("--json", required=True)
+    bench.add_argument("--quick", action="store_true",
+                       help="smaller budgets (toy: one seed, every method, < 10 min; perf: a few minutes)")
+    bench.add_argument("--seeds", type=int, help="seeds per method (default 3, or 1 with --quick)")
+    bench.add_argument("--methods", help="comma-separated subset, e.g. pretrained,rgdm-data")
+    bench.add_argument("--jobs", type=int, default=1, help="2: run the two tasks side by side, one thread each")
+    bench.add_argument("--domains", help="perf: comma-separated subset of toy,molecules,shapes")
+    bench.add_argument("--device", default="cpu", help="perf: cpu or cuda[:N]")
+    bench.add_argument("--bf16", action="store_true", help="perf: bf16 autocast of the networks (CUDA only)")
+    bench.add_argument("--compile", action="store_true", help="perf: torch.compile the networks (CUDA only)")
+    bench.add_argument("--run", help="curve: the training run folder")
+    bench.add_argument("--every", type=int, default=1, metavar="STEPS",
+                       help="curve: sample only checkpoints at multiples of this step (and the last one)")
+    bench.add_argument("--checkpoint", help="steps, molecules: shipped name or model folder (molecules: default "
+                       "qm9-noh-pretrained)")
+    bench.add_argument("--reward", help="molecules: the reward (default qed; xtb-strain for models with hydrogens)")
+    bench.add_argument("--temperature", type=float, help="molecules: tau of the pay-off (default 0.02)")
+    bench.add_argument("--floor", type=float, help="molecules: reward of invalid molecules (default 0; below the "
+                       "reward's range for xtb-strain, e.g. -1)")
+    bench.add_argument("--no-posebusters", action="store_true", help="molecules: skip PoseBusters (slow)")
+    bench.add_argument("-n", type=int, default=200, help="curve, steps: samples per point")
+    bench.add_argument("--sampling-steps", type=lambda text: [int(v) for v in text.split(",")], default=[100],
+                       help="curve: sampling steps (default 100); steps: comma-separated counts, e.g. 25,50,100")
+    bench.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    if args.suite == "perf":
+        cmd_bench_perf(args)
+        return
+    if args.suite == "profile":
+        cmd_bench_profile(args)
+        return
+    if args.suite in ("curve", "steps"):
+        cmd_bench_curves(args)
+        return
+    if args.suite == "molecules":
+        cmd_bench_molecules(args)
+        return
+    from rgdm.benchmarks.toy import markdown_table, plot_curves, run_toy_benchmark
+
+    methods = args.methods.split(",") if args.methods else None
+    result = run_toy_benchmark(quick=args.quick, seeds=args.seeds, progress=not args.quiet, methods=methods,
+                               jobs=args.jobs)
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    picture = plot_curves(result, path.with_suffix(".png"))
+    print(markdown_table(result) + "\n\n" + markdown_table(result["rare_mode"]))
+    print(f"results in {path}, reward-against-calls plot in {picture}")
+
+
+def cmd_bench_curves(args: argparse.Namespace) -> None:
+    from rgdm.benchmarks.curves import learning_curve, markdown_table, plot_curve, read_previous, steps_curve
+
+    path = Path(args.json)
+    if args.suite == "curve":
+        if args.run is None:
+            raise UsageError("bench curve needs --run RUN (a training run folder with checkpoints)")
+        result = learning_curve(Path(args.run), args.n, args.sampling_steps[0], previous=read_previous(path),
+                                progress=not args.quiet, every=args.every)
+    else:
+        if args.checkpoint is None:
+            raise UsageError("bench steps needs --checkpoint NAME|DIR")
+        result = steps_curve(args.checkpoint, args.n, args.sampling_steps, seeds=args.seeds or 3,
+                             progress=not args.quiet)
+    write_report(path, result, markdown_table(result))
+    print(f"plot in {plot_curve(result, path.with_suffix('.png'))}")
+
+
+def cmd_bench_molecules(args: argparse.Namespace) -> None:
+    from rgdm.benchmarks.molecules import MoleculeTask, markdown_table, plot_curves, run_molecule_benchmark
+
+    given = {"checkpoint": args.checkpoint, "reward": args.reward, "temperature": args.temperature,
+             "floor": args.floor}
+    result = run_molecule_benchmark(MoleculeTask(**{k: v for k, v in given.items() if v is not None}),
+                                    quick=args.quick, seeds=args.seeds, posebusters=not args.no_posebusters,
+                                    methods=args.methods.split(",") if args.methods else None, progress=not args.quiet)
+    path = Path(args.json)
+    write_report(path, result, markdown_table(result))
+    print(f"curves in {plot_curves(result, path.with_suffix('.png'))}")
+
+
+def cmd_bench_perf(args: argparse.Namespace) -> None:
+    from rgdm.benchmarks.perf import markdown_table, run_perf_benchmark
+
+    domains = args.domains.split(",") if args.domains else None
+    result = run_perf_benchmark(quick=args.quick, domains=domains, device=args.device, bf16=args.bf16,
+                                compile_network=args.compile)
+    write_report(Path(args.json), result, markdown_table(result))
+
+
+def cmd_bench_profile(args: argparse.Namespace) -> None:
+    from rgdm.benchmarks.perf import operator_profile, profile_table
+
+    result = operator_profile(args.domains.split(",") if args.domains else None)
+    write_report(Path(args.json), result, profile_table(result))
+
+
+def write_report(path: Path, result: dict[str, Any], table: str) -> None:
+    """A benchmark's JSON at ``path`` and its Markdown tables beside it (``.md``), the tables also printed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    path.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"results in {path}, tables in {path.with_suffix('.md')}")
