@@ -71,13 +71,14 @@ def load(name_or_dir: str | Path, device: str = "cpu") -> LoadedModel:
     return load_trained(name_or_dir, device)
 
 
-def finetune(model_or_config: str | Path | RunConfig | None = None, *, out: str | Path, reward: str | None = None,
-             algorithm: str | None = None, temperature: float | None = None, steps: int | None = None,
-             seed: int | None = None, config: str | Path | None = None, overrides: Sequence[str] = (),
-             progress: bool = False) -> LoadedModel:
+def finetune(model_or_config: LoadedModel | str | Path | RunConfig | None = None, *, out: str | Path,
+             reward: str | None = None, algorithm: str | None = None, temperature: float | None = None,
+             steps: int | None = None, seed: int | None = None, config: str | Path | None = None,
+             overrides: Sequence[str] = (), progress: bool = False) -> LoadedModel:
     """Fine-tune a trained model towards a reward, as ``rgdm finetune`` does, and return it trained.
 
-    ``model_or_config`` is a shipped name or model folder, fine-tuned with the recipe of its domain (the
+    ``model_or_config`` is a model from ``load`` (or an earlier ``finetune``), a shipped name or model folder,
+    fine-tuned from its saved weights with the recipe of its domain (the
     preset ``finetune-DOMAIN``, or ``config``: a preset name or YAML file), the keywords set and then
     ``overrides`` (``section.key=value``) on top; or ``None`` with a ``config`` that names its model and reward
     (the recipe of a shipped checkpoint, ``qm9-rgdm-qed``); or a whole ``RunConfig``, run as it stands.
@@ -90,6 +91,11 @@ def finetune(model_or_config: str | Path | RunConfig | None = None, *, out: str 
     settings = {"reward.name": reward, "algorithm.name": algorithm, "algorithm.temperature": temperature,
                 "train.steps": steps, "train.seed": seed}
     changes = [f"{key}={value}" for key, value in settings.items() if value is not None] + list(overrides)
+    if isinstance(model_or_config, LoadedModel):
+        if model_or_config.source is None:
+            raise ValueError("this model was built in memory, not loaded from a name or folder: fine-tune a "
+                             "shipped name or a model folder")
+        model_or_config = model_or_config.source
     if isinstance(model_or_config, RunConfig):
         if changes or config is not None:
             raise ValueError("a RunConfig is run as it stands: set the reward, algorithm and the rest in it")

@@ -65,6 +65,18 @@ def test_finetune_takes_a_whole_config_as_it_stands(tmp_path):
         rgdm.finetune("toy-ring-pretrained", out=tmp_path / "no-reward")
 
 
+def test_finetune_takes_a_loaded_model_and_chains_from_the_one_it_returned(tmp_path):
+    base = rgdm.load("toy-ring-pretrained")
+    assert base.source == "toy-ring-pretrained"
+    first = rgdm.finetune(base, reward="region", steps=2, overrides=QUICK, out=tmp_path / "first")
+    assert first.meta["parent"] == "toy-ring-pretrained" and first.source == str(tmp_path / "first")
+    second = rgdm.finetune(first, reward="region", steps=2, overrides=QUICK, out=tmp_path / "second")
+    assert second.meta["parent"] == str(tmp_path / "first")
+    in_memory = LoadedModel(base.domain, base.diffusion, base.net, base.meta)
+    with pytest.raises(ValueError, match="built in memory"):
+        rgdm.finetune(in_memory, reward="region", out=tmp_path / "third")
+
+
 def test_sample_draws_decodes_and_counts_each_call_alone():
     model = rgdm.load("toy-ring-pretrained")
     first = rgdm.sample(model, 6, steps=4, seed=1)

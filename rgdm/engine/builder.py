@@ -46,12 +46,17 @@ def make_algorithm(config: AlgorithmConfig, total_steps: int, domain: Domain) ->
 
 @dataclass
 class LoadedModel:
-    """A trained model ready to sample: its domain, diffusion, network (EMA weights) and metadata."""
+    """A trained model ready to sample: its domain, diffusion, network (EMA weights) and metadata.
+
+    ``source`` is the shipped name or folder it was loaded from (``None`` if built in memory): where a
+    fine-tune of it starts.
+    """
 
     domain: Domain
     diffusion: GaussianDiffusion
     net: nn.Module
     meta: dict[str, Any]
+    source: str | None = None
 
     @cached_property
     def eps_model(self) -> EpsModel:
@@ -78,7 +83,7 @@ def load_trained(name_or_dir: str | Path, device: str = "cpu", tie_untrained_tar
                               f"{error}") from None
     if tie_untrained_targets and not trained_with_conditions(meta):
         tie_targets_to_null(net)
-    return LoadedModel(domain, diffusion, net.to(device).eval(), meta)
+    return LoadedModel(domain, diffusion, net.to(device).eval(), meta, str(name_or_dir))
 
 
 def trained_with_conditions(meta: dict[str, Any]) -> bool:
