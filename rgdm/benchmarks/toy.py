@@ -15,7 +15,6 @@ import multiprocessing
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +22,15 @@ from typing import Any
 
 import torch
 
-from rgdm.algorithms import ClassifierGuidance, train_regressor
+from rgdm.algorithms import ClassifierGuidance
 from rgdm.batch import Batch
 from rgdm.benchmarks.common import GUIDED_SAMPLERS, finetune, mean, sample_with_reward, spread
 from rgdm.domains.toy import ToyDomain
 from rgdm.engine import LoadedModel, generate, load_config, load_trained, make_scorer
 from rgdm.engine.builder import seeded_generator
 from rgdm.engine.config import RewardConfig
-from rgdm.rewards import RewardCounter
+from rgdm.engine.guide import train_guide
+from rgdm.rewards import RewardCounter, Scorer
 
 FINETUNE_PRESET = Path(__file__).resolve().parent.parent / "configs" / "finetune-toy.yaml"
 BUDGET_MARKS = (1_000, 10_000, 100_000)
@@ -166,7 +166,7 @@ def _sampling_method(measure: Measure, pretrained: LoadedModel, name: str, seed:
         samples = sample_with_reward(model, name, scorer, budget.eval_samples, generator, budget, task.temperature,
                                      budget.sampling_steps, budget.candidates)
     else:
-        samples, extra_evaluations = _classifier_guidance(measure, model, scorer, generator)
+        samples, extra_evaluations = _classifier_guidance(measure, model, scorer, generator, seed)
     wall = time.perf_counter() - start
     metrics = model.domain.evaluate(samples, task.reward, task.temperature, generator)
     reached = counter.calls if metrics["mean_reward"] >= measure.goal else None
@@ -174,16 +174,15 @@ def _sampling_method(measure: Measure, pretrained: LoadedModel, name: str, seed:
                      [(counter.calls, metrics["mean_reward"], metrics["energy_distance"])])
 
 
-def _classifier_guidance(measure: Measure, model: LoadedModel, scorer: Callable, generator: Any
+def _classifier_guidance(measure: Measure, model: LoadedModel, scorer: Scorer, generator: Any, seed: int
                          ) -> tuple[Batch, int]:
-    """Train a noise-aware regressor on scored data, then sample guided by ``grad f / tau``."""
-    budget, domain = measure.budget, model.domain
-    data = domain.dataset().sample(budget.data_scored, generator)
-    rewards = scorer(data.x, data.mask, data.cond).values
-    regressor = domain.build_regressor(model.meta["network"])
-    train_regressor(regressor, model.diffusion, data, rewards, steps=budget.regressor_steps, batch_size=256,
-                    lr=1e-3, generator=generator)
-    guidance = ClassifierGuidance(regressor.eval(), scale=1.0 / measure.task.temperature)
+    """Train a noise-aware regressor on scored data as ``rgdm train-guide`` does (its initial weights
+    seeded, so the result does not depend on the methods run before), then sample guided by
+    ``grad f / tau``."""
+    budget = measure.budget
+    regressor, _ = train_guide(model, scorer, None, rows=budget.data_scored, steps=budget.regressor_steps,
+                               batch_size=256, lr=1e-3, seed=20_000 + seed, progress=False)
+    guidance = ClassifierGuidance(regressor, scale=1.0 / measure.task.temperature)
     samples = generate(model, budget.eval_samples, generator, transition=guidance,
                        steps=budget.sampling_steps)
     return samples, guidance.evaluations + budget.regressor_steps * 256
