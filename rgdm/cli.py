@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--value", choices=VALUE_ESTIMATES,
                         help="select, smc: Tweedie values from the noise predicted at each candidate (exact, the "
                              "default) or at the state it was drawn from (reuse: select then costs one network "
-                             "evaluation a step instead of K)")
+                             "evaluation a step instead of K, and over-shoots the pay-off further)")
     sample.add_argument("--guidance-start", type=int, metavar="T",
                         help="select, smc: guide only the steps landing at diffusion time <= T (of the model's "
                              "timesteps); noisier steps are plain draws, saving their evaluations and reward calls")

@@ -85,7 +85,10 @@ class StepwiseLoss:
 
     ``value`` is how the candidates' Tweedie estimates are made (``tweedie_estimate``): ``exact`` evaluates
     the value model on all ``K`` candidates; ``reuse`` takes its noise prediction at ``x_t`` (the reference
-    centre's own, or one more evaluation with the posterior centre) for all of them.
+    centre's own, or one more evaluation with the posterior centre) for all of them. Reuse is cheaper and
+    wrong here: a reused estimate moves by a candidate's offset over ``sqrt(abar_{t-1})``, so the farthest
+    candidate wins, and on the toy the model it trains leaves the data (energy distance 100-175 against
+    0.007-0.03 exact; docs/results/toy.md).
     """
 
     candidates: int
@@ -203,8 +206,8 @@ class StepwiseConfig(AlgorithmConfig):
     center: Literal["posterior", "reference"] = "reference"
     value_model: Literal["frozen", "ema"] = "frozen"
     value: ValueEstimate = Field("exact", description="candidates' Tweedie estimates from the value model's "
-                                                      "noise prediction at x_t (reuse, no evaluation) or at "
-                                                      "each candidate (exact, K evaluations)")
+                                                      "noise prediction at each candidate (exact, K evaluations) "
+                                                      "or at x_t (reuse, no evaluation; diverged on the toy)")
 
     def build(self, total_steps: int, num_targets: int) -> StepwiseExploration:
         return StepwiseExploration(self.temperature, self.candidates, self.radius, self.anchor, self.center,
