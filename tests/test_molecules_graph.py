@@ -175,5 +175,5 @@ def test_posebusters_passes_a_relaxed_molecule_and_fails_a_squashed_one():
                         good.charges)
     report = posebusters_metrics([good, squashed, broken_valence()])
     assert report["posebusters_checked"] == 2, "only valid molecules are checked"
-    assert report["posebusters_pass"] == 0.5
+    assert report["posebusters_pass"] == 0.5, report["posebusters_checks"]  # a failure names the checks
     assert report["posebusters_checks"]["bond_lengths"] == 0.5
