@@ -73,7 +73,7 @@ def _qed_histograms(before: list[float], after: list[float], qm9_p90: float, pat
     return save_figure(fig, path)
 
 
-def run_molecule_demo(out: Path, progress: bool = True, pretrained: str = "qm9-noh-pretrained",
+def run_molecule_demo(out: Path, progress: bool = True, pretrained: str = "qm9-pretrained",
                       finetune_steps: int = 600, rounds: int = 3, buffer_size: int = 512,
                       samples: int = MOLECULE_DEMO_SAMPLES, sample_steps: int = MOLECULE_DEMO_STEPS,
                       percentile_molecules: int = 20_000) -> dict[str, Any]:
