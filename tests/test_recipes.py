@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rgdm.cli import main
-from rgdm.engine.config import PRESETS, load_config
+from rgdm.engine.config import PRESETS, dump_config, load_config
 from rgdm.engine.registry import resolve_model, shipped_models
 from rgdm.engine.trainer import Trainer
 from rgdm.io import read_json
@@ -70,3 +70,10 @@ def test_a_preset_read_unchanged_names_itself_the_recipe_of_the_model_it_trains(
     assert load_config(copy).recipe is None  # a user's file is not a shipped recipe
     trainer = Trainer(load_config(preset), tmp_path / "run")
     assert trainer.model_meta(reward_calls=0)["recipe"] == "toy-ring-pretrain"
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(dump_config(load_config(preset)))  # a run's config.yaml, copied to start another run
+    assert "recipe: toy-ring-pretrain" in edited.read_text() and load_config(edited).recipe is None
+    short = load_config(preset, ["train.steps=2", "train.checkpoint_every=1"]).model_copy(
+        update={"recipe": "toy-ring-pretrain"})  # the preset's run, shortened
+    Trainer(short, tmp_path / "short").fit(progress=False)
+    assert Trainer.resume(tmp_path / "short").config.recipe == "toy-ring-pretrain", "a resumed run keeps its recipe"

@@ -301,8 +301,11 @@ def apply_override(data: dict[str, Any], override: str) -> None:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or start from defaults), with the files it extends, and apply ``overrides`` in
-    order. A shipped preset read without overrides names itself as the ``recipe``."""
+    order. A shipped preset read without overrides names itself as the ``recipe``; any other file names none,
+    whatever it says (a run's ``config.yaml`` copied and edited is no longer its recipe; ``Trainer.resume``
+    reads a run's own record with ``parse_config``)."""
     data = read_config_file(Path(path)) if path is not None else {}
+    data.pop("recipe", None)
     if path is not None and not overrides and Path(path).resolve().parent == PRESETS.resolve():
         data["recipe"] = Path(path).stem
     for override in overrides or []:

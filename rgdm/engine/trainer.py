@@ -35,7 +35,7 @@ from rgdm.engine.builder import (
     trained_with_conditions,
 )
 from rgdm.engine.checkpoint import flatten_state, load_checkpoint, save_checkpoint, save_model, unflatten_state
-from rgdm.engine.config import DiffusionConfig, RunConfig, dump_config, load_config
+from rgdm.engine.config import DiffusionConfig, RunConfig, dump_config, parse_config, read_config_file
 from rgdm.engine.distributed import (
     DataParallelContext,
     any_process,
@@ -170,7 +170,7 @@ class Trainer:
         if not (run_dir / "config.yaml").is_file():
             raise CheckpointError(f"{run_dir} has no config.yaml: it is not an rgdm run folder")
         tensors, meta = load_checkpoint(run_dir)
-        config = load_config(run_dir / "config.yaml")
+        config = parse_config(read_config_file(run_dir / "config.yaml"))  # its recipe included
         if "domain" in meta:
             config = config.model_copy(update={"domain": meta["domain"]})
         trainer = cls(config, run_dir)
