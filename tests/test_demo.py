@@ -58,6 +58,6 @@ def test_two_demos_run_in_one_folder_each_in_its_own(tmp_path, monkeypatch, fast
 def test_a_demo_refuses_a_folder_holding_another_jobs_run(tmp_path):
     demo.run_toy_demo(tmp_path, progress=False, **FAST_TOY)
     with pytest.raises(ValueError, match=r"holds another run, rgdm-data of toy-ring-pretrained for reward "
-                                         r"'region' \(init: 'toy-ring-pretrained' there, 'qm9-pretrained' here"):
+                                         r"'region' \(init: 'toy-ring-pretrained' there, 'qm9-noh-pretrained' here"):
         demo.run_molecule_demo(tmp_path, progress=False, **FAST_MOLECULES)
     assert load_config(tmp_path / "run" / "config.yaml").reward.name == "region", "the run is left as it is"

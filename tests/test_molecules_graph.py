@@ -177,3 +177,16 @@ def test_posebusters_passes_a_relaxed_molecule_and_fails_a_squashed_one():
     assert report["posebusters_checked"] == 2, "only valid molecules are checked"
     assert report["posebusters_pass"] == 0.5, report["posebusters_checks"]  # a failure names the checks
     assert report["posebusters_checks"]["bond_lengths"] == 0.5
+
+
+def test_posebusters_survives_a_closed_stderr_left_behind_by_an_earlier_capture(monkeypatch):
+    """PoseBusters flushes the stream RDKit's log handler held since its last run; a closed one (pytest's
+    capsys, a notebook cell's redirect) used to fail every molecule's InChI check."""
+    import tempfile
+
+    import rdkit
+
+    with tempfile.TemporaryFile("w+") as closed:  # unlike a StringIO, a closed file raises on flush, as capsys's
+        pass
+    monkeypatch.setattr(rdkit.log_handler, "stream", closed)
+    assert posebusters_metrics([bonded("c1ccccc1O")])["posebusters_checks"]["inchi_convertible"] == 1.0

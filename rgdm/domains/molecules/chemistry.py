@@ -10,6 +10,7 @@ alternating orders to such conjugated systems; ``kekulize=False`` gives EDM's nu
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -412,6 +413,16 @@ def chemistry_metrics(
 ENERGY_CONFORMERS = 10
 
 
+def _point_rdkit_log_at_live_stderr() -> None:
+    """PoseBusters' log capture leaves RDKit's Python log handler on whatever ``sys.stderr`` was when it last
+    ran, and flushes that stream when it next captures. If the stream has been closed since (pytest's
+    ``capsys``, a notebook's redirected cell), the flush raises inside the InChI check, and every molecule
+    fails ``inchi_convertible``. Pointing the handler at the current ``sys.stderr`` first avoids that."""
+    import rdkit
+
+    rdkit.log_handler.stream = sys.stderr
+
+
 def _posebusters() -> Any:
     """PoseBusters' "mol" checks with ``ENERGY_CONFORMERS``; its config lists the energy module twice
     (once without a reported test), so the duplicate goes."""
@@ -437,6 +448,7 @@ def posebusters_metrics(mols: Sequence[Molecule]) -> dict[str, Any]:
     if not valid:
         return {"posebusters_pass": 0.0, "posebusters_checked": 0, "posebusters_checks": {}}
     logging.getLogger("posebusters").setLevel(logging.ERROR)  # one warning per molecule it cannot embed
+    _point_rdkit_log_at_live_stderr()
     with BlockLogs():
         passed = _posebusters().bust(valid, None, None).eq(True)  # a check it could not run (NaN) is no pass
     return {"posebusters_pass": float(passed.all(axis=1).mean()), "posebusters_checked": len(valid),
