@@ -94,3 +94,27 @@ def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, to
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path} is not a readable safetensors file ({error})") from None
+
+
+def flatten_state(prefix: str, state: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move every tensor of a nested state (dicts, lists) into ``tensors``; return the JSON rest."""
+    if isinstance(state, torch.Tensor):
+        tensors[prefix] = state
+        return {"__tensor__": prefix}
+    if isinstance(state, dict):
+        return {"__dict__": [[key, flatten_state(f"{prefix}.{key}", value, tensors)]
+                             for key, value in state.items()]}
+    if isinstance(state, list | tuple):
+        return [flatten_state(f"{prefix}.{i}", value, tensors) for i, value in enumerate(state)]
+    return state
+
+
+def unflatten_state(layout: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of ``flatten_state``."""
+    if isinstance(layout, dict) and "__tensor__" in layout:
+        return tensors[layout["__tensor__"]]
+    if isinstance(layout, dict) and "__dict__" in layout:
+        return {key: unflatten_state(value, tensors) for key, value in layout["__dict__"]}
+    if isinstance(layout, list):
+        return [unflatten_state(value, tensors) for value in layout]
+    return layout

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from rgdm.engine import Trainer, TrainingInterrupted, load_config, load_trained
-from rgdm.engine.checkpoint import checkpoint_paths, flatten_state, load_checkpoint, unflatten_state
-from rgdm.io import CheckpointError, load_tensors, save_arrays, save_tensors
+from rgdm.engine.checkpoint import checkpoint_paths, load_checkpoint
+from rgdm.io import CheckpointError, flatten_state, load_tensors, save_arrays, save_tensors, unflatten_state
 
 TINY = ["domain.name=toy", "domain.train_size=512", "network.width=32", "network.depth=1", "diffusion.timesteps=20",
         "train.batch_size=32", "train.log_every=1", "train.lr=1e-3"]

@@ -14,15 +14,17 @@ from rgdm.batch import Batch
 from rgdm.cli import main
 from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, sample
 from rgdm.domains import build_domain
+from rgdm.domains.molecules import properties
 from rgdm.domains.molecules.chemistry import Molecule, is_stable, molecule_from_smiles
 from rgdm.domains.molecules.data import QM9DataError, convert_qm9, load_qm9, split_indices
 from rgdm.domains.molecules.domain import MoleculeDomain
 from rgdm.domains.molecules.encoding import remove_center_of_mass
 from rgdm.domains.molecules.io import read_sdf, read_xyz
 from rgdm.domains.molecules.network import EGNN, EGNNDenoiser
-from rgdm.domains.molecules.properties import PropertyPredictor, train_property_predictor
+from rgdm.domains.molecules.properties import PropertyPredictor, point_cloud, train_property_predictor
 from rgdm.engine.builder import make_scorer
 from rgdm.engine.config import RewardConfig
+from rgdm.io import CheckpointError
 from rgdm.rewards import RewardCounter
 
 
@@ -285,9 +287,11 @@ def test_the_train_predictor_command_of_the_molecules_domain_saves_a_predictor(t
     out = tmp_path / "alpha-a"
     assert main(["-q", "train-predictor", "--property", "alpha", "--split", "train_a", "--steps", "2",
                  "--batch-size", "8", "--subset", "100", "--no-hydrogens", "--out", str(out)]) == 0
-    assert capsys.readouterr().out.startswith("alpha predictor on train_a: validation MAE ")
+    printed = capsys.readouterr().out
+    assert printed.startswith("alpha predictor on train_a: validation MAE ") and "the limit 0.3)" in printed
     predictor = PropertyPredictor.load(out)
-    assert predictor.property == "alpha" and predictor.meta["steps"] == 2
+    assert predictor.properties == ["alpha"] and predictor.meta["steps"] == 2
+    assert set(predictor.meta["test_mae"]) == {"alpha"} and not (out / "training-state.json").exists()
     assert predictor.meta["domain"]["hydrogens"] is False and predictor.meta["domain"]["subset"] == 100
 
 
@@ -296,7 +300,7 @@ def test_scoring_data_against_every_target_predicts_each_molecule_once(alpha_dom
     alpha_domain._predictors["qm9-alpha-a"] = predictor
     predicted_rows = []
     predict = predictor.predict
-    predictor.predict = lambda batch: predicted_rows.append(len(batch)) or predict(batch)
+    predictor.predict = lambda batch, **named: predicted_rows.append(len(batch)) or predict(batch, **named)
     data = alpha_domain.dataset().select(slice(0, 50))
     counter = RewardCounter()
     context = TrainingContext(model=None, ema=None, reference=None, data=data, batch_size=8, prior=None,
@@ -353,3 +357,43 @@ def test_molecule_demo_writes_its_report(tmp_path):
     assert report["algorithm"] == "rgdm-model" and report["reward_calls"] == 2 * 8 and report["rgdm"]["n"] == 6
     assert 0.4 < report["qm9_qed_p90"] < 0.7
     assert (tmp_path / "table.md").read_text().count("\n") == 4
+
+
+def test_one_predictor_regresses_several_properties_and_names_the_one_asked_for(alpha_domain, tmp_path):
+    predictor = train_property_predictor(alpha_domain, "alpha,gap", "train_a", steps=2, batch_size=8, progress=False)
+    data = alpha_domain.molecules("val")
+    batch = point_cloud(alpha_domain, data.atomic_numbers[:5], data.positions[:5])
+    both = predictor.predict_all(batch)
+    assert both.shape == (5, 2)
+    torch.testing.assert_close(predictor.predict(batch, property_name="gap"), both[:, 1])
+    with pytest.raises(ValueError, match="regresses alpha, gap; name one"):
+        predictor.predict(batch)
+    assert set(predictor.meta["val_mae"]) == set(predictor.meta["test_mae"]) == {"alpha", "gap"}
+    reloaded = PropertyPredictor.load(predictor.save(tmp_path / "both"))
+    torch.testing.assert_close(reloaded.predict_all(batch), both)
+    with pytest.raises(ValueError, match="unknown QM9 property 'energy'"):
+        train_property_predictor(alpha_domain, "alpha,energy", "train_a", steps=1, progress=False)
+
+
+def test_an_interrupted_predictor_training_resumes_bit_for_bit(alpha_domain, tmp_path, monkeypatch):
+    settings = {"steps": 4, "batch_size": 8, "progress": False, "checkpoint_every": 2}
+    straight = train_property_predictor(alpha_domain, "alpha", "train_a", out=tmp_path / "straight", **settings)
+
+    save_state = properties._save_state
+
+    def save_then_stop(*args, **named):
+        save_state(*args, **named)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(properties, "_save_state", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_property_predictor(alpha_domain, "alpha", "train_a", out=tmp_path / "resumed", **settings)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "resumed" / "training-state.json").read_text())["step"] == 2
+    with pytest.raises(CheckpointError, match="differs in lr"):
+        train_property_predictor(alpha_domain, "alpha", "train_a", out=tmp_path / "resumed", lr=1e-2, **settings)
+    resumed = train_property_predictor(alpha_domain, "alpha", "train_a", out=tmp_path / "resumed", **settings)
+    for key, value in straight.net.state_dict().items():
+        torch.testing.assert_close(resumed.net.state_dict()[key], value, rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match="already holds a finished predictor"):
+        train_property_predictor(alpha_domain, "alpha", "train_a", out=tmp_path / "resumed", **settings)

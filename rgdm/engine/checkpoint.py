@@ -22,30 +22,6 @@ MODEL_FORMAT = "rgdm-model/1"
 CHECKPOINT_FORMAT = "rgdm-checkpoint/1"
 
 
-def flatten_state(prefix: str, state: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """Move every tensor of a nested state (dicts, lists) into ``tensors``; return the JSON rest."""
-    if isinstance(state, torch.Tensor):
-        tensors[prefix] = state
-        return {"__tensor__": prefix}
-    if isinstance(state, dict):
-        return {"__dict__": [[key, flatten_state(f"{prefix}.{key}", value, tensors)]
-                             for key, value in state.items()]}
-    if isinstance(state, list | tuple):
-        return [flatten_state(f"{prefix}.{i}", value, tensors) for i, value in enumerate(state)]
-    return state
-
-
-def unflatten_state(layout: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """Inverse of ``flatten_state``."""
-    if isinstance(layout, dict) and "__tensor__" in layout:
-        return tensors[layout["__tensor__"]]
-    if isinstance(layout, dict) and "__dict__" in layout:
-        return {key: unflatten_state(value, tensors) for key, value in layout["__dict__"]}
-    if isinstance(layout, list):
-        return [unflatten_state(value, tensors) for value in layout]
-    return layout
-
-
 def checkpoint_paths(run_dir: Path) -> list[Path]:
     """The JSON halves of the training checkpoints in ``run_dir``, newest first."""
     return sorted((run_dir / "checkpoints").glob("step-*.json"), reverse=True)

@@ -34,7 +34,7 @@ from rgdm.engine.builder import (
     tie_targets_to_null,
     trained_with_conditions,
 )
-from rgdm.engine.checkpoint import flatten_state, load_checkpoint, save_checkpoint, save_model, unflatten_state
+from rgdm.engine.checkpoint import load_checkpoint, save_checkpoint, save_model
 from rgdm.engine.config import DiffusionConfig, RunConfig, dump_config, parse_config, read_config_file
 from rgdm.engine.distributed import (
     DataParallelContext,
@@ -46,7 +46,7 @@ from rgdm.engine.distributed import (
     step_loss,
 )
 from rgdm.engine.logging import RunLogger
-from rgdm.io import CheckpointError, write_json
+from rgdm.io import CheckpointError, flatten_state, unflatten_state, write_json
 from rgdm.rewards import BudgetExhausted, RewardCounter
 
 StepCallback = Callable[["Trainer", int], None]

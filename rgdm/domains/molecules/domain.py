@@ -242,7 +242,7 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
         from rgdm.domains.molecules.properties import encode_molecules
 
         batch, usable = encode_molecules(self, molecules)
-        return self.predictor(half).predict(batch), usable
+        return self.predictor(half).predict(batch, property_name=self.options.target_property), usable
 
     def parse_target(self, text: str) -> int:
         """A property value (``--target 75``): the bin whose centre is nearest."""
