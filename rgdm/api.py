@@ -157,7 +157,8 @@ def sample(model: LoadedModel | str | Path, n: int, *, reward: str | None = None
     ``guidance``: ``smc`` targets the pay-off ``p_ref exp(r / temperature)`` with ``particles`` per sample;
     ``select`` greedily picks among ``candidates`` each step; ``gradient`` steps along the reward's
     gradient within ``radius``; ``regressor`` follows a noise-aware ``guide`` (``rgdm train-guide``).
-    ``target`` is a class index or name (or ``"all"``, spread over every target) for a conditional model;
+    ``target`` is a class index or name, or a property value (or ``"all"``: spread over every class, or
+    values drawn from the data) for a conditional model;
     ``steps`` DDIM steps (default: every step, DDPM) with ``eta``; ``cfg_scale`` classifier-free guidance
     of a model fine-tuned with ``cfg``. ``guidance_start`` and ``value`` tune ``select`` and ``smc``.
     The samples' ``meta`` is the config (with the target resolved) and what the draw cost.
@@ -169,10 +170,11 @@ def sample(model: LoadedModel | str | Path, n: int, *, reward: str | None = None
     config = validated(SampleConfig, {key: option for key, option in options.items() if option is not None},
                        "sampling options")
     model = load(model) if isinstance(model, str | Path) else model
-    if isinstance(config.target, str) and config.target != "all":
+    value_domain = isinstance(model.domain, SupportsTargets) and model.domain.target_kind == "value"
+    if (isinstance(config.target, str) or value_domain) and config.target not in (None, "all"):
         if not isinstance(model.domain, SupportsTargets):
             raise ValueError(f"target {config.target!r}: the {model.domain.name} domain has no targets")
-        config = config.model_copy(update={"target": model.domain.parse_target(config.target)})
+        config = config.model_copy(update={"target": model.domain.parse_target(str(config.target))})
     counter = RewardCounter()
     scorer = make_scorer(RewardConfig(name=config.reward), model.domain, counter)
     transition = make_transition(config, scorer, None if config.guide is None else load_guide(config.guide, model))

@@ -160,11 +160,13 @@ def load_samples(folder: Path, domain: Any) -> Batch:
     return Batch(x, mask, cond)
 
 
-def with_target(samples: Batch, target: int) -> Batch:
-    """``samples`` marked as aimed at ``target``: files of another model (PLY, XYZ) record no target."""
+def with_target(samples: Batch, target: int | float) -> Batch:
+    """``samples`` marked as aimed at ``target`` (a class or a value): files of another model (PLY, XYZ)
+    record no target."""
     if samples.cond is not None:
         raise UsageError("these samples already record their targets (samples.npz); drop --target")
-    return Batch(samples.x, samples.mask, torch.full((len(samples),), target, dtype=torch.long))
+    kind = torch.float32 if isinstance(target, float) else torch.long
+    return Batch(samples.x, samples.mask, torch.full((len(samples),), target, dtype=kind))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

@@ -8,7 +8,7 @@ from tensordict import TensorDict
 from test_multipart import MASK, MOLECULES
 from torch import nn
 
-from rgdm.diffusion.conditioning import Conditioning, conditioning_of
+from rgdm.diffusion.conditioning import Conditioning, conditioning_of, is_null, null_condition
 from rgdm.domains.molecules.graph_network import BondGraphDenoiser
 from rgdm.domains.molecules.network import EGNNDenoiser
 from rgdm.domains.shapes.network import PointDenoiser
@@ -61,3 +61,36 @@ def test_a_network_has_at_most_one_conditioning_module():
     assert conditioning_of(nn.Linear(2, 2)) is None
     with pytest.raises(ValueError, match="has 2 conditioning modules"):
         conditioning_of(nn.Sequential(Conditioning(2, 4), Conditioning(2, 4)))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_one_module_takes_a_value_as_well_as_a_class(name):
+    build, inputs = CASES[name]
+    net, (x, mask) = randomised(build()), inputs()
+    conditioning = conditioning_of(net)
+    values = torch.tensor([70.0, 75.0, 80.0, float("nan")])
+    with pytest.raises(ValueError, match="takes class targets"):
+        outputs(net, x, mask, values)
+    conditioning.enable_values(75.0, 8.0)
+    unconditional = outputs(net, x, mask, None)
+    torch.testing.assert_close(outputs(net, x, mask, values), unconditional,
+                               msg="an untrained value path answers every value as the null token")
+    nn.init.normal_(conditioning.value.weight, std=0.5)  # as training would move it
+    conditioned = outputs(net, x, mask, values)
+    torch.testing.assert_close(conditioned[3], unconditional[3], msg="NaN is no target")
+    assert not torch.allclose(conditioned[:3], unconditional[:3]), "a value changes the output"
+    shifted = outputs(net, x, mask, values + 1.0)
+    assert not torch.allclose(shifted[:3], conditioned[:3]), "a changed value changes the output"
+    torch.testing.assert_close(outputs(net, x, mask, torch.full((4,), TARGETS)), unconditional,
+                               msg="classes still work beside values")
+    conditioning.tie_to_null()
+    torch.testing.assert_close(outputs(net, x, mask, values), unconditional)
+
+
+def test_the_null_condition_has_the_kind_of_the_condition():
+    classes, values = torch.tensor([0, 2]), torch.tensor([70.0, 80.0])
+    assert null_condition(classes, 3).tolist() == [3, 3] and is_null(torch.tensor([3, 1]), 3).tolist() == [True, False]
+    assert torch.isnan(null_condition(values, 3)).all()
+    assert is_null(torch.tensor([float("nan"), 3.0]), 3).tolist() == [True, False], "3.0 is a value, not the token"
+    with pytest.raises(ValueError, match="standard deviation must be positive"):
+        Conditioning(2, 4).enable_values(0.0, 0.0)

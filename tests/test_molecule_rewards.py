@@ -40,17 +40,17 @@ def test_the_property_reward_predicts_each_molecule_once_for_every_target():
         predicted.append(len(molecules))
         return torch.tensor([float(len(m.atomic_numbers)) for m in molecules]), np.array([True, True, False])
 
-    reward = PropertyReward(predict, target_value=lambda targets: 2.0 * targets.float())
+    reward = PropertyReward(predict, scale=2.0)  # -|f(x) - c| / s, in the property's standard deviations
     molecules = [molecule_from_smiles(s) for s in ("C", "CC", "CCC")]  # 5, 8 and 11 atoms
-    grid = reward.score_targets(molecules, [0, 3])
+    grid = reward.score_targets(molecules, [0.0, 6.0])
     assert predicted == [3]
-    np.testing.assert_allclose(grid, [[-5.0, -8.0, np.nan], [-1.0, -2.0, np.nan]])
-    for row, target in zip(grid, [0, 3], strict=True):
+    np.testing.assert_allclose(grid, [[-2.5, -4.0, np.nan], [-0.5, -1.0, np.nan]])
+    for row, target in zip(grid, [0.0, 6.0], strict=True):
         np.testing.assert_allclose(reward(molecules, [target] * 3), row)
     with pytest.raises(ValueError, match="needs targets"):
         reward(molecules, None)
     predicted.clear()
-    result = BlackBoxReward(reward, floor=-100.0).score_targets(molecules, [0, 3])
+    result = BlackBoxReward(reward, floor=-100.0).score_targets(molecules, [0.0, 6.0])
     assert predicted == [3], "one prediction for all targets through the runtime"
     assert result.valid.tolist() == [[True, True, False]] * 2
 

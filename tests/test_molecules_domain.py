@@ -249,19 +249,23 @@ def test_missing_qm9pack_names_the_install_command(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def alpha_domain() -> MoleculeDomain:
-    return build_domain({"name": "molecules", "subset": 600, "target_property": "alpha", "property_bins": 4})
+    return build_domain({"name": "molecules", "subset": 600, "target_property": "alpha"})
 
 
-def test_property_targets_are_equal_mass_bins_with_their_own_atom_counts(alpha_domain):
-    bins, centres = alpha_domain.property_bins
-    assert torch.bincount(bins, minlength=4).min() >= 140 and (centres.diff() > 0).all()
-    assert alpha_domain.parse_target(str(float(centres[2]))) == 2
-    assert alpha_domain.parse_target("1e6") == 3
-    with pytest.raises(ValueError, match="value of alpha"):
-        alpha_domain.parse_target("big")
+def test_property_targets_are_values_drawn_from_the_data_with_their_own_atom_counts(alpha_domain):
+    assert alpha_domain.target_kind == "value"
+    assert alpha_domain.parse_target("75") == 75.0
+    for text in ("big", "nan", "inf"):
+        with pytest.raises(ValueError, match="value of alpha"):
+            alpha_domain.parse_target(text)
+    values = alpha_domain.property_values
     generator = torch.Generator().manual_seed(0)
-    small = alpha_domain.prior_batch(500, generator, torch.zeros(500, dtype=torch.long)).mask.sum(1)
-    large = alpha_domain.prior_batch(500, generator, torch.full((500,), 3)).mask.sum(1)
+    drawn = alpha_domain.draw_target_values(2000, generator)
+    assert drawn.dtype == torch.float32 and torch.isin(drawn, values).all(), "targets are the data's own values"
+    assert abs(float(drawn.mean() - values.mean())) < 4 * float(values.std()) / 2000 ** 0.5
+    low, high = (torch.full((500,), float(torch.quantile(values, q))) for q in (0.05, 0.95))
+    small = alpha_domain.prior_batch(500, generator, low).mask.sum(1)
+    large = alpha_domain.prior_batch(500, generator, high).mask.sum(1)
     assert large.mean() > small.mean() + 2, "alpha grows with size, so p(M | high alpha) must favour larger molecules"
 
 
@@ -271,15 +275,16 @@ def test_property_reward_and_measure_use_different_predictors(alpha_domain):
                                          progress=False)
     alpha_domain._predictors.update({"qm9-alpha-a": rewarding, "qm9-alpha-b": measuring})
     data = alpha_domain.dataset().select(slice(0, 40))
-    cond = alpha_domain.property_bins[0][:40]
+    cond = alpha_domain.property_values[:40] + 2.0  # near each molecule's own alpha, as a good sample is
     molecules = alpha_domain.decode(data.x, data.mask)
     reward = alpha_domain.rewards()["property"].fn(molecules, cond.tolist())
-    expected = -(rewarding.predict(data) - alpha_domain.target_value(cond)).abs()
-    assert np.allclose(reward, expected.numpy(), atol=1e-4)
+    spread = alpha_domain.property_values.std()
+    expected = -(rewarding.predict(data) - cond).abs() / spread
+    assert np.allclose(reward, expected.numpy(), atol=1e-5), "-|f_a(x) - c| / s, in standard deviations"
     metrics = alpha_domain.evaluate(Batch(data.x, data.mask, cond), "property", None, torch.Generator())
     assert metrics["mean_reward"] == pytest.approx(float(np.mean(reward)), rel=1e-4), "scored against each target"
-    measured = (measuring.predict(data) - alpha_domain.target_value(cond)).abs().mean()
-    assert metrics["property_mae"] == pytest.approx(float(measured), rel=1e-4)
+    measured = (measuring.predict(data) - cond).abs().mean()
+    assert metrics["property_mae"] == pytest.approx(float(measured), rel=1e-4), "measured in the property's units"
     assert metrics["atoms_baseline_mae"] < metrics["naive_baseline_mae"]
 
 
@@ -305,11 +310,12 @@ def test_scoring_data_against_every_target_predicts_each_molecule_once(alpha_dom
     counter = RewardCounter()
     context = TrainingContext(model=None, ema=None, reference=None, data=data, batch_size=8, prior=None,
                               scorer=make_scorer(RewardConfig(name="property"), alpha_domain, counter),
-                              targets=[0, 1, 2, 3])
+                              targets=[70.0, 75.0, 80.0, 85.0])
     rows, rewards = score_data_rows(context, "rgdm-data", None, torch.Generator().manual_seed(0), chunk=20)
     assert counter.calls == 4 * 50 and predicted_rows == [20, 20, 10], "one prediction per molecule, not per target"
-    expected = -(predict(data.select(rows)) - alpha_domain.target_value(torch.arange(4))[:, None]).abs()
-    torch.testing.assert_close(rewards, expected, atol=1e-3, rtol=1e-5)
+    targets = torch.tensor([70.0, 75.0, 80.0, 85.0])[:, None]
+    expected = -(predict(data.select(rows)) - targets).abs() / alpha_domain.property_values.std()
+    torch.testing.assert_close(rewards, expected, atol=1e-4, rtol=1e-5)
 
 
 def test_a_model_without_target_property_refuses_targets(domain):
@@ -397,3 +403,32 @@ def test_an_interrupted_predictor_training_resumes_bit_for_bit(alpha_domain, tmp
         torch.testing.assert_close(resumed.net.state_dict()[key], value, rtol=0, atol=0)
     with pytest.raises(CheckpointError, match="already holds a finished predictor"):
         train_property_predictor(alpha_domain, "alpha", "train_a", out=tmp_path / "resumed", **settings)
+
+
+@pytest.mark.parametrize("algorithm", ["rgdm-data", "cfg"])
+def test_a_property_fine_tune_conditions_on_values_from_an_unconditional_parent(tmp_path, algorithm):
+    """The parent has no value path; the fine-tune adds it (starting as the null token) and trains it, and
+    its samples take any value as their target: one given, or values drawn from the data."""
+    from rgdm.api import load
+    from rgdm.diffusion.conditioning import conditioning_of
+    from rgdm.engine.builder import seeded_generator
+    from rgdm.engine.generate import generate
+
+    run = tmp_path / "run"
+    assert main(["-q", "finetune", "--checkpoint", "qm9-pretrained", "--reward", "property", "--algorithm",
+                 algorithm, "--temperature", "0.5", "--steps", "3", "--targets", "[70, 80]", "--set",
+                 "domain.target_property=alpha", "--set", "domain.subset=300", "--set", "algorithm.scored_size=200",
+                 "--set", "train.batch_size=4", "--set", "train.lr=1e-2", "--out", str(run)]) == 0
+    model = load(str(run))
+    conditioning = conditioning_of(model.net)
+    assert conditioning.value is not None and conditioning.value.weight.abs().sum() > 0, "the value path trained"
+    torch.testing.assert_close(conditioning.value_scale[0], model.domain.property_values.mean())
+    near, far = (generate(model, 3, seeded_generator(0), target=value, steps=3) for value in (70.0, 80.0))
+    assert near.cond.dtype == torch.float32 and near.cond.tolist() == [70.0] * 3
+    assert not torch.allclose(near.x, far.x), "a changed target changes the samples"
+    drawn = generate(model, 4, seeded_generator(0), target="all", steps=2)
+    assert torch.isin(drawn.cond, model.domain.property_values).all()
+    guided = generate(model, 2, seeded_generator(0), target=75.0, steps=2, cfg_scale=2.0)
+    assert torch.isfinite(guided.x).all() and guided.cond.tolist() == [75.0, 75.0]
+    with pytest.raises(ValueError, match="out of range"):
+        generate(model, 2, seeded_generator(0), target=75, steps=2)

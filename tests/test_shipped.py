@@ -12,7 +12,7 @@ from rgdm.engine.registry import shipped_models
 
 def test_the_shipped_checkpoints_are_the_documented_ones():
     assert set(shipped_models()) >= {"toy-ring-pretrained", "toy-rare-ring-pretrained", "qm9-pretrained",
-                                     "shapes-pretrained", "shapes-rgdm", "airplanes-pretrained", "qm9-alpha-rgdm",
+                                     "shapes-pretrained", "shapes-rgdm", "airplanes-pretrained",
                                      "qm9-rgdm-qed"}
 
 

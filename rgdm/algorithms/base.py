@@ -85,7 +85,7 @@ class TrainingContext:
         """Uniform targets from ``targets`` for conditional training, ``None`` otherwise."""
         if not self.targets:
             return None
-        choices = torch.as_tensor(self.targets, dtype=torch.long)
+        choices = torch.as_tensor(self.targets)  # int64 classes, or float32 values
         return choices[torch.randint(len(choices), (n,), generator=generator, device=generator.device).cpu()]
 
     def require_scorer(self, algorithm: str) -> Scorer:

@@ -34,6 +34,7 @@ from pydantic import Field
 from rgdm.algorithms.base import Algorithm, DenoisingRows, TrainingContext, score_data_rows
 from rgdm.algorithms.config import AlgorithmConfig, ScoredSize
 from rgdm.batch import Batch
+from rgdm.diffusion.conditioning import is_null, null_condition
 from rgdm.diffusion.sampling import EpsModel
 
 
@@ -85,11 +86,11 @@ class ConditionalFinetune(Algorithm):
     def sampling_condition(self, n: int, targets: torch.Tensor | None = None) -> torch.Tensor:
         """The condition to sample with: the targets themselves if given, else the top class."""
         if targets is not None:
-            return targets.long()
+            return targets
         return torch.full((n,), self.top_class, dtype=torch.long)
 
     def setup(self, ctx: TrainingContext, generator: torch.Generator) -> None:
-        if ctx.targets and self.null_token in ctx.targets:
+        if ctx.targets and any(isinstance(t, int) and t == self.null_token for t in ctx.targets):
             raise ValueError(f"the null token {self.null_token} is also a conditional target")
         self.rows, rewards = score_data_rows(ctx, self.name, self.scored_size, generator)
         self.labels = torch.stack([reward_classes(row, self.num_classes) for row in rewards])
@@ -112,7 +113,7 @@ class ConditionalFinetune(Algorithm):
                 pool = torch.nonzero(self.labels[row] == self.labels[row].max()).squeeze(1)
                 pick = torch.randint(len(pool), (int(chosen.sum()),), generator=generator, device=generator.device)
                 index[chosen] = pool[pick.cpu()]
-        cond[drop] = self.null_token
+        cond = torch.where(drop, null_condition(cond, self.null_token), cond)
         picked = ctx.data.select(self.rows[index].to(ctx.data.x.device))
         return Batch(picked.x, picked.mask, cond.to(picked.x.device))
 
@@ -120,7 +121,7 @@ class ConditionalFinetune(Algorithm):
         return DenoisingRows.draw(self.minibatch(ctx, generator), ctx.model.diffusion, generator)
 
     def row_losses(self, ctx: TrainingContext, rows: DenoisingRows) -> tuple[torch.Tensor, dict[str, float]]:
-        uncond = float((rows.batch.cond == self.null_token).float().mean())
+        uncond = float(is_null(rows.batch.cond, self.null_token).float().mean())
         return rows.losses(ctx.model), {"uncond_share": uncond}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -182,7 +183,7 @@ class GuidedEpsModel:
         if cond is None or self.scale == 0.0:
             return self.model(x, t, torch.full((x.shape[0],), self.null_token, device=x.device, dtype=torch.long),
                               mask)
-        null = torch.full_like(cond, self.null_token)
+        null = null_condition(cond, self.null_token)
         eps = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null]),
                          None if mask is None else torch.cat([mask, mask]))
         eps_cond, eps_null = eps.chunk(2)

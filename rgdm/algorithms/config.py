@@ -54,8 +54,9 @@ class AlgorithmConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="a registered algorithm (rgdm list)")
-    targets: list[int] | None = Field(None, description="conditional targets the network learns, drawn uniformly "
-                                                        "(null: unconditional)")
+    targets: list[int] | list[float] | None = Field(
+        None, description="conditional targets the network learns, drawn uniformly: classes, or values of the "
+                          "domain's target property (null: unconditional)")
     temperature: float = Field(0.3, gt=0, allow_inf_nan=False,
                                description="tau of the pay-off p_ref exp(r / tau) the run aims at: the pay-off "
                                            "estimators weight by it, and model.json records it for evaluate")
@@ -72,6 +73,16 @@ class AlgorithmConfig(BaseModel):
     def _registered(cls, name: str) -> str:
         """Names come from the algorithm registry, so a plugin's algorithm is as valid as rgdm's own."""
         return registry.algorithms.require(name)
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _numbers(cls, targets: Any) -> Any:
+        """One clear message for a target that is no number (the union would name both list types)."""
+        if isinstance(targets, list):
+            for target in targets:
+                if isinstance(target, bool) or not isinstance(target, int | float):
+                    raise ValueError(f"a target is a class index or a property value (got {target!r})")
+        return targets
 
     def build(self, total_steps: int, num_targets: int) -> Algorithm:
         """The algorithm, for a run of ``total_steps`` on a domain of ``num_targets`` targets (0: none)."""

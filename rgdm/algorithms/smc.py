@@ -102,11 +102,11 @@ def effective_size(weights: torch.Tensor) -> float:
 def populations_of(prior: Batch) -> list[torch.Tensor]:
     """The prior's rows grouped by node mask and target: the samples whose particles may swap places."""
     n = len(prior)
-    keys = [torch.zeros(n, 1, dtype=torch.long)]
+    keys = [torch.zeros(n, 1, dtype=torch.double)]  # doubles: a target may be a class or a value
     if prior.mask is not None:
-        keys.append(prior.mask.long().cpu())
+        keys.append(prior.mask.double().cpu())
     if prior.cond is not None:
-        keys.append(prior.cond.long().cpu().view(n, -1))
+        keys.append(prior.cond.double().cpu().view(n, -1))
     _, group = torch.unique(torch.cat(keys, 1), dim=0, return_inverse=True)
     return [torch.nonzero(group == g).flatten() for g in range(int(group.max()) + 1)]
 

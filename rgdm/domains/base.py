@@ -5,7 +5,7 @@ data, a prior batch to start sampling from, its denoiser, how a tensor becomes a
 score, and its named rewards. Everything else has a default: options validated by the class's
 ``Options`` model, no projection, a no-op prior refit, generic metrics, no files of its own and a
 scatter plot. Optional capabilities are mixins the engine checks with ``isinstance``:
-``SupportsTargets`` (discrete targets, ``--target``) and ``SupportsFiles`` (reading samples from the
+``SupportsTargets`` (class or value targets, ``--target``) and ``SupportsFiles`` (reading samples from the
 domain's own file formats). ``docs/adding-a-domain.md`` walks through a complete minimal domain.
 
 Algorithms never import a domain; the engine hands them a ``Batch`` of data, an ``EpsModel`` and a
@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel
@@ -177,15 +177,23 @@ class Domain(ABC):
 
 
 class SupportsTargets(ABC):
-    """A domain whose networks take discrete targets ``0..num_targets-1`` (modes, categories, property bins),
-    with the null token ``num_targets`` for no target: ``--target``, conditional fine-tunes and CFG need it."""
+    """A domain whose networks take targets: classes ``0..num_targets-1`` (modes, categories, reward classes)
+    with the null token ``num_targets`` for no target, or, with ``target_kind = "value"``, values of a
+    quantity (a molecule property) as float conditions, NaN for no target. ``--target``, conditional
+    fine-tunes and CFG need it; one ``Conditioning`` module in the network takes either kind."""
 
-    #: Number of targets a conditional network accepts.
+    #: Number of class rows a conditional network holds (the null token is the next index).
     num_targets: int
+    #: ``class``: targets are indices; ``value``: targets are values of a quantity, in its units.
+    target_kind: Literal["class", "value"] = "class"
 
     @abstractmethod
-    def parse_target(self, text: str) -> int:
-        """A user's target (``--target``) as a target index."""
+    def parse_target(self, text: str) -> int | float:
+        """A user's target (``--target``): a class index, or a value for a value domain."""
+
+    def draw_target_values(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` target values drawn as the data holds them (value domains; ``--target all``)."""
+        raise ValueError(f"{type(self).__name__} has class targets, not values to draw")
 
 
 class SupportsFiles(ABC):

@@ -163,8 +163,9 @@ class SampleConfig(Section):
 
     n: int = Field(1000, ge=1, description="number of samples")
     seed: int = 0
-    target: int | str | None = Field(None, description="condition of a conditional model: a target index, a "
-                                                       "domain's target name, or 'all' (spread evenly)")
+    target: int | float | str | None = Field(
+        None, description="condition of a conditional model: a class index or name, a property value, or 'all' "
+                          "(every class in turn, or values drawn from the data)")
     steps: int | None = Field(None, ge=1, description="DDIM steps (null: every step, DDPM)")
     eta: float = Field(1.0, ge=0, allow_inf_nan=False, description="DDIM eta (1: ancestral, 0: deterministic)")
     guidance: Guidance = "none"

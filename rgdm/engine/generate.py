@@ -48,7 +48,7 @@ def generate(
     n: int,
     generator: torch.Generator,
     *,
-    target: int | Literal["all"] | None = None,
+    target: int | float | Literal["all"] | None = None,
     steps: int | None = None,
     eta: float = 1.0,
     transition: Sampler = ancestral_transition,
@@ -59,8 +59,10 @@ def generate(
 ) -> Batch:
     """``n`` samples (with masks and targets as the domain draws them), ``batch_size`` at a time.
 
-    ``target="all"`` spreads the samples evenly over every target of a conditional model (sample
-    ``i`` aims at target ``i mod num_targets``), as a property-target evaluation needs.
+    ``target="all"`` spreads the samples evenly over every class of a conditional model (sample ``i``
+    aims at class ``i mod num_targets``); for a value domain (a property target) it draws each sample's
+    target from the data, with its atom count from ``p(M | c)``, as EDM's protocol does. A float
+    ``target`` asks a value domain for that value.
 
     ``cfg_scale`` samples a model fine-tuned with ``cfg`` under classifier-free guidance; its
     condition is ``target`` if given, else the top reward class recorded in the model.
@@ -69,9 +71,13 @@ def generate(
     populations of particles: ``batch_size // particles`` samples at a time, so that it holds as many rows
     as unguided sampling does.
     """
-    num_targets = model.domain.num_targets if isinstance(model.domain, SupportsTargets) else 0
-    if target == "all" and num_targets == 0:
+    domain = model.domain
+    num_targets = domain.num_targets if isinstance(domain, SupportsTargets) else 0
+    values = isinstance(domain, SupportsTargets) and domain.target_kind == "value"
+    if target == "all" and num_targets == 0 and not values:
         raise ValueError("target 'all' needs a conditional model; this one has no targets")
+    if isinstance(target, float) and not values:
+        raise ValueError(f"target {target} is a value, but this model's targets are classes 0..{num_targets - 1}")
     if isinstance(target, int) and not 0 <= target < num_targets:
         raise ValueError(f"target {target} is out of range 0..{num_targets - 1}")
     eps_model, condition = model.eps_model, target
@@ -85,8 +91,11 @@ def generate(
     parts = []
     for start in range(0, n, batch_size):
         size = min(batch_size, n - start)
-        cond = _conditions(condition, start, size, num_targets)
-        prior = model.domain.prior_batch(size, generator, cond).to(device)
+        if condition == "all" and values:
+            cond = domain.draw_target_values(size, generator)
+        else:
+            cond = _conditions(condition, start, size, num_targets)
+        prior = domain.prior_batch(size, generator, cond).to(device)
         if isinstance(transition, SequentialMonteCarlo):
             x = transition.draw(eps_model, prior, steps=steps, eta=eta, generator=generator, progress=progress,
                                 device=device)
@@ -101,11 +110,11 @@ def generate(
                  None if parts[0].cond is None else torch.cat([p.cond for p in parts]))
 
 
-def _conditions(condition: int | Literal["all"] | None, start: int, size: int, num_targets: int
+def _conditions(condition: int | float | Literal["all"] | None, start: int, size: int, num_targets: int
                 ) -> torch.Tensor | None:
-    """The condition of samples ``start .. start + size``: one class, or every target in turn."""
+    """The condition of samples ``start .. start + size``: one class or value, or every class in turn."""
     if condition is None:
         return None
     if condition == "all":
         return torch.arange(start, start + size) % num_targets
-    return torch.full((size,), condition, dtype=torch.long)
+    return torch.full((size,), condition, dtype=torch.float32 if isinstance(condition, float) else torch.long)

@@ -38,7 +38,7 @@ class Guide:
         return ClassifierGuidance(self.network, scale=1.0 / temperature, classes=self.classes)
 
 
-def scored_rows(model: LoadedModel, scorer: Scorer, targets: list[int] | None, rows: int,
+def scored_rows(model: LoadedModel, scorer: Scorer, targets: list[int] | list[float] | None, rows: int,
                 generator: torch.Generator) -> tuple[Batch, torch.Tensor]:
     """``rows`` random training rows scored against each target: the batch (targets as ``cond``) and rewards."""
     data = model.domain.dataset()
@@ -46,12 +46,12 @@ def scored_rows(model: LoadedModel, scorer: Scorer, targets: list[int] | None, r
     if not targets:
         return picked, scorer(picked.x, picked.mask).values.float().cpu()
     tiled = picked.repeat(len(targets))  # copy-major: copy k is scored against targets[k]
-    cond = torch.as_tensor(targets, dtype=torch.long).repeat_interleave(len(picked))
+    cond = torch.as_tensor(targets).repeat_interleave(len(picked))  # classes (int64) or values (float32)
     scored = Batch(tiled.x, tiled.mask, cond)
     return scored, scorer(scored.x, scored.mask, cond).values.float().cpu()
 
 
-def train_guide(model: LoadedModel, scorer: Scorer, targets: list[int] | None, *, rows: int, steps: int,
+def train_guide(model: LoadedModel, scorer: Scorer, targets: list[int] | list[float] | None, *, rows: int, steps: int,
                 batch_size: int, lr: float, seed: int, objective: str = "mse",
                 progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """Fit a noise-aware guide on ``rows`` scored training rows (per target).
@@ -62,6 +62,8 @@ def train_guide(model: LoadedModel, scorer: Scorer, targets: list[int] | None, *
     """
     if objective == "cross-entropy" and len(targets or []) < 2:
         raise ValueError("a cross-entropy guide classifies among targets; give --targets with two or more")
+    if objective == "cross-entropy" and any(isinstance(target, float) for target in targets or []):
+        raise ValueError("a cross-entropy guide classifies among class targets; value targets need the mse guide")
     generator = torch.Generator().manual_seed(seed)
     data, rewards = scored_rows(model, scorer, targets, rows, generator)
     outputs = 1

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from rgdm.batch import Batch, flatten_parts, unflatten_parts
 from rgdm.diffusion import EpsModel, SamplingInterrupted
 from rgdm.domains import build_domain
+from rgdm.domains.base import SupportsTargets
 from rgdm.engine.builder import (
     LoadedModel,
     load_trained,
@@ -84,8 +86,7 @@ class Trainer:
         self.domain = build_domain(config.domain)
         self.diffusion = make_diffusion(config.diffusion, self.domain)
         if parent is not None:
-            self._check_fits(parent, config)
-            self.net = parent.net
+            self.net = self._network_holding(parent, config)
         else:
             with torch.random.fork_rng():
                 torch.manual_seed(config.train.seed)
@@ -121,7 +122,7 @@ class Trainer:
             batch_size=config.train.batch_size,
             prior=self._prior_on_device,
             refit_prior=self.domain.refit_prior,
-            targets=config.algorithm.targets,
+            targets=self._targets(config.algorithm.targets),
             shard=self.shard,
             ledger=ledger,
         )
@@ -131,6 +132,34 @@ class Trainer:
         self._clock: tuple[float, float] | None = None  # (perf_counter at fit start, wall_s then)
         self._stop_signal: int | None = None
         self.context.interrupt = lambda: any_process(self._stop_signal is not None, self.shard)
+
+    def _network_holding(self, parent: LoadedModel, config: RunConfig) -> nn.Module:
+        """The fine-tune's network, built by this run's domain, holding the parent's weights.
+
+        The parent's weights must fit it: a domain option that changes the sample (a point-cloud molecule
+        model fine-tuned with ``domain.bonds=true``) is an error here, not a crash deep in training. The
+        only weights a parent may lack are those of a condition's value path, which a fine-tune for a
+        property target adds: they start at zero, so the network answers every value as its parent
+        answers no target.
+        """
+        net = self.domain.build_network(config.network)
+        expected = {k: v.shape for k, v in net.state_dict().items()}
+        found = {k: v.shape for k, v in parent.net.state_dict().items()}
+        gained = {k for k in expected.keys() - found.keys() if k.endswith((".value.weight", ".value_scale"))}
+        if {k: shape for k, shape in expected.items() if k not in gained} != found:
+            changed = sorted(k for k in config.domain if parent.meta["domain"].get(k) != config.domain[k])
+            because = f" (its domain options {', '.join(changed)} differ from this run's)" if changed else ""
+            raise CheckpointError(f"the weights of {config.init} do not fit this run's {self.domain.name} "
+                                  f"network{because}; fine-tune a model of the same kind, or pre-train one for "
+                                  "these options with rgdm train")
+        net.load_state_dict(parent.net.state_dict(), strict=False)
+        return net
+
+    def _targets(self, targets: list[int] | list[float] | None) -> list[int] | list[float] | None:
+        """The run's targets in the domain's kind: a value domain's ``[70, 75]`` are values, not classes."""
+        if targets is not None and isinstance(self.domain, SupportsTargets) and self.domain.target_kind == "value":
+            return [float(target) for target in targets]
+        return targets
 
     def _prior_on_device(self, n: int, generator: torch.Generator, cond: torch.Tensor | None) -> Batch:
         """The domain's prior batch (atom counts, targets) on the training device."""
@@ -145,19 +174,6 @@ class Trainer:
             raise ValueError(f"domain.name {config.domain['name']!r} differs from the parent model's "
                              f"{parent['name']!r}; a fine-tuned model keeps its parent's domain")
         return parent | config.domain
-
-    def _check_fits(self, parent: LoadedModel, config: RunConfig) -> None:
-        """The parent's weights must fit the network this run's domain builds: a domain option that changes
-        the sample (a point-cloud molecule model fine-tuned with ``domain.bonds=true``) is an error here, not
-        a crash deep in training."""
-        expected = {k: v.shape for k, v in self.domain.build_network(config.network).state_dict().items()}
-        found = {k: v.shape for k, v in parent.net.state_dict().items()}
-        if expected != found:
-            changed = sorted(k for k in config.domain if parent.meta["domain"].get(k) != config.domain[k])
-            because = f" (its domain options {', '.join(changed)} differ from this run's)" if changed else ""
-            raise CheckpointError(f"the weights of {config.init} do not fit this run's {self.domain.name} "
-                                  f"network{because}; fine-tune a model of the same kind, or pre-train one for "
-                                  "these options with rgdm train")
 
     @classmethod
     def resume(cls, run_dir: str | Path) -> Trainer:

@@ -22,6 +22,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from rgdm.batch import Batch
+from rgdm.diffusion.conditioning import conditioning_of
 from rgdm.domains.base import Domain, SupportsFiles, SupportsTargets, pyplot, save_figure
 from rgdm.domains.molecules.chemistry import (
     Molecule,
@@ -46,6 +47,9 @@ from rgdm.domains.molecules.network import EGNNDenoiser, EGNNRegressor
 from rgdm.domains.molecules.rewards import MOLECULE_REWARDS, PropertyReward
 from rgdm.rewards import Reward
 
+#: Equal-mass bins of a target property over which ``p(M | c)`` is tabulated.
+VALUE_BINS = 20
+
 
 class MoleculeOptions(BaseModel):
     """Options of the molecules domain."""
@@ -57,7 +61,7 @@ class MoleculeOptions(BaseModel):
     bonds: bool = Field(False, description="generate bonds and formal charges jointly with the atoms (a graph)")
     split: Literal["train", "train_a", "train_b"] = Field("train", description="the generator's training split")
     subset: int | None = Field(None, ge=1, description="use only this many molecules of the split")
-    property_bins: int = Field(8, ge=0, le=64, description="conditional targets: equal-mass bins of a property")
+    property_bins: int = Field(8, ge=0, le=64, description="class rows of the condition (CFG's reward classes)")
     target_property: Literal["alpha", "gap", "homo", "lumo", "mu", "Cv"] | None = Field(
         None, description="the property whose bins are the targets (set when fine-tuning for it)")
     atom_counts: list[NonNegativeFloat] | None = Field(
@@ -94,9 +98,10 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
         self.encoding = GraphEncoding(self.elements) if self.options.bonds else self.points
         self.atom_features = self.encoding.atom_features
         self.project, self.dof_offset, self.parts = self.encoding.project, self.encoding.dof_offset, self.encoding.parts
-        #: Targets are bins of ``target_property``; the network always has their embedding, so an
-        #: unconditional pre-trained model can be fine-tuned for any property's targets.
+        #: Class rows of the condition (CFG's reward classes); with ``target_property`` the targets are
+        #: values of that property, in its own units, which the network's conditioning standardises.
         self.num_targets = self.options.property_bins
+        self.target_kind = "class" if self.options.target_property is None else "value"
         self._datasets: dict[str, Batch] = {}
         self._predictors: dict[str, Any] = {}
 
@@ -123,19 +128,33 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
                              "(an SDF file states them; XYZ files have none)")
         x, mask = self.encoding.encode(atomic_numbers, positions, bonds, formal_charges)
         return Batch(x, mask)
+
     def build_network(self, options: dict[str, Any]) -> nn.Module:
         net = NetworkOptions.model_validate(options)
         if self.options.bonds:
-            return BondGraphDenoiser(self.atom_features, self.encoding.bond_types, self.num_targets, net.hidden,
-                                     net.edge_hidden, net.layers, net.coords_range)
-        return EGNNDenoiser(self.atom_features, self.num_targets, net.hidden, net.layers, net.coords_range)
+            return self._with_value_path(BondGraphDenoiser(
+                self.atom_features, self.encoding.bond_types, self.num_targets, net.hidden, net.edge_hidden,
+                net.layers, net.coords_range))
+        return self._with_value_path(EGNNDenoiser(self.atom_features, self.num_targets, net.hidden, net.layers,
+                                                  net.coords_range))
 
     def build_regressor(self, options: dict[str, Any], outputs: int = 1) -> nn.Module:
         net = NetworkOptions.model_validate(options)
         if self.options.bonds:
-            return BondGraphRegressor(self.atom_features, self.encoding.bond_types, self.num_targets, net.hidden,
-                                      net.edge_hidden, net.layers, net.coords_range, outputs)
-        return EGNNRegressor(self.atom_features, self.num_targets, net.hidden, net.layers, net.coords_range, outputs)
+            return self._with_value_path(BondGraphRegressor(
+                self.atom_features, self.encoding.bond_types, self.num_targets, net.hidden, net.edge_hidden,
+                net.layers, net.coords_range, outputs))
+        return self._with_value_path(EGNNRegressor(self.atom_features, self.num_targets, net.hidden, net.layers,
+                                                   net.coords_range, outputs))
+
+    def _with_value_path(self, net: nn.Module) -> nn.Module:
+        """With ``target_property``, give the network's conditioning its value path, standardised by the
+        property's mean and spread over the training molecules."""
+        conditioning = conditioning_of(net)
+        if self.target_kind == "value" and conditioning is not None:
+            values = self.property_values
+            conditioning.enable_values(float(values.mean()), float(values.std()))
+        return net
 
     def dataset(self, split: str = "train") -> Batch:
         split = self.options.split if split == "train" else split
@@ -167,41 +186,44 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
         self.__dict__.pop("atom_count_histogram", None)
 
     @cached_property
-    def property_bins(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Equal-mass bins of ``target_property`` over the training molecules: each molecule's bin, and
-        each bin's centre (the median of its molecules), the value a target asks for."""
-        name = self._require_target_property()
-        values = torch.as_tensor(self.molecules("train").properties[name])
-        edges = torch.quantile(values, torch.linspace(0, 1, self.num_targets + 1, dtype=values.dtype))[1:-1]
-        bins = torch.bucketize(values, edges)
-        centres = torch.stack([values[bins == k].median() for k in range(self.num_targets)])
-        return bins, centres.float()
+    def property_values(self) -> torch.Tensor:
+        """``target_property`` of the generator's training molecules: what targets are drawn from."""
+        return torch.as_tensor(self.molecules(self.options.split).properties[self._require_target_property()],
+                               dtype=torch.float32)
 
     def _require_target_property(self) -> str:
-        if self.options.target_property is None or self.num_targets == 0:
+        if self.options.target_property is None:
             raise ValueError("this molecule model has no target property; fine-tune it for one with "
-                             "--set domain.target_property=alpha (property_bins must be > 0)")
+                             "--set domain.target_property=alpha")
         return self.options.target_property
 
-    def target_value(self, target: torch.Tensor) -> torch.Tensor:
-        """The property value each target index asks for (its bin's centre)."""
-        return self.property_bins[1][target.long()]
+    def draw_target_values(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` targets drawn from the training molecules' values of ``target_property`` (EDM's protocol
+        samples its targets, with their atom counts, from the data)."""
+        values = self.property_values
+        return values[torch.randint(len(values), (n,), generator=generator, device=generator.device).cpu()]
 
     def _atom_counts(self, n: int, generator: torch.Generator, cond: torch.Tensor | None) -> torch.Tensor:
-        """``M ~ p(M)``, or ``M ~ p(M | c)`` for targeted samples (EDM's conditional atom counts)."""
-        if cond is None or self.options.target_property is None:
+        """``M ~ p(M)``, or ``M ~ p(M | c)`` for property targets (EDM's conditional atom counts)."""
+        if cond is None or not cond.is_floating_point() or self.target_kind != "value":
             return torch.multinomial(self.atom_count_histogram.to(generator.device), n, replacement=True,
                                      generator=generator).cpu()
-        table = self.atom_counts_per_target[cond.long().cpu()]
-        return torch.multinomial(table.to(generator.device), 1, generator=generator).cpu()[:, 0]
+        edges, table = self.atom_counts_given_value
+        rows = table[torch.bucketize(torch.nan_to_num(cond.float(), nan=float(self.property_values.median())),
+                                     edges)]
+        return torch.multinomial(rows.to(generator.device), 1, generator=generator).cpu()[:, 0]
 
     @cached_property
-    def atom_counts_per_target(self) -> torch.Tensor:
-        """``p(M | c)`` up to normalisation: training molecules with ``M`` atoms in each target's bin."""
-        counts = self.dataset().mask.sum(1).long()
-        bins = self.property_bins[0]
-        return torch.stack([torch.bincount(counts[bins == k], minlength=len(self.atom_count_histogram)).double()
-                            for k in range(self.num_targets)])
+    def atom_counts_given_value(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``p(M | c)`` as a table: the inner edges of ``VALUE_BINS`` equal-mass bins of the property over
+        the training molecules, and each bin's histogram of atom counts (up to normalisation)."""
+        values = self.property_values
+        counts = self.dataset(self.options.split).mask.sum(1).long()
+        edges = torch.quantile(values, torch.linspace(0, 1, VALUE_BINS + 1))[1:-1]
+        bins = torch.bucketize(values, edges)
+        table = torch.stack([torch.bincount(counts[bins == k], minlength=len(self.atom_count_histogram)).double()
+                             for k in range(VALUE_BINS)])
+        return edges, table
 
     def prior_batch(self, n: int, generator: torch.Generator, cond: torch.Tensor | None = None) -> Batch:
         counts = self._atom_counts(n, generator, cond)
@@ -233,9 +255,9 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
         return self._predictors[name]
 
     def property_reward(self, half: Literal["a", "b"]) -> PropertyReward:
-        """``-|predicted target_property - target value|`` by the predictor trained on ``train_a`` (the reward)
-        or ``train_b`` (the measure)."""
-        return PropertyReward(partial(self._predict, half=half), self.target_value)
+        """``-|predicted target_property - target| / std`` by the predictor trained on ``train_a`` (the reward)
+        or ``train_b`` (the measure), with the property's standard deviation over the training molecules."""
+        return PropertyReward(partial(self._predict, half=half), float(self.property_values.std()))
 
     def _predict(self, molecules: Sequence[Molecule], half: Literal["a", "b"]) -> tuple[torch.Tensor, np.ndarray]:
         """Predicted ``target_property`` and usability (it has atoms) per molecule."""
@@ -244,14 +266,16 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
         batch, usable = encode_molecules(self, molecules)
         return self.predictor(half).predict(batch, property_name=self.options.target_property), usable
 
-    def parse_target(self, text: str) -> int:
-        """A property value (``--target 75``): the bin whose centre is nearest."""
+    def parse_target(self, text: str) -> float:
+        """A property value in the property's units (``--target 75``)."""
         name = self._require_target_property()
         try:
             value = float(text)
         except ValueError:
-            raise ValueError(f"a molecule target is a value of {name}, e.g. --target 75.0; got {text!r}") from None
-        return int((self.property_bins[1] - value).abs().argmin())
+            value = float("nan")
+        if not np.isfinite(value):
+            raise ValueError(f"a molecule target is a value of {name}, e.g. --target 75.0; got {text!r}")
+        return value
 
     @cached_property
     def training_smiles(self) -> set[str]:
@@ -290,8 +314,9 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
         the same targets: "#Atoms" predicts the property from the atom count alone (the mean over
         training molecules of that size); "naive" ignores the molecule (the training mean)."""
         name = self._require_target_property()
-        measured = -self.property_reward("b")(molecules, cond.tolist())
-        targets = self.target_value(cond).numpy()
+        targets = cond.double().numpy()
+        predicted, usable = self._predict(molecules, "b")
+        measured = np.where(usable, np.abs(predicted.double().numpy() - targets), np.nan)
         counts = np.array([len(m.atomic_numbers) for m in molecules])
         train = self.molecules("train")
         values, sizes = train.properties[name], train.num_atoms

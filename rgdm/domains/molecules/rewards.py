@@ -93,28 +93,29 @@ def substructure(smarts: str) -> MoleculeReward:
 
 @dataclass(frozen=True)
 class PropertyReward:
-    """``-|predicted property - target value|`` per molecule, NaN where the predictor cannot use it.
+    """``-|predicted property - target| / scale`` per molecule, NaN where the predictor cannot use it.
 
-    ``predict`` gives each molecule's predicted property and whether it is usable; ``target_value``
-    maps target indices to the values they ask for. ``score_targets`` predicts each molecule once and
-    compares it with every target (scoring data rows for every conditional target).
+    Targets are values in the property's units; ``scale`` is the property's standard deviation, so a
+    temperature means the same for every property. ``predict`` gives each molecule's predicted property
+    and whether it is usable. ``score_targets`` predicts each molecule once and compares it with every
+    target (scoring data rows for every conditional target).
     """
 
     predict: Callable[[Sequence[Molecule]], tuple[torch.Tensor, np.ndarray]]
-    target_value: Callable[[torch.Tensor], torch.Tensor]
+    scale: float
 
-    def __call__(self, samples: Sequence[Molecule], targets: Sequence[int] | None) -> np.ndarray:
+    def __call__(self, samples: Sequence[Molecule], targets: Sequence[float] | None) -> np.ndarray:
         if targets is None:
             raise ValueError("the property reward needs targets: fine-tune with --targets, sample with --target")
-        return self._reward(samples, self.target_value(torch.as_tensor(list(targets))))
+        return self._reward(samples, torch.as_tensor(list(targets), dtype=torch.float32))
 
-    def score_targets(self, samples: Sequence[Molecule], targets: Sequence[int]) -> np.ndarray:
+    def score_targets(self, samples: Sequence[Molecule], targets: Sequence[float]) -> np.ndarray:
         """``(len(targets), len(samples))`` rewards, each molecule predicted once."""
-        return self._reward(samples, self.target_value(torch.as_tensor(list(targets)))[:, None])
+        return self._reward(samples, torch.as_tensor(list(targets), dtype=torch.float32)[:, None])
 
     def _reward(self, samples: Sequence[Molecule], values: torch.Tensor) -> np.ndarray:
         predicted, usable = self.predict(samples)
-        return -np.where(usable, (predicted - values).abs().numpy(), np.nan)
+        return -np.where(usable, ((predicted - values).abs() / self.scale).numpy(), np.nan)
 
 
 _PLAIN_REWARDS = {
