@@ -63,7 +63,7 @@ class MoleculeOptions(BaseModel):
     subset: int | None = Field(None, ge=1, description="use only this many molecules of the split")
     property_bins: int = Field(8, ge=0, le=64, description="class rows of the condition (CFG's reward classes)")
     target_property: Literal["alpha", "gap", "homo", "lumo", "mu", "Cv"] | None = Field(
-        None, description="the property whose bins are the targets (set when fine-tuning for it)")
+        None, description="the property whose values are the targets (set when fine-tuning for it)")
     atom_counts: list[NonNegativeFloat] | None = Field(
         None, description="p(M), index M: a fine-tuned model's atom-count histogram (default: the training data's)")
 
