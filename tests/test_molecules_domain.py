@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from toolkit import broken_valence
 
 from rgdm.algorithms import TrainingContext
 from rgdm.algorithms.base import score_data_rows
@@ -285,6 +286,11 @@ def test_property_reward_and_measure_use_different_predictors(alpha_domain):
     assert metrics["mean_reward"] == pytest.approx(float(np.mean(reward)), rel=1e-4), "scored against each target"
     measured = (measuring.predict(data) - cond).abs().mean()
     assert metrics["property_mae"] == pytest.approx(float(measured), rel=1e-4), "measured in the property's units"
+    assert metrics["property_mae_valid"] == pytest.approx(float(measured), rel=1e-4), "QM9's molecules are valid"
+    with_invalid = alpha_domain._property_metrics([*molecules[:5], broken_valence()], cond[:6])
+    own = (measuring.predict(data.select(slice(0, 5))) - cond[:5]).abs().mean()
+    assert with_invalid["property_mae_valid"] == pytest.approx(float(own), rel=1e-4), "the invalid one is left out"
+    assert with_invalid["property_mae"] != pytest.approx(float(own), rel=1e-4), "EDM's MAE counts every molecule"
     assert metrics["atoms_baseline_mae"] < metrics["naive_baseline_mae"]
 
 
