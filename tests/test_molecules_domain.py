@@ -292,6 +292,25 @@ def test_property_reward_and_measure_use_different_predictors(alpha_domain):
     assert with_invalid["property_mae_valid"] == pytest.approx(float(own), rel=1e-4), "the invalid one is left out"
     assert with_invalid["property_mae"] != pytest.approx(float(own), rel=1e-4), "EDM's MAE counts every molecule"
     assert metrics["atoms_baseline_mae"] < metrics["naive_baseline_mae"]
+    assert {"edm_lbound_mae", "edm_naive_mae", "edm_atoms_mae"} <= set(metrics), "EDM's reference rows beside"
+
+
+def test_edm_reference_errors_are_computed_on_the_half_the_measure_never_saw(alpha_domain, monkeypatch):
+    """With a perfect measuring predictor the L-bound is 0, #Atoms lies between it and naive (shuffled)."""
+    half = alpha_domain.molecules("train_a")
+
+    class Oracle:  # the half's true alpha, row by row: the errors are computed on its first molecules in order
+        def predict(self, batch, property_name=None):
+            return torch.as_tensor(half.properties[property_name][: len(batch)], dtype=torch.float64)
+
+    monkeypatch.setitem(alpha_domain._predictors, "qm9-alpha-b", Oracle())
+    alpha_domain.__dict__.pop("edm_reference_errors", None)
+    errors = alpha_domain.edm_reference_errors
+    alpha_domain.__dict__.pop("edm_reference_errors", None)
+    assert errors["edm_lbound_mae"] == pytest.approx(0.0, abs=1e-9)
+    assert 0.0 < errors["edm_atoms_mae"] < errors["edm_naive_mae"], "size explains part of alpha, shuffling none"
+    spread = float(np.abs(half.properties["alpha"] - half.properties["alpha"].mean()).mean())
+    assert errors["edm_naive_mae"] > spread, "a shuffled pair differs more than a value from the mean"
 
 
 def test_the_train_predictor_command_of_the_molecules_domain_saves_a_predictor(tmp_path, capsys):

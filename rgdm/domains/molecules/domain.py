@@ -50,6 +50,8 @@ from rgdm.rewards import Reward
 
 #: Equal-mass bins of a target property over which ``p(M | c)`` is tabulated.
 VALUE_BINS = 20
+#: Molecules of the rewarding half on which EDM's reference errors are computed.
+REFERENCE_MOLECULES = 5000
 
 
 class MoleculeOptions(BaseModel):
@@ -328,7 +330,30 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
         return {"property": name, "property_mae": float(np.nanmean(measured)),
                 "property_mae_valid": float(measured[valid].mean()) if valid.any() else None,
                 "atoms_baseline_mae": float(np.abs(atoms_guess - targets).mean()),
-                "naive_baseline_mae": float(np.abs(values.mean() - targets).mean())}
+                "naive_baseline_mae": float(np.abs(values.mean() - targets).mean()), **self.edm_reference_errors}
+
+    @cached_property
+    def edm_reference_errors(self) -> dict[str, float]:
+        """EDM's reference rows, computed by this pipeline on ``REFERENCE_MOLECULES`` molecules of the
+        rewarding half (``train_a``), which the measuring predictor never saw: its own error there
+        (``edm_lbound_mae``, EDM's "L-bound"), its error against shuffled targets (``edm_naive_mae``,
+        "naive") and the error of the property predicted from the atom count alone (``edm_atoms_mae``,
+        "#Atoms": the mean over that half's molecules of each size)."""
+        from rgdm.domains.molecules.properties import point_cloud
+
+        name = self._require_target_property()
+        half = self.molecules("train_a")
+        rows = slice(0, REFERENCE_MOLECULES)
+        values = np.asarray(half.properties[name], dtype=float)
+        sizes = np.asarray(half.num_atoms)
+        predicted = self.predictor("b").predict(point_cloud(self, half.atomic_numbers[rows], half.positions[rows]),
+                                                property_name=name).double().numpy()
+        shuffled = values[rows][np.random.default_rng(0).permutation(len(predicted))]
+        by_size = {int(m): values[sizes == m].mean() for m in np.unique(sizes)}
+        from_size = np.array([by_size[int(m)] for m in sizes[rows]])
+        return {"edm_lbound_mae": float(np.abs(predicted - values[rows]).mean()),
+                "edm_naive_mae": float(np.abs(predicted - shuffled).mean()),
+                "edm_atoms_mae": float(np.abs(from_size - values[rows]).mean())}
 
     def read_samples(self, folder: Path) -> Batch:
         """Molecules from a folder's ``samples.xyz`` (or ``samples.sdf``), so files made elsewhere can be
