@@ -11,6 +11,7 @@ from toolkit import broken_valence
 
 from rgdm.algorithms import TrainingContext
 from rgdm.algorithms.base import score_data_rows
+from rgdm.api import load
 from rgdm.batch import Batch
 from rgdm.cli import main
 from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, sample
@@ -434,7 +435,6 @@ def test_an_interrupted_predictor_training_resumes_bit_for_bit(alpha_domain, tmp
 def test_a_property_fine_tune_conditions_on_values_from_an_unconditional_parent(tmp_path, algorithm):
     """The parent has no value path; the fine-tune adds it (starting as the null token) and trains it, and
     its samples take any value as their target: one given, or values drawn from the data."""
-    from rgdm.api import load
     from rgdm.diffusion.conditioning import conditioning_of
     from rgdm.engine.builder import seeded_generator
     from rgdm.engine.generate import generate
@@ -457,3 +457,28 @@ def test_a_property_fine_tune_conditions_on_values_from_an_unconditional_parent(
     assert torch.isfinite(guided.x).all() and guided.cond.tolist() == [75.0, 75.0]
     with pytest.raises(ValueError, match="out of range"):
         generate(model, 2, seeded_generator(0), target=75, steps=2)
+
+
+def test_a_value_path_for_another_property_is_left_behind_and_one_for_the_same_is_kept(tmp_path):
+    from rgdm.diffusion.conditioning import conditioning_of
+    from rgdm.engine.config import load_config
+    from rgdm.engine.trainer import Trainer
+
+    parent = tmp_path / "alpha"
+    assert main(["-q", "finetune", "--checkpoint", "qm9-pretrained", "--reward", "property", "--steps", "2",
+                 "--targets", "[70, 80]", "--set", "domain.target_property=alpha", "--set", "domain.subset=300",
+                 "--set", "algorithm.scored_size=100", "--set", "train.batch_size=4", "--set", "train.lr=1e-2",
+                 "--out", str(parent)]) == 0
+    trained = conditioning_of(load(str(parent)).net).value.weight
+    assert trained.abs().sum() > 0
+
+    def child(prop: str, name: str) -> torch.nn.Module:
+        config = load_config(None, [f"init={parent}", f"domain.target_property={prop}", "reward.name=property",
+                                    "algorithm.name=rgdm-data", "train.steps=1"])
+        return conditioning_of(Trainer(config, tmp_path / name).net)
+
+    gap = child("gap", "gap")
+    torch.testing.assert_close(gap.value_scale[0], build_domain(
+        {"name": "molecules", "subset": 300, "target_property": "gap"}).property_values.mean())
+    assert gap.value.weight.abs().sum() == 0, "alpha's value path means nothing for the gap: it starts afresh"
+    torch.testing.assert_close(child("alpha", "alpha-again").value.weight, trained)

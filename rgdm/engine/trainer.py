@@ -140,11 +140,17 @@ class Trainer:
         model fine-tuned with ``domain.bonds=true``) is an error here, not a crash deep in training. The
         only weights a parent may lack are those of a condition's value path, which a fine-tune for a
         property target adds: they start at zero, so the network answers every value as its parent
-        answers no target.
+        answers no target. A parent's value path standardised for another quantity (a model of alpha
+        fine-tuned for the gap) is left behind the same way: values keep the meaning this run gives them.
         """
         net = self.domain.build_network(config.network)
-        expected = {k: v.shape for k, v in net.state_dict().items()}
-        found = {k: v.shape for k, v in parent.net.state_dict().items()}
+        own, state = net.state_dict(), parent.net.state_dict()
+        for key in [key for key in state if key.endswith(".value_scale")]:
+            if key in own and not torch.equal(state[key], own[key]):
+                path = key[: -len("_scale")]
+                state = {k: v for k, v in state.items() if not k.startswith(path)}
+        expected = {k: v.shape for k, v in own.items()}
+        found = {k: v.shape for k, v in state.items()}
         gained = {k for k in expected.keys() - found.keys() if k.endswith((".value.weight", ".value_scale"))}
         if {k: shape for k, shape in expected.items() if k not in gained} != found:
             changed = sorted(k for k in config.domain if parent.meta["domain"].get(k) != config.domain[k])
@@ -152,7 +158,7 @@ class Trainer:
             raise CheckpointError(f"the weights of {config.init} do not fit this run's {self.domain.name} "
                                   f"network{because}; fine-tune a model of the same kind, or pre-train one for "
                                   "these options with rgdm train")
-        net.load_state_dict(parent.net.state_dict(), strict=False)
+        net.load_state_dict(state, strict=False)
         return net
 
     def _targets(self, targets: list[int] | list[float] | None) -> list[int] | list[float] | None:
