@@ -82,6 +82,21 @@ def is_null(cond: torch.Tensor, null_token: int) -> torch.Tensor:
     return torch.isnan(cond) if cond.is_floating_point() else cond == null_token
 
 
+def parent_weights(net: nn.Module, parent: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The weights of a parent ``state_dict`` that a fine-tune's ``net`` takes, and the keys of ``net`` they
+    may lack: those of its value path. The path starts at zero (every value answered as the null token) when
+    the parent has none, or had one standardised for another quantity, whose weights mean nothing here."""
+    for name, module in net.named_modules():
+        if isinstance(module, Conditioning) and module.value is not None:
+            prefix = f"{name}." if name else ""
+            keys = {f"{prefix}value.weight", f"{prefix}value_scale"}
+            scale = parent.get(f"{prefix}value_scale")
+            if scale is None or not torch.equal(scale.to(module.value_scale), module.value_scale):
+                parent = {key: value for key, value in parent.items() if key not in keys}
+            return parent, keys
+    return parent, set()
+
+
 def conditioning_of(net: nn.Module) -> Conditioning | None:
     """The network's conditioning module, or None for a network without one."""
     found = [module for module in net.modules() if isinstance(module, Conditioning)]

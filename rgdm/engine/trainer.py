@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from rgdm.batch import Batch, flatten_parts, unflatten_parts
 from rgdm.diffusion import EpsModel, SamplingInterrupted
+from rgdm.diffusion.conditioning import parent_weights
 from rgdm.domains import build_domain
 from rgdm.domains.base import SupportsTargets
 from rgdm.engine.builder import (
@@ -144,15 +145,9 @@ class Trainer:
         fine-tuned for the gap) is left behind the same way: values keep the meaning this run gives them.
         """
         net = self.domain.build_network(config.network)
-        own, state = net.state_dict(), parent.net.state_dict()
-        for key in [key for key in state if key.endswith(".value_scale")]:
-            if key in own and not torch.equal(state[key], own[key]):
-                path = key[: -len("_scale")]
-                state = {k: v for k, v in state.items() if not k.startswith(path)}
-        expected = {k: v.shape for k, v in own.items()}
-        found = {k: v.shape for k, v in state.items()}
-        gained = {k for k in expected.keys() - found.keys() if k.endswith((".value.weight", ".value_scale"))}
-        if {k: shape for k, shape in expected.items() if k not in gained} != found:
+        state, optional = parent_weights(net, parent.net.state_dict())
+        expected = {k: v.shape for k, v in net.state_dict().items() if k not in optional or k in state}
+        if expected != {k: v.shape for k, v in state.items()}:
             changed = sorted(k for k in config.domain if parent.meta["domain"].get(k) != config.domain[k])
             because = f" (its domain options {', '.join(changed)} differ from this run's)" if changed else ""
             raise CheckpointError(f"the weights of {config.init} do not fit this run's {self.domain.name} "

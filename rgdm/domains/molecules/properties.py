@@ -144,10 +144,10 @@ def train_property_predictor(domain: Any, properties: str | Sequence[str], split
     bar = tqdm(range(start, steps), desc=f"{','.join(names)} predictor ({split})", disable=not progress,
                initial=start, total=steps, dynamic_ncols=True)
     for step in bar:
-        rows = torch.randint(len(batch), (batch_size,), generator=generator)
-        picked = batch.select(rows.to(device))
+        rows = torch.randint(len(batch), (batch_size,), generator=generator).to(device)
+        picked = batch.select(rows)
         prediction = net(picked.x, torch.zeros(batch_size, device=device), None, picked.mask)
-        loss = (prediction.reshape(batch_size, -1) - scores[rows.to(device)]).abs().mean()
+        loss = (prediction.reshape(batch_size, -1) - scores[rows]).abs().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -178,9 +178,9 @@ def property_errors(predictor: PropertyPredictor, domain: Any, split: str) -> di
 def _save_state(out: Path, step: int, meta: dict[str, Any], net: torch.nn.Module,
                 optimizer: torch.optim.Optimizer, schedule: Any, generator: torch.Generator) -> None:
     """The training state at ``step``: tensors first, then the JSON that seals them."""
-    tensors = {f"net.{key}": value.detach().cpu() for key, value in net.state_dict().items()}
+    tensors = {f"net.{key}": value for key, value in net.state_dict().items()}
     layout = flatten_state("optimizer", optimizer.state_dict(), tensors)
-    tensors = {key: value.cpu() for key, value in tensors.items()}
+    tensors = {key: value.detach().cpu() for key, value in tensors.items()}
     tensors["generator"] = generator.get_state()
     digest = save_tensors(out / STATE_TENSORS, tensors)
     write_json(out / STATE_META, {"step": step, "run": meta, "optimizer": layout,
