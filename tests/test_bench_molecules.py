@@ -4,6 +4,8 @@ diversity and RDKit's reading of positions alone."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from dataclasses import replace
 
 import matplotlib.image as plt_image
@@ -15,6 +17,7 @@ from toolkit import hand_made_molecules
 from rgdm.benchmarks import molecules
 from rgdm.cli import main
 from rgdm.domains.molecules.chemistry import Molecule, diversity, molecule_from_smiles, oracle_metrics, rdkit_reading
+from rgdm.engine.trainer import TrainingInterrupted
 
 #: QUICK cut down to seconds: 32 reward calls, 8 final samples of 5 sampling steps, PoseBusters on 2.
 TINY = replace(molecules.QUICK, reward_calls=32, finetune_steps=4, batch_size=8, curve_points=2, curve_samples=4,
@@ -65,6 +68,36 @@ def test_a_method_that_asks_for_more_calls_stops_at_the_budget(monkeypatch):
     assert "posebusters_pass" not in summary["per_seed"][0]["metrics"], "PoseBusters off"
     with pytest.raises(ValueError, match="unknown molecule benchmark methods"):
         molecules.run_molecule_benchmark(quick=True, methods=["dpo"])
+
+
+def test_a_stopped_benchmark_continues_from_its_work_dir_as_if_never_stopped(tmp_path, monkeypatch):
+    """DDPO stopped by SIGINT at its first measured point, then the same call again: the finished base is read
+    back, DDPO resumes from its checkpoint, and every figure but the wall time equals an unstopped run's."""
+    monkeypatch.setattr(molecules, "QUICK", replace(TINY, posebusters=0))
+    straight = molecules.run_molecule_benchmark(quick=True, methods=["ddpo"], progress=False)
+    measured = molecules.Measure.point
+    calls = []
+
+    def stop_at_the_first_fine_tuned_point(self, model, seed, **args):
+        calls.append(seed)
+        if len(calls) == 2:  # the first is the base's point
+            os.kill(os.getpid(), signal.SIGINT)
+        return measured(self, model, seed, **args)
+
+    monkeypatch.setattr(molecules.Measure, "point", stop_at_the_first_fine_tuned_point)
+    work = tmp_path / "work"
+    with pytest.raises(TrainingInterrupted, match=r"stopped at ddpo, seed 0; .* run the same command to continue"):
+        molecules.run_molecule_benchmark(quick=True, methods=["ddpo"], progress=False, work_dir=work)
+    assert (work / "pretrained-seed0.json").is_file() and not (work / "ddpo-seed0.json").exists()
+    resumed = molecules.run_molecule_benchmark(quick=True, methods=["ddpo"], progress=False, work_dir=work)
+    assert len(calls) == 3, "the base was read back; DDPO measured only its last point again"
+    for name in ("pretrained", "ddpo"):
+        a, b = straight["methods"][name]["per_seed"][0], resumed["methods"][name]["per_seed"][0]
+        assert a["metrics"] == b["metrics"] and a["curve"] == b["curve"]
+        assert a["reward_calls"] == b["reward_calls"] and a["network_evaluations"] == b["network_evaluations"] > 0
+    with pytest.raises(ValueError, match="holds a molecule benchmark of other settings"):
+        molecules.run_molecule_benchmark(molecules.MoleculeTask(temperature=0.05), quick=True, methods=["ddpo"],
+                                         work_dir=work)
 
 
 def _summary(reward: float, validity: float, diversity: float) -> dict[str, float]:

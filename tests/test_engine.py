@@ -124,6 +124,9 @@ def test_sigint_writes_a_checkpoint_and_resume_finishes_exactly(pretrained_dir, 
     assert resumed.wall_s > stopped_after, "the resumed run adds its seconds to the stopped run's"
     training = json.loads((tmp_path / "stopped" / "model.json").read_text())["training"]
     assert training["wall_s"] == round(resumed.wall_s, 1)
+    straight_training = json.loads((tmp_path / "straight" / "model.json").read_text())["training"]
+    assert training["network_evaluations"] == straight_training["network_evaluations"] > 0, \
+        "the checkpoint holds the network evaluations before the stop"
 
 
 @pytest.mark.parametrize("algorithm", ["rgdm-model", "ddpo"])

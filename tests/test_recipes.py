@@ -69,7 +69,7 @@ def test_a_preset_read_unchanged_names_itself_the_recipe_of_the_model_it_trains(
     copy.write_text(preset.read_text())
     assert load_config(copy).recipe is None  # a user's file is not a shipped recipe
     trainer = Trainer(load_config(preset), tmp_path / "run")
-    assert trainer.model_meta(reward_calls=0)["recipe"] == "toy-ring-pretrain"
+    assert trainer.model_meta(reward_calls=0, network_evaluations=0)["recipe"] == "toy-ring-pretrain"
     edited = tmp_path / "edited.yaml"
     edited.write_text(dump_config(load_config(preset)))  # a run's config.yaml, copied to start another run
     assert "recipe: toy-ring-pretrain" in edited.read_text() and load_config(edited).recipe is None

@@ -39,6 +39,9 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--floor", type=float, help="molecules: reward of invalid molecules (default 0; below the "
                        "reward's range for xtb-strain, e.g. -1)")
     bench.add_argument("--no-posebusters", action="store_true", help="molecules: skip PoseBusters (slow)")
+    bench.add_argument("--work-dir", type=Path, help="molecules: keep every run here; the same command again "
+                       "continues a stopped benchmark: finished runs are read back, a stopped fine-tune resumes from "
+                       "its newest checkpoint (default: a temporary folder)")
     bench.add_argument("-n", type=int, default=200, help="curve, steps: samples per point")
     bench.add_argument("--sampling-steps", type=lambda text: [int(v) for v in text.split(",")], default=[100],
                        help="curve: sampling steps (default 100); steps: comma-separated counts, e.g. 25,50,100")
@@ -96,7 +99,8 @@ def cmd_bench_molecules(args: argparse.Namespace) -> None:
              "floor": args.floor}
     result = run_molecule_benchmark(MoleculeTask(**{k: v for k, v in given.items() if v is not None}),
                                     quick=args.quick, seeds=args.seeds, posebusters=not args.no_posebusters,
-                                    methods=args.methods.split(",") if args.methods else None, progress=not args.quiet)
+                                    methods=args.methods.split(",") if args.methods else None, progress=not args.quiet,
+                                    work_dir=args.work_dir)
     path = Path(args.json)
     write_report(path, result, markdown_table(result))
     print(f"curves in {plot_curves(result, path.with_suffix('.png'))}")

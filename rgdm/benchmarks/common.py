@@ -4,6 +4,7 @@ the mean and spread over seeds."""
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from rgdm.batch import Batch
 from rgdm.engine import LoadedModel, Trainer, generate
 from rgdm.engine.config import RunConfig
 from rgdm.engine.generate import Sampler
+from rgdm.io import read_json, write_json
 from rgdm.rewards import Scorer
 
 
@@ -50,33 +52,41 @@ def _trained_model(trainer: Trainer) -> tuple[LoadedModel, dict[str, Any]]:
     return model, {"cfg_scale": 1.0} if trainer.config.algorithm.name == "cfg" else {}
 
 
+#: A fine-tune's measured points, kept in its run folder so that a resumed run keeps them.
+CURVE_FILE = "bench-curve.json"
+
+
 def finetune(config: RunConfig, run_dir: Path, point: Callable[[LoadedModel, dict[str, Any]], tuple[Any, ...]],
              eval_every: int, progress: bool) -> FinetuneRun:
     """Fine-tune as ``config`` says, measuring ``point(model, generate_args)`` every ``eval_every`` steps, at the
-    last step and where a reward budget stopped the run early; the clock stops while it measures."""
-    trainer = Trainer(config, run_dir)
-    curve: list[tuple[Any, ...]] = []
-    measured = -1
-    paused = 0.0
+    last step and where a reward budget stopped the run early; the clock stops while it measures.
 
-    def measure(trainer: Trainer, step: int) -> None:
-        nonlocal paused, measured
-        if step % eval_every and step != config.train.steps:
-            return
+    A ``run_dir`` holding a checkpoint is resumed from it (a folder without one starts again): the points
+    measured up to the checkpoint come back from ``CURVE_FILE``, and those after it are measured again, so
+    the ``point`` of a run that may be resumed must depend on the model alone. Network evaluations and wall
+    time are the whole run's.
+    """
+    if run_dir.exists() and not (run_dir / "checkpoints").is_dir():
+        shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to resume
+    resumed = run_dir.exists()
+    trainer = Trainer.resume(run_dir) if resumed else Trainer(config, run_dir)
+    saved = read_json(run_dir / CURVE_FILE)["points"] if (run_dir / CURVE_FILE).is_file() else []
+    points = [p for p in saved if p["step"] <= trainer.step] if resumed else []
+
+    def measure(trainer: Trainer, step: int, in_fit: bool = True) -> None:
         start = time.perf_counter()
-        curve.append((trainer.counter.calls, *point(*_trained_model(trainer))))
-        measured = step
-        paused += time.perf_counter() - start
+        value = (trainer.counter.calls, *point(*_trained_model(trainer)))
+        points.append({"step": step, "point": value, "seconds": time.perf_counter() - start, "in_fit": in_fit})
+        write_json(run_dir / CURVE_FILE, {"points": points})
 
-    start = time.perf_counter()
-    trainer.fit(on_step=measure, progress=progress)
-    wall = time.perf_counter() - start - paused
-    if trainer.step != measured:
-        measure(trainer, config.train.steps)
-    context = trainer.context
-    models = {id(m): m for m in (context.model, context.ema, context.reference) if m is not None}
+    trainer.fit(on_step=lambda trainer, step: None if step % eval_every and step != config.train.steps
+                else measure(trainer, step), progress=progress)
+    if not points or points[-1]["step"] != trainer.step:
+        measure(trainer, trainer.step, in_fit=False)  # a budget stopped the run early
+    measuring = sum(p["seconds"] for p in points if p["in_fit"])  # inside the trainer's clock
     model, args = _trained_model(trainer)
-    return FinetuneRun(model, args, curve, trainer.counter.calls, sum(m.evaluations for m in models.values()), wall)
+    return FinetuneRun(model, args, [tuple(p["point"]) for p in points], trainer.counter.calls,
+                       trainer.network_evaluations(), trainer.wall_s - measuring)
 
 
 class SamplerBudget(Protocol):

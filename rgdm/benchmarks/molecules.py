@@ -22,15 +22,18 @@ is flagged in the ``hacking`` column.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from rgdm.batch import Batch
 from rgdm.benchmarks.common import finetune, mean, sample_with_reward, spread
@@ -40,8 +43,11 @@ from rgdm.domains.molecules.domain import MoleculeDomain
 from rgdm.domains.molecules.rewards import qed
 from rgdm.engine import LoadedModel, generate, load_config, load_trained
 from rgdm.engine.builder import seeded_generator
+from rgdm.engine.trainer import TrainingInterrupted
+from rgdm.io import read_json, write_json
 from rgdm.rewards import RewardCounter
 
+log = logging.getLogger("rgdm.bench")
 FINETUNE_PRESET = Path(__file__).resolve().parent.parent / "configs" / "finetune-molecules.yaml"
 
 
@@ -101,6 +107,9 @@ FINAL_METRICS = ("mean_reward", "mean_qed_valid", "validity", "molecule_stabilit
 #: Falls that flag a method whose reward rose: each against the base, by more than the seeds' spread and this.
 HACKING_SIGNS = ("validity", "rdkit_validity", "diversity")
 TOLERANCE = 0.02
+#: Checkpoints per fine-tune: a stopped benchmark loses at most this fraction of a run (DDPO at the full budget:
+#: about 6 minutes of a CPU core).
+CHECKPOINTS = 50
 
 
 def training_methods(budget: Budget, timesteps: int) -> dict[str, list[str]]:
@@ -158,10 +167,12 @@ class Measure:
         self.task, self.budget, self.domain = task, budget, domain
         self.scorer = domain.scorer(task.reward, floor=task.floor)
 
-    def point(self, model: LoadedModel, generator: torch.Generator, **generate_args: Any) -> tuple[float, float]:
-        """Mean reward (invalid at the floor) and validity of ``curve_samples`` fresh samples."""
-        samples = generate(model, self.budget.curve_samples, generator, steps=self.budget.sampling_steps,
-                           **generate_args)
+    def point(self, model: LoadedModel, seed: int, **generate_args: Any) -> tuple[float, float]:
+        """Mean reward (invalid at the floor) and validity of ``curve_samples`` fresh samples. Every point of a
+        seed starts from the same noise: the curve compares models, not draws, and a resumed run measures a
+        point as the uninterrupted run did."""
+        samples = generate(model, self.budget.curve_samples, seeded_generator(30_000 + seed),
+                           steps=self.budget.sampling_steps, **generate_args)
         molecules = self.domain.decode(samples.x, samples.mask)
         validity = mean([valid_rdkit(m) is not None for m in molecules])
         return float(self.scorer(samples.x, samples.mask).values.mean()), validity
@@ -186,8 +197,9 @@ def _finetune(measure: Measure, overrides: list[str], seed: int, run_dir: Path, 
         f"init={task.checkpoint}", f"reward.name={task.reward}", f"reward.floor={task.floor}",
         f"reward.budget={budget.reward_calls}", f"train.seed={seed}", f"train.steps={budget.finetune_steps}",
         f"train.batch_size={budget.batch_size}", f"algorithm.temperature={task.temperature}", *overrides])
-    curve_generator = seeded_generator(30_000 + seed)
-    run = finetune(config, run_dir, lambda model, args: measure.point(model, curve_generator, **args),
+    every = max(1, config.train.steps // CHECKPOINTS)
+    config = config.model_copy(update={"train": config.train.model_copy(update={"checkpoint_every": every})})
+    run = finetune(config, run_dir, lambda model, args: measure.point(model, seed, **args),
                    max(1, config.train.steps // budget.curve_points), progress)
     generator = seeded_generator(10_000 + seed)
     samples = generate(run.model, budget.eval_samples, generator, steps=budget.sampling_steps, **run.generate_args)
@@ -212,7 +224,7 @@ def _sample(measure: Measure, base: LoadedModel, name: str, seed: int) -> Method
     wall = time.perf_counter() - start
     evaluations = model.eps_model.evaluations
     metrics = measure.final(samples)
-    point = (0, *measure.point(model, seeded_generator(30_000 + seed))) if name == BASE else (
+    point = (0, *measure.point(model, seed)) if name == BASE else (
         counter.calls, metrics["mean_reward"], metrics["validity"])
     return MethodRun(metrics, counter.calls, evaluations, wall, [point])
 
@@ -249,10 +261,15 @@ def hacking(summary: dict[str, Any], base: dict[str, Any], samples: int) -> list
 
 
 def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False, seeds: int | None = None,
-                           methods: list[str] | None = None, posebusters: bool = True, progress: bool = True
-                           ) -> dict[str, Any]:
+                           methods: list[str] | None = None, posebusters: bool = True, progress: bool = True,
+                           work_dir: Path | None = None) -> dict[str, Any]:
     """Every method (or ``methods``, the base always with them) for every seed, at the ``QUICK`` or ``FULL``
-    budget: the JSON of the benchmark. ``posebusters=False`` skips PoseBusters."""
+    budget: the JSON of the benchmark. ``posebusters=False`` skips PoseBusters.
+
+    ``work_dir`` keeps every run: a finished (method, seed) is read back from its JSON, and a stopped
+    fine-tune resumes from its newest checkpoint, so the same call continues a benchmark that a working
+    stretch cut short. Without it the runs live in a temporary folder.
+    """
     task = task or MoleculeTask()
     budget = QUICK if quick else FULL
     if not posebusters:
@@ -269,15 +286,25 @@ def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False
     measure = Measure(task, budget, base.domain)
     seed_list = list(range(seeds if seeds is not None else (1 if quick else 3)))
     runs: dict[str, list[MethodRun]] = {name: [] for name in chosen}
-    with tempfile.TemporaryDirectory(prefix="rgdm-bench-molecules-") as tmp:
+    with contextlib.ExitStack() as stack:
+        folder = _work_folder(work_dir, task, budget) if work_dir is not None else Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="rgdm-bench-molecules-")))
+
+        def run(name: str, seed: int) -> MethodRun:
+            if name in trainings:
+                return _finetune(measure, trainings[name], seed, folder / f"{name}-seed{seed}",
+                                 runs[BASE][-1].curve[0], progress)
+            return _sample(measure, base, name, seed)
+
         for seed in seed_list:
             for name in chosen:
-                if name in trainings:
-                    run = _finetune(measure, trainings[name], seed, Path(tmp) / f"{name}-{seed}",
-                                    runs[BASE][-1].curve[0], progress)
-                else:
-                    run = _sample(measure, base, name, seed)
-                runs[name].append(run)
+                try:
+                    runs[name].append(_kept(folder / f"{name}-seed{seed}.json", functools.partial(run, name, seed)))
+                except TrainingInterrupted as stop:
+                    kept = (f"finished runs and the newest checkpoint are kept in {work_dir}: run the same command "
+                            "to continue") if work_dir is not None else "nothing is kept without --work-dir"
+                    raise TrainingInterrupted(f"the molecule benchmark stopped at {name}, seed {seed}; {kept}"
+                                              ) from stop
     spent_at = {BASE: "none", "best-of-n": "sampling"} | dict.fromkeys(TRAINING, "training") | dict.fromkeys(
         SAMPLING_TIME, "sampling, unbudgeted")
     summaries = {name: _summarise(method_runs, seed_list, spent_at[name]) for name, method_runs in runs.items()}
@@ -286,6 +313,29 @@ def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False
                                                              budget.eval_samples * len(seed_list))
     return {"task": asdict(task), "quick": quick, "budget": asdict(budget), "seeds": seed_list,
             "methods": summaries}
+
+
+def _work_folder(folder: Path, task: MoleculeTask, budget: Budget) -> Path:
+    """``folder``, bound to ``task`` and ``budget`` on first use: runs of another setting are never mixed in."""
+    settings = {"task": asdict(task), "budget": asdict(budget)}
+    path = folder / "benchmark.json"
+    if path.is_file() and read_json(path) != settings:
+        raise ValueError(f"{folder} holds a molecule benchmark of other settings ({read_json(path)}); continue it "
+                         "with those, or give another --work-dir")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(path, settings)
+    return folder
+
+
+def _kept(path: Path, run: Callable[[], MethodRun]) -> MethodRun:
+    """The run recorded at ``path``, or ``run()`` recorded there."""
+    if path.is_file():
+        log.info("read back %s", path)
+        recorded = read_json(path)
+        return MethodRun(**{**recorded, "curve": [tuple(point) for point in recorded["curve"]]})
+    finished = run()
+    write_json(path, asdict(finished))
+    return finished
 
 
 def _cell(summary: dict[str, Any], metric: str) -> str:

@@ -130,6 +130,8 @@ class Trainer:
         self.step = 0
         #: Seconds spent in ``fit`` up to the newest checkpoint, summed over resumes.
         self.wall_s = 0.0
+        #: This process's network evaluations before the loaded checkpoint's run was resumed.
+        self._evaluations_before = 0
         self._clock: tuple[float, float] | None = None  # (perf_counter at fit start, wall_s then)
         self._stop_signal: int | None = None
         self.context.interrupt = lambda: any_process(self._stop_signal is not None, self.shard)
@@ -206,7 +208,8 @@ class Trainer:
         optimizer_layout = flatten_state("optimizer", self.optimizer.state_dict(), tensors)
         scheduler = None if self.scheduler is None else self.scheduler.state_dict()
         counters = gather({"calls": self.counter.calls, "invalid": self.counter.invalid,
-                           "failures": dict(self.counter.failures)}, self.shard)
+                           "failures": dict(self.counter.failures), "evaluations": self._own_evaluations()},
+                          self.shard)
         meta = {"optimizer": optimizer_layout, "scheduler": scheduler, "counters": counters, "wall_s": self.wall_s,
                 "domain": self.domain.config(), "parent_conditional": self.parent_conditional}
         return tensors, meta
@@ -226,6 +229,7 @@ class Trainer:
         counter = counters[self.shard.rank] if self.shard.rank < len(counters) else {
             "calls": 0, "invalid": 0, "failures": {}}
         self.counter.calls, self.counter.invalid = counter["calls"], counter["invalid"]
+        self._evaluations_before = counter.get("evaluations", 0)
         self.counter.failures.clear()
         self.counter.failures.update(counter["failures"])
         if self.context.ledger is not None:
@@ -243,6 +247,19 @@ class Trainer:
         if self.main:
             save_checkpoint(self.run_dir, self.step, tensors, meta, keep=self.config.train.keep_checkpoints)
 
+    def _evaluations_since_start(self) -> int:
+        context = self.context
+        models = {id(m): m for m in (context.model, context.ema, context.reference) if m is not None}
+        return sum(model.evaluations for model in models.values())
+
+    def _own_evaluations(self) -> int:
+        """This process's network evaluations (per sample row) over the whole run, resumes included."""
+        return self._evaluations_before + self._evaluations_since_start()
+
+    def network_evaluations(self) -> int:
+        """Network evaluations of every process over the whole run: the compute unit of comparisons."""
+        return sum(gather(self._own_evaluations(), self.shard))
+
     def reward_counts(self) -> dict[str, int]:
         """Reward calls and failures summed over every process."""
         total: Counter[str] = Counter()
@@ -250,7 +267,7 @@ class Trainer:
             total.update(counts)
         return dict(total)
 
-    def model_meta(self, reward_calls: int) -> dict[str, Any]:
+    def model_meta(self, reward_calls: int, network_evaluations: int) -> dict[str, Any]:
         config = self.config
         return {
             "domain": self.domain.config(),
@@ -262,7 +279,8 @@ class Trainer:
             "training": {"algorithm": config.algorithm.name, "steps": self.step, "seed": config.train.seed,
                          "reward": config.reward.name,
                          "temperature": config.algorithm.temperature if config.reward.name else None,
-                         "reward_calls": reward_calls, "wall_s": round(self.wall_s, 1)},
+                         "reward_calls": reward_calls, "network_evaluations": network_evaluations,
+                         "wall_s": round(self.wall_s, 1)},
             "guidance_condition": getattr(self.algorithm, "top_class", None),
             "conditional": self._conditional(),
         }
@@ -352,7 +370,8 @@ class Trainer:
         Every process calls it (the reward counts are gathered once); rank 0 writes.
         """
         counts = self.reward_counts()
+        evaluations = self.network_evaluations()
         if self.main:
-            save_model(folder, self.ema.module.state_dict(), self.model_meta(counts["reward_calls"]))
+            save_model(folder, self.ema.module.state_dict(), self.model_meta(counts["reward_calls"], evaluations))
             write_json(folder / "reward_counter.json", counts)
         return folder / "final.safetensors"
