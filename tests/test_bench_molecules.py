@@ -17,6 +17,7 @@ from toolkit import hand_made_molecules
 from rgdm.benchmarks import molecules
 from rgdm.cli import main
 from rgdm.domains.molecules.chemistry import Molecule, diversity, molecule_from_smiles, oracle_metrics, rdkit_reading
+from rgdm.engine import load_trained
 from rgdm.engine.trainer import TrainingInterrupted
 
 #: QUICK cut down to seconds: 32 reward calls, 8 final samples of 5 sampling steps, PoseBusters on 2.
@@ -98,6 +99,11 @@ def test_a_stopped_benchmark_continues_from_its_work_dir_as_if_never_stopped(tmp
     with pytest.raises(ValueError, match="holds a molecule benchmark of other settings"):
         molecules.run_molecule_benchmark(molecules.MoleculeTask(temperature=0.05), quick=True, methods=["ddpo"],
                                          work_dir=work)
+    settings = json.loads((work / "benchmark.json").read_text())
+    assert settings["base_sha256"] == load_trained("qm9-noh-pretrained").meta["sha256"]
+    (work / "benchmark.json").write_text(json.dumps({**settings, "base_sha256": "a base shipped since"}))
+    with pytest.raises(ValueError, match="holds a molecule benchmark of other settings"):
+        molecules.run_molecule_benchmark(quick=True, methods=["ddpo"], work_dir=work)
 
 
 def _summary(reward: float, validity: float, diversity: float) -> dict[str, float]:

@@ -287,7 +287,7 @@ def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False
     seed_list = list(range(seeds if seeds is not None else (1 if quick else 3)))
     runs: dict[str, list[MethodRun]] = {name: [] for name in chosen}
     with contextlib.ExitStack() as stack:
-        folder = _work_folder(work_dir, task, budget) if work_dir is not None else Path(
+        folder = _work_folder(work_dir, task, budget, base.meta.get("sha256")) if work_dir is not None else Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="rgdm-bench-molecules-")))
 
         def run(name: str, seed: int) -> MethodRun:
@@ -315,9 +315,10 @@ def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False
             "methods": summaries}
 
 
-def _work_folder(folder: Path, task: MoleculeTask, budget: Budget) -> Path:
-    """``folder``, bound to ``task`` and ``budget`` on first use: runs of another setting are never mixed in."""
-    settings = {"task": asdict(task), "budget": asdict(budget)}
+def _work_folder(folder: Path, task: MoleculeTask, budget: Budget, base_digest: str | None) -> Path:
+    """``folder``, bound on first use to ``task``, ``budget`` and the base's weights (their digest: a base
+    re-shipped under the same name is another base): runs of another setting are never mixed in."""
+    settings = {"task": asdict(task), "budget": asdict(budget), "base_sha256": base_digest}
     path = folder / "benchmark.json"
     if path.is_file() and read_json(path) != settings:
         raise ValueError(f"{folder} holds a molecule benchmark of other settings ({read_json(path)}); continue it "
