@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -252,6 +253,17 @@ def test_missing_qm9pack_names_the_install_command(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def alpha_domain() -> MoleculeDomain:
     return build_domain({"name": "molecules", "subset": 600, "target_property": "alpha"})
+
+
+def test_a_hydrogen_free_model_never_gets_a_predictor_of_molecules_with_hydrogens(tmp_path, monkeypatch):
+    """The shipped alpha predictors read molecules with hydrogens; a model without them asks for its own."""
+    heavy = build_domain({"name": "molecules", "subset": 300, "hydrogens": False, "target_property": "alpha"})
+    with pytest.raises(CheckpointError, match=r"no predictor qm9-noh-alpha-a .* --no-hydrogens"):
+        heavy.predictor("a")
+    shutil.copytree(properties.SHIPPED_PREDICTORS / "qm9-alpha-a", tmp_path / "qm9-noh-alpha-a")
+    monkeypatch.setattr(properties, "SHIPPED_PREDICTORS", tmp_path)
+    with pytest.raises(CheckpointError, match="qm9-noh-alpha-a was trained on molecules with hydrogens"):
+        heavy.predictor("a")
 
 
 def test_property_targets_are_values_drawn_from_the_data_with_their_own_atom_counts(alpha_domain):

@@ -46,6 +46,7 @@ from rgdm.domains.molecules.encoding import FORMAL_CHARGES, GraphEncoding, Point
 from rgdm.domains.molecules.graph_network import BondGraphDenoiser, BondGraphRegressor
 from rgdm.domains.molecules.network import EGNNDenoiser, EGNNRegressor
 from rgdm.domains.molecules.rewards import MOLECULE_REWARDS, PropertyReward
+from rgdm.io import CheckpointError
 from rgdm.rewards import Reward
 
 #: Equal-mass bins of a target property over which ``p(M | c)`` is tabulated.
@@ -249,12 +250,25 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
         return named
 
     def predictor(self, half: Literal["a", "b"]) -> Any:
-        """The shipped predictor of ``target_property`` trained on ``train_a`` (rewards) or ``train_b`` (measures)."""
+        """The shipped predictor of ``target_property`` trained on ``train_a`` (rewards) or ``train_b`` (measures),
+        on molecules encoded as this domain's are: ``qm9-alpha-a`` with hydrogens, ``qm9-noh-alpha-a`` without."""
         from rgdm.domains.molecules.properties import PropertyPredictor
 
-        name = f"qm9-{self._require_target_property()}-{half}"
+        hydrogens = self.options.hydrogens
+        name = f"qm9-{'' if hydrogens else 'noh-'}{self._require_target_property()}-{half}"
         if name not in self._predictors:
-            self._predictors[name] = PropertyPredictor.load(name)
+            try:
+                predictor = PropertyPredictor.load(name)
+            except CheckpointError as missing:
+                raise CheckpointError(
+                    f"no predictor {name} for this {'' if hydrogens else 'hydrogen-free '}model's property target: "
+                    f"train one with rgdm train-predictor --property {self.options.target_property} --split "
+                    f"train_{half}{'' if hydrogens else ' --no-hydrogens'} and save it as "
+                    f"rgdm/checkpoints/predictors/{name}") from missing
+            if predictor.meta["domain"]["hydrogens"] != hydrogens:
+                raise CheckpointError(f"{name} was trained on molecules {'without' if hydrogens else 'with'} "
+                                      "hydrogens; it cannot score this model's")
+            self._predictors[name] = predictor
         return self._predictors[name]
 
     def property_reward(self, half: Literal["a", "b"]) -> PropertyReward:
