@@ -94,3 +94,21 @@ def test_the_null_condition_has_the_kind_of_the_condition():
     assert is_null(torch.tensor([float("nan"), 3.0]), 3).tolist() == [True, False], "3.0 is a value, not the token"
     with pytest.raises(ValueError, match="standard deviation must be positive"):
         Conditioning(2, 4).enable_values(0.0, 0.0)
+
+
+def test_an_unconditional_model_retargeted_to_a_property_answers_every_value_as_no_target():
+    """Classifier guidance and plain baselines sample the unconditional base at property values: its new value
+    path starts at zero, so the network's output is the base's, whatever the value."""
+    from rgdm.engine.builder import load_trained, retarget
+
+    base = load_trained("qm9-noh-pretrained")
+    alpha = retarget(base, {"target_property": "alpha"})
+    assert alpha.domain.target_kind == "value" and alpha.meta["domain"]["target_property"] == "alpha"
+    prior = alpha.domain.prior_batch(3, torch.Generator().manual_seed(0), torch.tensor([60.0, 75.0, 90.0]))
+    noisy = alpha.domain.encoding.zeros(3, prior.mask.shape[1]).apply(lambda part: torch.randn_like(part))
+    t = torch.full((3,), 0.5)
+    with torch.no_grad():
+        plain = base.net(noisy, t, None, prior.mask)
+        for values in (prior.cond, prior.cond + 10):
+            targeted = alpha.net(noisy, t, values, prior.mask)
+            torch.testing.assert_close(targeted.to_dict(), plain.to_dict(), rtol=0, atol=0)

@@ -13,7 +13,7 @@ from torch import nn
 from rgdm import registry
 from rgdm.algorithms import Algorithm
 from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule
-from rgdm.diffusion.conditioning import conditioning_of
+from rgdm.diffusion.conditioning import conditioning_of, parent_weights
 from rgdm.domains import Domain, build_domain
 from rgdm.domains.base import SupportsTargets
 from rgdm.engine.checkpoint import load_model
@@ -84,6 +84,38 @@ def load_trained(name_or_dir: str | Path, device: str = "cpu", tie_untrained_tar
     if tie_untrained_targets and not trained_with_conditions(meta):
         tie_targets_to_null(net)
     return LoadedModel(domain, diffusion, net.to(device).eval(), meta, str(name_or_dir))
+
+
+def network_holding(domain: Domain, network: dict[str, Any], parent: LoadedModel) -> nn.Module:
+    """A network built by ``domain`` (with ``network`` options) holding ``parent``'s weights.
+
+    The weights must fit it: a domain option that changes the sample (a point-cloud molecule model
+    as a bond model) is an error here, not a crash deep in training or sampling. The only weights a
+    parent may lack are those of a condition's value path, which a property target adds: they start at
+    zero, so the network answers every value as its parent answers no target. A parent's value path
+    standardised for another quantity (a model of alpha asked for the gap) is left behind the same way.
+    """
+    net = domain.build_network(network)
+    state, optional = parent_weights(net, parent.net.state_dict())
+    expected = {k: v.shape for k, v in net.state_dict().items() if k not in optional or k in state}
+    if expected != {k: v.shape for k, v in state.items()}:
+        ours, theirs = domain.config(), parent.meta["domain"]
+        changed = sorted(k for k in ours if theirs.get(k) != ours[k])
+        because = f" (its domain options {', '.join(changed)} differ)" if changed else ""
+        raise CheckpointError(f"the weights of {parent.source or 'the parent model'} do not fit a {domain.name} "
+                              f"network of these options{because}; use a model of the same kind, or pre-train one "
+                              "for these options with rgdm train")
+    net.load_state_dict(state, strict=False)
+    return net
+
+
+def retarget(model: LoadedModel, target_options: dict[str, Any]) -> LoadedModel:
+    """``model`` on its domain with ``target_options`` changed (``{"target_property": "alpha"}``), its weights
+    in the network that domain builds: an unconditional model asked for property values samples exactly as
+    before (its new value path starts at zero), which classifier guidance and plain baselines need."""
+    domain = build_domain(model.meta["domain"] | target_options)
+    net = network_holding(domain, model.meta["network"], model).to(next(model.net.parameters()).device).eval()
+    return LoadedModel(domain, model.diffusion, net, {**model.meta, "domain": domain.config()}, model.source)
 
 
 def trained_with_conditions(meta: dict[str, Any]) -> bool:

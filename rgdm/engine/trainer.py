@@ -18,14 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from rgdm.batch import Batch, flatten_parts, unflatten_parts
 from rgdm.diffusion import EpsModel, SamplingInterrupted
-from rgdm.diffusion.conditioning import parent_weights
 from rgdm.domains import build_domain
 from rgdm.domains.base import SupportsTargets
 from rgdm.engine.builder import (
@@ -34,6 +32,7 @@ from rgdm.engine.builder import (
     make_algorithm,
     make_diffusion,
     make_scorer,
+    network_holding,
     tie_targets_to_null,
     trained_with_conditions,
 )
@@ -87,7 +86,7 @@ class Trainer:
         self.domain = build_domain(config.domain)
         self.diffusion = make_diffusion(config.diffusion, self.domain)
         if parent is not None:
-            self.net = self._network_holding(parent, config)
+            self.net = network_holding(self.domain, config.network, parent)
         else:
             with torch.random.fork_rng():
                 torch.manual_seed(config.train.seed)
@@ -135,28 +134,6 @@ class Trainer:
         self._clock: tuple[float, float] | None = None  # (perf_counter at fit start, wall_s then)
         self._stop_signal: int | None = None
         self.context.interrupt = lambda: any_process(self._stop_signal is not None, self.shard)
-
-    def _network_holding(self, parent: LoadedModel, config: RunConfig) -> nn.Module:
-        """The fine-tune's network, built by this run's domain, holding the parent's weights.
-
-        The parent's weights must fit it: a domain option that changes the sample (a point-cloud molecule
-        model fine-tuned with ``domain.bonds=true``) is an error here, not a crash deep in training. The
-        only weights a parent may lack are those of a condition's value path, which a fine-tune for a
-        property target adds: they start at zero, so the network answers every value as its parent
-        answers no target. A parent's value path standardised for another quantity (a model of alpha
-        fine-tuned for the gap) is left behind the same way: values keep the meaning this run gives them.
-        """
-        net = self.domain.build_network(config.network)
-        state, optional = parent_weights(net, parent.net.state_dict())
-        expected = {k: v.shape for k, v in net.state_dict().items() if k not in optional or k in state}
-        if expected != {k: v.shape for k, v in state.items()}:
-            changed = sorted(k for k in config.domain if parent.meta["domain"].get(k) != config.domain[k])
-            because = f" (its domain options {', '.join(changed)} differ from this run's)" if changed else ""
-            raise CheckpointError(f"the weights of {config.init} do not fit this run's {self.domain.name} "
-                                  f"network{because}; fine-tune a model of the same kind, or pre-train one for "
-                                  "these options with rgdm train")
-        net.load_state_dict(state, strict=False)
-        return net
 
     def _targets(self, targets: list[int] | list[float] | None) -> list[int] | list[float] | None:
         """The run's targets in the domain's kind: a value domain's ``[70, 75]`` are values, not classes."""
