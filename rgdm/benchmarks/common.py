@@ -4,6 +4,7 @@ the mean and spread over seeds."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import statistics
 import time
@@ -21,6 +22,8 @@ from rgdm.engine.config import RunConfig
 from rgdm.engine.generate import Sampler
 from rgdm.io import read_json, write_json
 from rgdm.rewards import Scorer
+
+log = logging.getLogger("rgdm.bench")
 
 
 def mean(values: Sequence[float]) -> float:
@@ -87,6 +90,29 @@ def finetune(config: RunConfig, run_dir: Path, point: Callable[[LoadedModel, dic
     model, args = _trained_model(trainer)
     return FinetuneRun(model, args, [tuple(p["point"]) for p in points], trainer.counter.calls,
                        trainer.network_evaluations(), trainer.wall_s - measuring)
+
+
+def bound_work_folder(folder: Path, settings: dict[str, Any], suite: str) -> Path:
+    """``folder``, bound to ``settings`` on first use (``benchmark.json``): a benchmark's runs of other settings
+    are never mixed in. Settings name the base by its weights' digest: a base re-shipped under the same name is
+    another base."""
+    path = folder / "benchmark.json"
+    if path.is_file() and read_json(path) != settings:
+        raise ValueError(f"{folder} holds a {suite} benchmark of other settings ({read_json(path)}); continue it "
+                         "with those, or give another --work-dir")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(path, settings)
+    return folder
+
+
+def kept(path: Path, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The finished run recorded at ``path`` (JSON), or ``run()`` recorded there."""
+    if path.is_file():
+        log.info("read back %s", path)
+        return read_json(path)
+    finished = run()
+    write_json(path, finished)
+    return finished
 
 
 class SamplerBudget(Protocol):

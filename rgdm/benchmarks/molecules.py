@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import math
 import tempfile
 import time
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from rgdm.batch import Batch
-from rgdm.benchmarks.common import finetune, mean, sample_with_reward, spread
+from rgdm.benchmarks.common import bound_work_folder, finetune, kept, mean, sample_with_reward, spread
 from rgdm.domains.base import pyplot, save_figure
 from rgdm.domains.molecules.chemistry import valid_rdkit
 from rgdm.domains.molecules.domain import MoleculeDomain
@@ -44,10 +43,8 @@ from rgdm.domains.molecules.rewards import qed
 from rgdm.engine import LoadedModel, generate, load_config, load_trained
 from rgdm.engine.builder import seeded_generator
 from rgdm.engine.trainer import TrainingInterrupted
-from rgdm.io import read_json, write_json
 from rgdm.rewards import RewardCounter
 
-log = logging.getLogger("rgdm.bench")
 FINETUNE_PRESET = Path(__file__).resolve().parent.parent / "configs" / "finetune-molecules.yaml"
 
 
@@ -287,7 +284,8 @@ def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False
     seed_list = list(range(seeds if seeds is not None else (1 if quick else 3)))
     runs: dict[str, list[MethodRun]] = {name: [] for name in chosen}
     with contextlib.ExitStack() as stack:
-        folder = _work_folder(work_dir, task, budget, base.meta.get("sha256")) if work_dir is not None else Path(
+        settings = {"task": asdict(task), "budget": asdict(budget), "base_sha256": base.meta.get("sha256")}
+        folder = bound_work_folder(work_dir, settings, "molecule") if work_dir is not None else Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="rgdm-bench-molecules-")))
 
         def run(name: str, seed: int) -> MethodRun:
@@ -315,28 +313,9 @@ def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False
             "methods": summaries}
 
 
-def _work_folder(folder: Path, task: MoleculeTask, budget: Budget, base_digest: str | None) -> Path:
-    """``folder``, bound on first use to ``task``, ``budget`` and the base's weights (their digest: a base
-    re-shipped under the same name is another base): runs of another setting are never mixed in."""
-    settings = {"task": asdict(task), "budget": asdict(budget), "base_sha256": base_digest}
-    path = folder / "benchmark.json"
-    if path.is_file() and read_json(path) != settings:
-        raise ValueError(f"{folder} holds a molecule benchmark of other settings ({read_json(path)}); continue it "
-                         "with those, or give another --work-dir")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(path, settings)
-    return folder
-
-
 def _kept(path: Path, run: Callable[[], MethodRun]) -> MethodRun:
-    """The run recorded at ``path``, or ``run()`` recorded there."""
-    if path.is_file():
-        log.info("read back %s", path)
-        recorded = read_json(path)
-        return MethodRun(**{**recorded, "curve": [tuple(point) for point in recorded["curve"]]})
-    finished = run()
-    write_json(path, asdict(finished))
-    return finished
+    recorded = kept(path, lambda: asdict(run()))
+    return MethodRun(**{**recorded, "curve": [tuple(point) for point in recorded["curve"]]})
 
 
 def _cell(summary: dict[str, Any], metric: str) -> str:
