@@ -13,9 +13,10 @@ from rgdm.engine.config import UsageError
 def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rgdm bench SUITE`` to the command line."""
     bench = commands.add_parser("bench", help="benchmarks with JSON output")
-    bench.add_argument("suite", choices=["toy", "molecules", "perf", "profile", "curve", "steps"],
+    bench.add_argument("suite", choices=["toy", "molecules", "properties", "perf", "profile", "curve", "steps"],
                        help="toy: every method on the toy tasks; molecules: every method on a molecule reward at "
-                            "equal reward calls; perf: speed and memory of sampling, training steps "
+                            "equal reward calls; properties: property targets by EDM's protocol, RGDM against "
+                            "CFG and classifier guidance; perf: speed and memory of sampling, training steps "
                             "and rewards; profile: torch.profiler operator tables of the step-wise and guided paths; "
                             "curve: quality of every checkpoint of a run (--run) against training hours; steps: "
                             "quality of a model (--checkpoint) against sampling steps")
@@ -32,16 +33,18 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--run", help="curve: the training run folder")
     bench.add_argument("--every", type=int, default=1, metavar="STEPS",
                        help="curve: sample only checkpoints at multiples of this step (and the last one)")
-    bench.add_argument("--checkpoint", help="steps, molecules: shipped name or model folder (molecules: default "
-                       "qm9-noh-pretrained)")
+    bench.add_argument("--checkpoint", help="steps, molecules, properties: shipped name or model folder (default "
+                       "molecules: qm9-noh-pretrained; properties: qm9-pretrained)")
+    bench.add_argument("--properties", help="properties: comma-separated subset of mu,alpha,Cv,homo,lumo,gap")
     bench.add_argument("--reward", help="molecules: the reward (default qed; xtb-strain for models with hydrogens)")
-    bench.add_argument("--temperature", type=float, help="molecules: tau of the pay-off (default 0.02)")
+    bench.add_argument("--temperature", type=float, help="molecules, properties: tau of the pay-off (default 0.02; "
+                       "properties: 0.05)")
     bench.add_argument("--floor", type=float, help="molecules: reward of invalid molecules (default 0; below the "
                        "reward's range for xtb-strain, e.g. -1)")
     bench.add_argument("--no-posebusters", action="store_true", help="molecules: skip PoseBusters (slow)")
-    bench.add_argument("--work-dir", type=Path, help="molecules: keep every run here; the same command again "
-                       "continues a stopped benchmark: finished runs are read back, a stopped fine-tune resumes from "
-                       "its newest checkpoint (default: a temporary folder)")
+    bench.add_argument("--work-dir", type=Path, help="molecules, properties: keep every run here; the same command "
+                       "again continues a stopped benchmark: finished runs are read back, a stopped fine-tune resumes "
+                       "from its newest checkpoint (default: a temporary folder)")
     bench.add_argument("-n", type=int, default=200, help="curve, steps: samples per point")
     bench.add_argument("--sampling-steps", type=lambda text: [int(v) for v in text.split(",")], default=[100],
                        help="curve: sampling steps (default 100); steps: comma-separated counts, e.g. 25,50,100")
@@ -60,6 +63,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
         return
     if args.suite == "molecules":
         cmd_bench_molecules(args)
+        return
+    if args.suite == "properties":
+        cmd_bench_properties(args)
         return
     from rgdm.benchmarks.toy import markdown_table, plot_curves, run_toy_benchmark
 
@@ -104,6 +110,20 @@ def cmd_bench_molecules(args: argparse.Namespace) -> None:
     path = Path(args.json)
     write_report(path, result, markdown_table(result))
     print(f"curves in {plot_curves(result, path.with_suffix('.png'))}")
+
+
+def cmd_bench_properties(args: argparse.Namespace) -> None:
+    from rgdm.benchmarks.properties import PropertyTask, markdown_table, plot_errors, run_property_benchmark
+
+    given = {"checkpoint": args.checkpoint, "temperature": args.temperature}
+    result = run_property_benchmark(PropertyTask(**{k: v for k, v in given.items() if v is not None}),
+                                    quick=args.quick, seeds=args.seeds,
+                                    properties=args.properties.split(",") if args.properties else None,
+                                    methods=args.methods.split(",") if args.methods else None,
+                                    progress=not args.quiet, work_dir=args.work_dir)
+    path = Path(args.json)
+    write_report(path, result, markdown_table(result))
+    print(f"errors per property in {plot_errors(result, path.with_suffix('.png'))}")
 
 
 def cmd_bench_perf(args: argparse.Namespace) -> None:

@@ -1,0 +1,281 @@
+"""``rgdm bench properties``: property targets by EDM's protocol, RGDM against conditional diffusion and
+classifier guidance at equal label budgets, for QM9's six properties.
+
+Per property and seed every method starts from one shipped base (default ``qm9-pretrained``, whose
+predictors ship) and may label the same ``labels`` training molecules with the rewarding predictor
+(``qm9-P-a``, trained on ``train_a``), each scored against the same ``targets`` values of the property (its
+quantiles), so every method spends ``labels * targets`` reward calls:
+
+* ``rgdm-data``: RGDM's pay-off weights ``exp(r(x, c) / tau)`` over the labelled rows, conditioned on ``c``;
+* ``cfg``: the conditional-diffusion peer (the library's CFG fine-tune, sampled at scale 1, the plain
+  conditional model): each ``c`` is paired with the labelled rows of its top reward class;
+* ``classifier-guidance``: the base steered by a noise-aware regressor of ``r(x, c)`` fitted on the same
+  rows, at scale ``1 / tau``, so it samples the same pay-off distribution ``p(x) exp(r(x, c) / tau)``;
+* ``pretrained``: the base sampled plainly, blind to ``c``: what a method gains over it is conditioning.
+
+Each samples ``eval_samples`` molecules at targets ``c`` drawn from the data with atom counts from
+``p(M | c)``, and the measuring predictor (``qm9-P-b``, trained on ``train_b``, never a reward) measures
+``|f_b(x) - c|`` over all of them (EDM's number) and over the valid ones. EDM's reference rows (naive,
+#Atoms and the L-bound, the measuring predictor's own error) are computed by this pipeline, and the table
+sets EDM's published rows beside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rgdm.algorithms import ClassifierGuidance
+from rgdm.benchmarks.common import bound_work_folder, finetune, kept, mean, spread
+from rgdm.domains.base import pyplot, save_figure
+from rgdm.domains.molecules.data import PROPERTIES
+from rgdm.domains.molecules.domain import MoleculeDomain
+from rgdm.engine import generate, load_config, load_trained
+from rgdm.engine.builder import LoadedModel, retarget, seeded_generator
+from rgdm.engine.guide import train_guide
+from rgdm.engine.trainer import TrainingInterrupted
+from rgdm.rewards import RewardCounter
+
+FINETUNE_PRESET = Path(__file__).resolve().parent.parent / "configs" / "finetune-molecules.yaml"
+PROPERTY_ORDER = ("mu", "alpha", "Cv", "homo", "lumo", "gap")
+UNITS = {"mu": "D", "alpha": "bohr³", "Cv": "cal/(mol K)", "homo": "meV", "lumo": "meV", "gap": "meV"}
+METHODS = ("pretrained", "rgdm-data", "cfg", "classifier-guidance")
+#: EDM's table (Hoogeboom et al., 2022, Table 3), MAE on QM9 in D, bohr^3, cal/(mol K) and meV.
+PUBLISHED = {
+    "naive (shuffled)": {"mu": 1.616, "alpha": 9.01, "Cv": 6.857, "homo": 645, "lumo": 1457, "gap": 1470},
+    "#Atoms": {"mu": 1.053, "alpha": 3.86, "Cv": 1.971, "homo": 426, "lumo": 813, "gap": 866},
+    "conditional EDM": {"mu": 1.111, "alpha": 2.76, "Cv": 1.101, "homo": 356, "lumo": 584, "gap": 655},
+    "L-bound": {"mu": 0.043, "alpha": 0.10, "Cv": 0.040, "homo": 39, "lumo": 36, "gap": 64},
+}
+#: This pipeline's reference rows (``MoleculeDomain.edm_reference_errors``), named as EDM's.
+REFERENCE_ROWS = {"naive (shuffled)": "edm_naive_mae", "#Atoms": "edm_atoms_mae", "L-bound": "edm_lbound_mae"}
+#: The final table's metrics per method, mean ± spread over seeds.
+FINAL_METRICS = ("property_mae", "property_mae_valid", "validity", "uniqueness")
+
+
+@dataclass(frozen=True)
+class PropertyTask:
+    """The base every method starts from and the pay-off temperature of the scaled reward
+    ``-|f_a(x) - c| / s`` (``s``: the property's standard deviation)."""
+
+    checkpoint: str = "qm9-pretrained"
+    temperature: float = 0.05
+
+
+@dataclass(frozen=True)
+class PropertyBudget:
+    """What each method may spend per property and seed; ``QUICK`` runs every method in minutes on a CPU."""
+
+    labels: int
+    targets: int
+    finetune_steps: int
+    batch_size: int
+    lr: float
+    guide_steps: int
+    eval_samples: int
+    sampling_steps: int
+
+
+FULL = PropertyBudget(labels=20_000, targets=16, finetune_steps=3000, batch_size=64, lr=3e-4, guide_steps=3000,
+                      eval_samples=1000, sampling_steps=100)
+QUICK = PropertyBudget(labels=64, targets=4, finetune_steps=20, batch_size=16, lr=3e-4, guide_steps=20,
+                       eval_samples=16, sampling_steps=10)
+
+
+def target_grid(domain: MoleculeDomain, count: int) -> list[float]:
+    """``count`` values of the domain's property at the midpoints of equal-mass bins: the targets every
+    method's labelled rows are scored against."""
+    levels = (torch.arange(count, dtype=torch.float64) + 0.5) / count
+    return [round(float(v), 6) for v in torch.quantile(domain.property_values.double(), levels)]
+
+
+class PropertyCase:
+    """One property: the base on that property's domain, its targets, and the measure of samples."""
+
+    def __init__(self, task: PropertyTask, budget: PropertyBudget, base: LoadedModel, name: str) -> None:
+        self.task, self.budget, self.name = task, budget, name
+        self.model = retarget(base, {"target_property": name})
+        self.targets = target_grid(self.model.domain, budget.targets)
+
+    def measure(self, model: LoadedModel, seed: int, **generate_args: Any) -> tuple[dict[str, Any], float, int]:
+        """``eval_samples`` samples at drawn ``(c, M)``: their metrics, sampling seconds and network evaluations
+        (the guide's included)."""
+        before = model.eps_model.evaluations
+        start = time.perf_counter()
+        samples = generate(model, self.budget.eval_samples, seeded_generator(10_000 + seed), target="all",
+                           steps=self.budget.sampling_steps, **generate_args)
+        seconds = time.perf_counter() - start
+        transition = generate_args.get("transition")
+        evaluations = model.eps_model.evaluations - before + getattr(transition, "evaluations", 0)
+        metrics = self.model.domain.quality_metrics(samples, None, None, seeded_generator(0), posebusters=0)
+        return metrics, seconds, evaluations
+
+    def finetune(self, algorithm: str, seed: int, run_dir: Path, progress: bool) -> dict[str, Any]:
+        budget = self.budget
+        config = load_config(FINETUNE_PRESET, [
+            f"init={self.task.checkpoint}", f"domain.target_property={self.name}", "reward.name=property",
+            f"algorithm.name={algorithm}", f"algorithm.temperature={self.task.temperature}",
+            f"algorithm.scored_size={budget.labels}", f"algorithm.targets={self.targets}",
+            f"train.steps={budget.finetune_steps}", f"train.batch_size={budget.batch_size}", f"train.lr={budget.lr}",
+            f"train.seed={seed}", f"train.checkpoint_every={max(1, budget.finetune_steps // 20)}"])
+        run = finetune(config, run_dir, lambda model, args: (), budget.finetune_steps, progress)
+        metrics, seconds, evaluations = self.measure(run.model, seed, **run.generate_args)
+        return {"metrics": metrics, "reward_calls": run.reward_calls, "train_s": run.wall_s, "sample_s": seconds,
+                "network_evaluations": run.network_evaluations + evaluations}
+
+    def classifier_guidance(self, seed: int, progress: bool) -> dict[str, Any]:
+        counter = RewardCounter()
+        scorer = self.model.domain.scorer("property", counter)
+        start = time.perf_counter()
+        regressor, _ = train_guide(self.model, scorer, self.targets, rows=self.budget.labels,
+                                   steps=self.budget.guide_steps, batch_size=self.budget.batch_size, lr=1e-3,
+                                   seed=seed, progress=progress)
+        trained = time.perf_counter() - start
+        guidance = ClassifierGuidance(regressor, scale=1.0 / self.task.temperature)
+        metrics, seconds, evaluations = self.measure(self.model, seed, transition=guidance)
+        return {"metrics": metrics, "reward_calls": counter.calls, "train_s": trained, "sample_s": seconds,
+                "network_evaluations": evaluations + self.budget.guide_steps * self.budget.batch_size}
+
+    def plain(self, seed: int) -> dict[str, Any]:
+        metrics, seconds, evaluations = self.measure(self.model, seed)
+        return {"metrics": metrics, "reward_calls": 0, "train_s": 0.0, "sample_s": seconds,
+                "network_evaluations": evaluations}
+
+    def run(self, method: str, seed: int, folder: Path, progress: bool) -> dict[str, Any]:
+        if method == "pretrained":
+            return self.plain(seed)
+        if method == "classifier-guidance":
+            return self.classifier_guidance(seed, progress)
+        return self.finetune(method, seed, folder / f"{self.name}-{method}-seed{seed}", progress)
+
+
+def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False, seeds: int | None = None,
+                           properties: list[str] | None = None, methods: list[str] | None = None,
+                           progress: bool = True, work_dir: Path | None = None) -> dict[str, Any]:
+    """Every method (or ``methods``) for every property (or ``properties``) and seed: the JSON of the
+    benchmark. ``work_dir`` keeps every run, and the same call continues a stopped benchmark (finished runs
+    are read back, a stopped fine-tune resumes from its checkpoint)."""
+    task = task or PropertyTask()
+    budget = QUICK if quick else FULL
+    names = list(properties or PROPERTY_ORDER)
+    for options, known, kind in ((names, PROPERTIES, "property"), (methods or [], METHODS, "method")):
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"unknown {kind} {unknown}; choose among {', '.join(known)}")
+    chosen = [method for method in METHODS if methods is None or method in methods]
+    base = load_trained(task.checkpoint)
+    if not isinstance(base.domain, MoleculeDomain):
+        raise ValueError(f"{task.checkpoint} is a {base.domain.name} model; the property benchmark needs a QM9 model")
+    seed_list = list(range(seeds if seeds is not None else (1 if quick else 3)))
+    results: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        settings = {"task": asdict(task), "budget": asdict(budget), "base_sha256": base.meta.get("sha256")}
+        folder = bound_work_folder(work_dir, settings, "property") if work_dir is not None else Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="rgdm-bench-properties-")))
+        for name in names:
+            case = PropertyCase(task, budget, base, name)
+            runs: dict[str, list[dict[str, Any]]] = {method: [] for method in chosen}
+            for seed in seed_list:
+                for method in chosen:
+                    try:
+                        runs[method].append(kept(folder / f"{name}-{method}-seed{seed}.json",
+                                                 functools.partial(case.run, method, seed, folder, progress)))
+                    except TrainingInterrupted as stop:
+                        raise TrainingInterrupted(f"the property benchmark stopped at {name}, {method}, seed {seed}; "
+                                                  + (f"run the same command to continue from {work_dir}"
+                                                     if work_dir is not None else "nothing is kept without --work-dir")
+                                                  ) from stop
+            reference = case.model.domain.edm_reference_errors
+            results[name] = {"targets": case.targets, "unit": UNITS[name],
+                             "reference": {row: reference[key] for row, key in REFERENCE_ROWS.items()},
+                             "methods": {method: _summarise(method_runs, seed_list)
+                                         for method, method_runs in runs.items()}}
+    return {"task": asdict(task), "quick": quick, "budget": asdict(budget), "seeds": seed_list,
+            "properties": results}
+
+
+def _summarise(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for metric in FINAL_METRICS:
+        values = [run["metrics"].get(metric) for run in runs]
+        known = None not in values
+        summary[metric] = mean(values) if known else None
+        summary[f"{metric}_std"] = spread(values) if known else None
+    for cost in ("reward_calls", "network_evaluations", "train_s", "sample_s"):
+        summary[cost] = mean([run[cost] for run in runs])
+    return {**summary, "seeds": seeds, "per_seed": runs}
+
+
+def _number(value: float | None, spread_value: float | None = None) -> str:
+    if value is None:
+        return "–"
+    digits = 0 if abs(value) >= 100 else 3 if abs(value) < 10 else 2
+    text = f"{value:.{digits}f}"
+    return text if not spread_value else f"{text} ± {spread_value:.{digits}f}"
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """MAE per property (columns) and method (rows): this run's methods over all samples (EDM's measure),
+    this pipeline's reference rows, then EDM's published rows; and the costs and validity per method."""
+    names = list(result["properties"])
+    task, budget = result["task"], result["budget"]
+    header = "| MAE | " + " | ".join(names) + " |"
+    lines = [f"`{task['checkpoint']}`, τ {task['temperature']}; {budget['labels']:,} labelled molecules × "
+             f"{budget['targets']} targets per method; {budget['eval_samples']} samples per method, property and "
+             f"seed at {budget['sampling_steps']} steps, seeds {result['seeds']}; MAE by the measuring predictor "
+             "over all samples (EDM's measure).", "", header, "|" + "---|" * (len(names) + 1)]
+    methods = list(next(iter(result["properties"].values()))["methods"]) if names else []
+    for method in methods:
+        cells = [_number(result["properties"][n]["methods"][method]["property_mae"],
+                         result["properties"][n]["methods"][method]["property_mae_std"]) for n in names]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    for row in REFERENCE_ROWS:
+        lines.append(f"| {row}, this pipeline | " + " | ".join(_number(result["properties"][n]["reference"][row])
+                                                             for n in names) + " |")
+    for row, values in PUBLISHED.items():
+        lines.append(f"| {row}, EDM's table | " + " | ".join(_number(values[n]) for n in names) + " |")
+    lines += ["", "| property | method | MAE of the valid | validity | uniqueness | reward calls | network evals | "
+                  "train s | sample s |", "|---|---|---|---|---|---|---|---|---|"]
+    for n in names:
+        for method, m in result["properties"][n]["methods"].items():
+            lines.append(f"| {n} | {method} | {_number(m['property_mae_valid'], m['property_mae_valid_std'])} | "
+                         f"{_number(m['validity'], m['validity_std'])} | {_number(m['uniqueness'])} | "
+                         f"{m['reward_calls']:,.0f} | {m['network_evaluations']:,.0f} | {m['train_s']:.0f} | "
+                         f"{m['sample_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot_errors(result: dict[str, Any], path: Path) -> Path:
+    """One panel per property: this run's MAE per method (bars, with the seeds' spread), this pipeline's
+    #Atoms and L-bound (dashed), and EDM's published conditional EDM (dotted)."""
+    plt = pyplot()
+    names = list(result["properties"])
+    columns = min(3, max(1, len(names)))
+    rows = math.ceil(len(names) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.6 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        entry = result["properties"][name]
+        methods = list(entry["methods"])
+        heights = [entry["methods"][m]["property_mae"] or np.nan for m in methods]
+        errors = [entry["methods"][m]["property_mae_std"] or 0.0 for m in methods]
+        ax.bar(range(len(methods)), heights, yerr=errors, color=[f"C{i}" for i in range(len(methods))])
+        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
+        ax.axhline(entry["reference"]["#Atoms"], ls="--", color="grey", label="#Atoms (this pipeline)")
+        ax.axhline(entry["reference"]["L-bound"], ls="--", color="black", label="L-bound (this pipeline)")
+        ax.axhline(PUBLISHED["conditional EDM"][name], ls=":", color="red", label="conditional EDM (published)")
+        ax.set(title=name, ylabel="MAE")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+

@@ -1,0 +1,52 @@
+"""``rgdm bench properties`` at a tiny budget: its JSON, tables and picture, equal label budgets, and a work
+folder that a second call reads back instead of running again."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import matplotlib.image as plt_image
+import pytest
+
+from rgdm.benchmarks import properties
+from rgdm.cli import main
+
+TINY = replace(properties.QUICK, labels=16, targets=2, finetune_steps=4, batch_size=8, guide_steps=4, eval_samples=4,
+               sampling_steps=3)
+
+
+def test_the_property_bench_spends_equal_labels_and_writes_json_tables_and_a_picture(tmp_path, monkeypatch):
+    monkeypatch.setattr(properties, "QUICK", TINY)
+    report, work = tmp_path / "properties.json", tmp_path / "work"
+    assert main(["-q", "bench", "properties", "--quick", "--properties", "alpha", "--json", str(report),
+                 "--work-dir", str(work)]) == 0
+    result = json.loads(report.read_text())
+    alpha = result["properties"]["alpha"]
+    assert list(alpha["methods"]) == list(properties.METHODS)
+    assert len(alpha["targets"]) == 2 and alpha["targets"][0] < alpha["targets"][1], "quantiles of alpha"
+    calls = {name: summary["reward_calls"] for name, summary in alpha["methods"].items()}
+    assert calls == {"pretrained": 0, "rgdm-data": 32, "cfg": 32, "classifier-guidance": 32}, \
+        "16 labelled molecules x 2 targets each"
+    for summary in alpha["methods"].values():
+        assert summary["property_mae"] >= 0 and summary["network_evaluations"] > 0
+        assert {"property_mae_valid", "validity", "uniqueness", "train_s", "sample_s", "per_seed"} <= set(summary)
+    assert 0 < alpha["reference"]["L-bound"] < alpha["reference"]["#Atoms"] < alpha["reference"]["naive (shuffled)"]
+    table = report.with_suffix(".md").read_text()
+    assert "| conditional EDM, EDM's table | 2.760 |" in table and "| #Atoms, this pipeline |" in table
+    height, width, _ = plt_image.imread(report.with_suffix(".png")).shape
+    assert width > 0 and height > 0
+
+    def never(*args, **kwargs):
+        raise AssertionError("a finished run is read back, not run again")
+
+    monkeypatch.setattr(properties.PropertyCase, "run", never)
+    again = properties.run_property_benchmark(quick=True, properties=["alpha"], progress=False, work_dir=work)
+    assert again["properties"]["alpha"]["methods"] == alpha["methods"]
+
+
+def test_unknown_properties_and_methods_are_named():
+    with pytest.raises(ValueError, match=r"unknown property \['energy'\]"):
+        properties.run_property_benchmark(quick=True, properties=["energy"])
+    with pytest.raises(ValueError, match=r"unknown method \['dpo'\]"):
+        properties.run_property_benchmark(quick=True, methods=["dpo"])
