@@ -79,17 +79,37 @@ def test_the_first_energy_is_the_generated_geometrys(ethanol: Molecule) -> None:
     assert relaxed_energy <= generated
 
 
-def test_invalid_implicit_hydrogen_and_failed_molecules_score_nan(ethanol: Molecule) -> None:
-    far = ethanol.positions.copy()
-    far[2] += 10.0  # the oxygen leaves: two fragments
-    two_fragments = Molecule(ethanol.atomic_numbers, far)
-    heavy = ethanol.atomic_numbers > 1
-    skeleton = Molecule(ethanol.atomic_numbers[heavy], ethanol.positions[heavy],
-                        ethanol.bonds[np.ix_(heavy, heavy)], implicit_hydrogens=True)
+def two_fragments(mol: Molecule) -> Molecule:
+    far = mol.positions.copy()
+    far[2] += 10.0  # the oxygen leaves
+    return Molecule(mol.atomic_numbers, far)
+
+
+def skeleton(mol: Molecule) -> Molecule:
+    """The heavy atoms of ``mol`` with their bonds, hydrogens implicit: what a model without hydrogens makes."""
+    heavy = mol.atomic_numbers > 1
+    return Molecule(mol.atomic_numbers[heavy], mol.positions[heavy], mol.bonds[np.ix_(heavy, heavy)],
+                    implicit_hydrogens=True)
+
+
+def test_invalid_and_failed_molecules_score_nan(ethanol: Molecule) -> None:
     overlapping = ethanol.positions.copy()
     overlapping[3] = overlapping[0]  # a hydrogen on its carbon: tblite refuses the geometry
     collapsed = Molecule(ethanol.atomic_numbers, overlapping, ethanol.bonds)
-    assert all(math.isnan(value) for value in xtb_strain([two_fragments, skeleton, collapsed]))
+    assert all(math.isnan(value) for value in xtb_strain([two_fragments(ethanol), collapsed]))
+
+
+def test_a_skeleton_without_hydrogens_is_scored_on_its_own_geometry(ethanol: Molecule) -> None:
+    """RDKit's hydrogens are relaxed first with the skeleton held, so a relaxed skeleton scores about as its
+    molecule with hydrogens does, and a stretched skeleton pays for its stretched bond alone."""
+    stretched = moved(ethanol, atom=2, anchor=1, factor=1.25)  # the hydroxyl hydrogen stays behind
+    calm, strained, calm_h, strained_h = xtb_strain([skeleton(ethanol), skeleton(stretched), ethanol, stretched])
+    assert calm == pytest.approx(calm_h, abs=0.005)
+    assert strained_h < strained < calm - 0.05, "the molecule with hydrogens also pays for its stranded hydrogen"
+    co2 = (np.array([6, 8, 8]), np.array([[0, 0, 0], [1.16, 0, 0], [-1.16, 0, 0]]),
+           np.array([[0, 2, 2], [2, 0, 0], [2, 0, 0]]))
+    implicit, explicit = xtb_strain([Molecule(*co2, implicit_hydrogens=True), Molecule(*co2)])
+    assert implicit == explicit < 0, "no hydrogens to place: the one relaxation of the molecule as it is"
 
 
 def test_an_scf_that_fails_during_the_relaxation_scores_nan(ethanol: Molecule, monkeypatch: pytest.MonkeyPatch
@@ -147,7 +167,7 @@ def test_tblite_prints_nothing(ethanol: Molecule, capfd: pytest.CaptureFixture[s
 
 def test_it_runs_in_the_worker_pool_with_nan_at_the_floor(ethanol: Molecule) -> None:
     assert pickle.loads(pickle.dumps(xtb_strain)) is xtb_strain
-    samples = [ethanol, Molecule(ethanol.atomic_numbers, ethanol.positions, implicit_hydrogens=True)]
+    samples = [ethanol, two_fragments(ethanol)]
     reward = BlackBoxReward(xtb_strain, name="xtb-strain", floor=-5.0, executor=WorkerPool(1, timeout=60.0))
     try:
         result = reward(samples)

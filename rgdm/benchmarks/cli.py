@@ -36,7 +36,7 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--checkpoint", help="steps, molecules, properties: shipped name or model folder (default "
                        "molecules: qm9-noh-pretrained; properties: qm9-pretrained)")
     bench.add_argument("--properties", help="properties: comma-separated subset of mu,alpha,Cv,homo,lumo,gap")
-    bench.add_argument("--reward", help="molecules: the reward (default qed; xtb-strain for models with hydrogens)")
+    bench.add_argument("--reward", help="molecules: the reward (default qed; or xtb-strain, a physics reward)")
     bench.add_argument("--temperature", type=float, help="molecules, properties: tau of the pay-off (default 0.02; "
                        "properties: 0.05)")
     bench.add_argument("--floor", type=float, help="molecules: reward of invalid molecules (default 0; below the "

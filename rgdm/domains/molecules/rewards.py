@@ -132,8 +132,9 @@ MOLECULE_REWARDS: dict[str, Reward] = _PLAIN_REWARDS | {
     "smarts": Reward(None, "1 for molecules containing the SMARTS pattern, else 0; NaN for invalid molecules",
                      max_value=1.0, parse=substructure),
     "xtb-strain": Reward(xtb_strain, "-(GFN2-xTB energy of the generated geometry - after a short relaxation) per "
-                         "atom, in eV/atom (tblite), at most 0; NaN for invalid molecules, models without hydrogens, "
-                         "failed SCF and timeouts", max_value=0.0),
+                         "atom, in eV/atom (tblite), at most 0; a model without hydrogens gets RDKit's, relaxed "
+                         "first with its skeleton held; NaN for invalid molecules, failed SCF and timeouts",
+                         max_value=0.0),
 }
 
 

@@ -11,14 +11,18 @@ the relaxed atoms are still the molecule sampled.
 
 The energy sees atoms and positions only; the molecule's bonds and charges matter twice: the molecule must
 be valid (``chemistry.valid_rdkit``, the domain's one rule), and its total charge is the sum of the formal
-charges and its unpaired electrons RDKit's radical electrons (all spins parallel). NaN, which the scorer
-puts at the reward floor, marks a molecule that is
+charges and its unpaired electrons RDKit's radical electrons (all spins parallel).
 
-* invalid, or of a model without hydrogens (``implicit_hydrogens``): the energy of a heavy-atom skeleton
-  is meaningless, and hydrogens placed by RDKit would carry RDKit's strain, not the model's. xtb-strain
-  needs models with explicit hydrogens;
-* one whose SCF does not converge, at the generated geometry or during the relaxation, or whose charge
-  and spin do not fit its electrons;
+A model without hydrogens (``implicit_hydrogens``) generates a heavy-atom skeleton, whose energy alone is
+meaningless. RDKit places its hydrogens (``AddHs(addCoords=True)``), and a first relaxation moves only
+them, the skeleton held as generated: the generated energy is the lowest of that stage, so RDKit's rough
+placement costs nothing and the strain is the skeleton's alone. The full relaxation then starts there.
+
+NaN, which the scorer puts at the reward floor, marks a molecule that is
+
+* invalid;
+* one whose SCF does not converge, at the generated geometry or during a relaxation, or whose charge and
+  spin do not fit its electrons;
 * over its ``time_limit``.
 
 Cost, one thread, molecules of QM9's size (about 12 ms of CPU per energy and gradient): 0.1 s for a DFT
@@ -30,6 +34,7 @@ a slow molecule costs only itself.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -70,13 +75,16 @@ def charge_and_spin(rdkit_mol: Chem.Mol) -> tuple[int, int]:
 
 
 def xtb_energies(atomic_numbers: np.ndarray, positions: np.ndarray, charge: int = 0, unpaired: int = 0,
-                 max_steps: int = MAX_STEPS, time_limit: float = TIME_LIMIT_S) -> tuple[float, float] | None:
+                 max_steps: int = MAX_STEPS, time_limit: float = TIME_LIMIT_S, held: np.ndarray | None = None
+                 ) -> tuple[float, float] | None:
     """GFN2-xTB energies (eV) at ``positions`` (Å) and after at most ``max_steps`` relaxation steps, or None
     if an SCF fails, the charge and spin do not fit, or ``time_limit`` seconds pass.
 
     The relaxation is scipy's L-BFGS-B on tblite's energy and gradient: a well-kept optimiser already among
     rgdm's dependencies (ASE's would add one) whose ``maxiter`` and ``maxfun`` bound the work; each energy
-    call checks the wall time. The relaxed energy is the lowest one evaluated.
+    call checks the wall time. The relaxed energy is the lowest one evaluated. With ``held`` (a boolean mask
+    of atoms), a first relaxation of at most ``max_steps`` moves only the other atoms, and the first energy
+    returned is the lowest of that stage instead of the one at ``positions``.
     """
     calculator_type, result_type, errors = _tblite()
     if (int(np.sum(atomic_numbers)) - charge - unpaired) % 2:  # tblite would smear an odd electron silently
@@ -84,32 +92,50 @@ def xtb_energies(atomic_numbers: np.ndarray, positions: np.ndarray, charge: int 
     deadline = time.perf_counter() + time_limit
     start = np.asarray(positions, dtype=np.float64) / BOHR_TO_ANGSTROM
     energies: list[float] = []  # Hartree, in the order evaluated; the first is at the generated geometry
+    lowest = [math.inf, start]  # the lowest energy met and its geometry
 
-    def energy_and_gradient(flat: np.ndarray) -> tuple[float, np.ndarray]:
+    def energy_and_gradient(geometry: np.ndarray) -> tuple[float, np.ndarray]:
         if energies and time.perf_counter() > deadline:
             raise _OutOfTime
-        calculator.update(flat.reshape(-1, 3))
+        calculator.update(geometry)
         calculator.singlepoint(result)  # in place: each SCF starts from the last density
         energies.append(float(result.get("energy")))
-        return energies[-1], np.array(result.get("gradient"), dtype=np.float64).ravel()
+        if energies[-1] < lowest[0]:
+            lowest[:] = energies[-1], geometry.copy()
+        return energies[-1], np.array(result.get("gradient"), dtype=np.float64)
 
+    def relax(geometry: np.ndarray, moving: np.ndarray) -> None:
+        """L-BFGS-B over the ``moving`` atoms' coordinates; it evaluates its start first."""
+
+        def on_moving(flat: np.ndarray) -> tuple[float, np.ndarray]:
+            trial = geometry.copy()
+            trial[moving] = flat.reshape(-1, 3)
+            energy, gradient = energy_and_gradient(trial)
+            return energy, gradient[moving].ravel()
+
+        minimize(on_moving, geometry[moving].ravel(), jac=True, method="L-BFGS-B",
+                 options={"maxiter": max_steps, "maxfun": 2 * max_steps, "gtol": FORCE_TOLERANCE})
+
+    everything = np.ones(len(start), dtype=bool)
     try:
         calculator = calculator_type("GFN2-xTB", np.asarray(atomic_numbers, dtype=np.int32), start,
                                      charge=float(charge), uhf=int(unpaired), logger=lambda _: None)
         calculator.set("verbosity", 0)
         result = result_type()
-        # L-BFGS-B evaluates the start first, so energies[0] is the generated geometry's.
-        minimize(energy_and_gradient, start.ravel(), jac=True, method="L-BFGS-B",
-                 options={"maxiter": max_steps, "maxfun": 2 * max_steps, "gtol": FORCE_TOLERANCE})
+        generated = None  # without a first stage: the full relaxation's first energy, at ``positions``
+        if held is not None and not np.all(held):
+            relax(start, ~np.asarray(held, dtype=bool))
+            generated = lowest[0]
+        relax(lowest[1], everything)
     except (_OutOfTime, *errors):
         return None
-    return energies[0] * HARTREE_TO_EV, min(energies) * HARTREE_TO_EV
+    return (energies[0] if generated is None else generated) * HARTREE_TO_EV, lowest[0] * HARTREE_TO_EV
 
 
 def xtb_strain(samples: Sequence[Molecule], *, max_steps: int = MAX_STEPS, time_limit: float = TIME_LIMIT_S,
                threads: int | None = 1) -> list[float]:
     """``-(E_generated - E_relaxed) / n_atoms`` in eV/atom by GFN2-xTB, at most 0; NaN for invalid molecules,
-    molecules without explicit hydrogens, failed SCF and timeouts (see the module).
+    failed SCF and timeouts (see the module). A molecule without hydrogens gets RDKit's, relaxed first.
 
     ``time_limit`` (seconds) holds per molecule. ``threads`` caps OpenMP threads during the call (one per
     worker process suits the reward pool, and keeps forking safe); None leaves them as they are.
@@ -121,12 +147,18 @@ def xtb_strain(samples: Sequence[Molecule], *, max_steps: int = MAX_STEPS, time_
 
 
 def _strain(mol: Molecule, max_steps: int, time_limit: float) -> float:
-    rdkit_mol = None if mol.implicit_hydrogens else valid_rdkit(mol, keep_hydrogens=True)
+    rdkit_mol = valid_rdkit(mol, keep_hydrogens=True)
     if rdkit_mol is None:
         return float("nan")
     charge, unpaired = charge_and_spin(rdkit_mol)
-    energies = xtb_energies(mol.atomic_numbers, mol.positions, charge, unpaired, max_steps, time_limit)
+    numbers, positions, held = mol.atomic_numbers, mol.positions, None
+    if mol.implicit_hydrogens:  # RDKit's hydrogens after the skeleton's atoms, relaxed first with it held
+        rdkit_mol = Chem.AddHs(rdkit_mol, addCoords=True)
+        numbers = np.array([atom.GetAtomicNum() for atom in rdkit_mol.GetAtoms()])
+        positions = rdkit_mol.GetConformer().GetPositions()
+        held = np.arange(len(numbers)) < len(mol)
+    energies = xtb_energies(numbers, positions, charge, unpaired, max_steps, time_limit, held)
     if energies is None:
         return float("nan")
     generated, relaxed = energies
-    return -(generated - relaxed) / len(mol)
+    return -(generated - relaxed) / len(numbers)
