@@ -57,18 +57,22 @@ def test_the_quick_bench_writes_json_markdown_and_curves(tmp_path, monkeypatch):
 
 
 def test_a_method_that_asks_for_more_calls_stops_at_the_budget(monkeypatch):
-    """Two rounds of 24 own samples ask for 48 calls: the budget of 32 stops the run before the second."""
+    """Two rounds of 24 own samples ask for 48 calls: a budget of 40 (given instead of the budget's 32) stops
+    the run before the second."""
     monkeypatch.setattr(molecules, "QUICK", replace(TINY, posebusters=0))
     greedy = ["algorithm.name=rgdm-model", "algorithm.rounds=2", "algorithm.buffer_size=24",
               "algorithm.sample_steps=5"]
     monkeypatch.setattr(molecules, "training_methods", lambda budget, timesteps: {"rgdm-model": greedy})
-    result = molecules.run_molecule_benchmark(quick=True, methods=["rgdm-model"], progress=False)
+    result = molecules.run_molecule_benchmark(quick=True, methods=["rgdm-model"], progress=False, reward_calls=40)
+    assert result["budget"]["reward_calls"] == 40
     summary = result["methods"]["rgdm-model"]
     assert summary["reward_calls"] == 24
     assert summary["per_seed"][0]["curve"][-1][0] == 24, "the early stop is measured too"
     assert "posebusters_pass" not in summary["per_seed"][0]["metrics"], "PoseBusters off"
     with pytest.raises(ValueError, match="unknown molecule benchmark methods"):
         molecules.run_molecule_benchmark(quick=True, methods=["dpo"])
+    with pytest.raises(ValueError, match="reward_calls must be at least 16"):
+        molecules.run_molecule_benchmark(quick=True, reward_calls=8)
 
 
 def test_a_stopped_benchmark_continues_from_its_work_dir_as_if_never_stopped(tmp_path, monkeypatch):

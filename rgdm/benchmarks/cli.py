@@ -42,6 +42,8 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--floor", type=float, help="molecules: reward of invalid molecules (default 0; below the "
                        "reward's range for xtb-strain, e.g. -1)")
     bench.add_argument("--no-posebusters", action="store_true", help="molecules: skip PoseBusters (slow)")
+    bench.add_argument("--reward-calls", type=int, help="molecules: each method's reward-call budget instead of "
+                       "12,288 (128 with --quick), for an expensive reward such as xtb-strain")
     bench.add_argument("--work-dir", type=Path, help="molecules, properties: keep every run here; the same command "
                        "again continues a stopped benchmark: finished runs are read back, a stopped fine-tune resumes "
                        "from its newest checkpoint (default: a temporary folder)")
@@ -106,7 +108,7 @@ def cmd_bench_molecules(args: argparse.Namespace) -> None:
     result = run_molecule_benchmark(MoleculeTask(**{k: v for k, v in given.items() if v is not None}),
                                     quick=args.quick, seeds=args.seeds, posebusters=not args.no_posebusters,
                                     methods=args.methods.split(",") if args.methods else None, progress=not args.quiet,
-                                    work_dir=args.work_dir)
+                                    work_dir=args.work_dir, reward_calls=args.reward_calls)
     path = Path(args.json)
     write_report(path, result, markdown_table(result))
     print(f"curves in {plot_curves(result, path.with_suffix('.png'))}")

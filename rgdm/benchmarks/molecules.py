@@ -259,9 +259,10 @@ def hacking(summary: dict[str, Any], base: dict[str, Any], samples: int) -> list
 
 def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False, seeds: int | None = None,
                            methods: list[str] | None = None, posebusters: bool = True, progress: bool = True,
-                           work_dir: Path | None = None) -> dict[str, Any]:
+                           work_dir: Path | None = None, reward_calls: int | None = None) -> dict[str, Any]:
     """Every method (or ``methods``, the base always with them) for every seed, at the ``QUICK`` or ``FULL``
-    budget: the JSON of the benchmark. ``posebusters=False`` skips PoseBusters.
+    budget (with ``reward_calls`` instead of its own, for an expensive reward): the JSON of the benchmark.
+    ``posebusters=False`` skips PoseBusters.
 
     ``work_dir`` keeps every run: a finished (method, seed) is read back from its JSON, and a stopped
     fine-tune resumes from its newest checkpoint, so the same call continues a benchmark that a working
@@ -271,6 +272,11 @@ def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False
     budget = QUICK if quick else FULL
     if not posebusters:
         budget = replace(budget, posebusters=0)
+    if reward_calls is not None:
+        if reward_calls < budget.ddpo_trajectories:
+            raise ValueError(f"reward_calls must be at least {budget.ddpo_trajectories} (one DDPO refresh), "
+                             f"got {reward_calls}")
+        budget = replace(budget, reward_calls=reward_calls)
     unknown = sorted(set(methods or ()) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown molecule benchmark methods {unknown}; choose among {', '.join(METHODS)}")
