@@ -107,8 +107,8 @@ class PropertyCase:
         self.targets = target_grid(self.model.domain, budget.targets)
 
     def measure(self, model: LoadedModel, seed: int, **generate_args: Any) -> tuple[dict[str, Any], float, int]:
-        """``eval_samples`` samples at drawn ``(c, M)``: their metrics, sampling seconds and network evaluations
-        (the guide's included)."""
+        """``eval_samples`` samples at drawn ``(c, M)``, the same pairs for every method of a seed: their metrics,
+        sampling seconds and network evaluations (the guide's included)."""
         before = model.eps_model.evaluations
         start = time.perf_counter()
         samples = generate(model, self.budget.eval_samples, seeded_generator(10_000 + seed), target="all",
@@ -119,7 +119,7 @@ class PropertyCase:
         metrics = self.model.domain.quality_metrics(samples, None, None, seeded_generator(0), posebusters=0)
         return metrics, seconds, evaluations
 
-    def finetune(self, algorithm: str, seed: int, run_dir: Path, progress: bool) -> dict[str, Any]:
+    def fine_tuned(self, algorithm: str, seed: int, run_dir: Path, progress: bool) -> dict[str, Any]:
         budget = self.budget
         config = load_config(FINETUNE_PRESET, [
             f"init={self.task.checkpoint}", f"domain.target_property={self.name}", "reward.name=property",
@@ -155,7 +155,7 @@ class PropertyCase:
             return self.plain(seed)
         if method == "classifier-guidance":
             return self.classifier_guidance(seed, progress)
-        return self.finetune(method, seed, folder / f"{self.name}-{method}-seed{seed}", progress)
+        return self.fine_tuned(method, seed, folder / f"{self.name}-{method}-seed{seed}", progress)
 
 
 def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False, seeds: int | None = None,
