@@ -35,6 +35,18 @@ def spread(values: Sequence[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def over_seeds(per_seed: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, float | None]:
+    """Each metric's mean over the seeds' metric dicts and its spread (``METRIC_std``); None where a seed lacks
+    it (a model without hydrogens has no stability)."""
+    summary: dict[str, float | None] = {}
+    for metric in metrics:
+        values = [seed.get(metric) for seed in per_seed]
+        known = None not in values
+        summary[metric] = mean(values) if known else None
+        summary[f"{metric}_std"] = spread(values) if known else None
+    return summary
+
+
 @dataclass
 class FinetuneRun:
     """A finished fine-tune: its EMA model (and the arguments that sample it), the curve of measurements

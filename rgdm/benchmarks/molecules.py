@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from rgdm.batch import Batch
-from rgdm.benchmarks.common import bound_work_folder, finetune, kept, mean, sample_with_reward, spread
+from rgdm.benchmarks.common import bound_work_folder, finetune, kept, mean, over_seeds, sample_with_reward
 from rgdm.domains.base import pyplot, save_figure
 from rgdm.domains.molecules.chemistry import valid_rdkit
 from rgdm.domains.molecules.domain import MoleculeDomain
@@ -227,12 +227,7 @@ def _sample(measure: Measure, base: LoadedModel, name: str, seed: int) -> Method
 
 
 def _summarise(runs: list[MethodRun], seeds: list[int], spent_at: str) -> dict[str, Any]:
-    summary: dict[str, Any] = {"calls_spent_at": spent_at}
-    for metric in FINAL_METRICS:
-        values = [run.metrics.get(metric) for run in runs]
-        known = None not in values
-        summary[metric] = mean(values) if known else None
-        summary[f"{metric}_std"] = spread(values) if known else None
+    summary = {"calls_spent_at": spent_at, **over_seeds([run.metrics for run in runs], FINAL_METRICS)}
     return {**summary, "reward_calls": mean([r.reward_calls for r in runs]),
             "network_evaluations": mean([r.network_evaluations for r in runs]),
             "wall_s": mean([r.wall_s for r in runs]), "seeds": seeds, "per_seed": [asdict(run) for run in runs]}

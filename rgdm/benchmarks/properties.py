@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from rgdm.algorithms import ClassifierGuidance
-from rgdm.benchmarks.common import bound_work_folder, finetune, kept, mean, spread
+from rgdm.benchmarks.common import bound_work_folder, finetune, kept, mean, over_seeds
 from rgdm.domains.base import pyplot, save_figure
 from rgdm.domains.molecules.data import PROPERTIES
 from rgdm.domains.molecules.domain import MoleculeDomain
@@ -204,12 +204,7 @@ def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False
 
 
 def _summarise(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
-    summary: dict[str, Any] = {}
-    for metric in FINAL_METRICS:
-        values = [run["metrics"].get(metric) for run in runs]
-        known = None not in values
-        summary[metric] = mean(values) if known else None
-        summary[f"{metric}_std"] = spread(values) if known else None
+    summary: dict[str, Any] = over_seeds([run["metrics"] for run in runs], FINAL_METRICS)
     for cost in ("reward_calls", "network_evaluations", "train_s", "sample_s"):
         summary[cost] = mean([run[cost] for run in runs])
     return {**summary, "seeds": seeds, "per_seed": runs}
