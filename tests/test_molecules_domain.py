@@ -266,6 +266,19 @@ def test_a_hydrogen_free_model_never_gets_a_predictor_of_molecules_with_hydrogen
         heavy.predictor("a")
 
 
+def test_a_multi_task_predictor_serves_each_of_its_properties_for_its_own_half(tmp_path, monkeypatch):
+    """Without ``qm9-noh-alpha-b`` the measuring predictor is ``qm9-noh-all-b``, if it regresses alpha on
+    train_b; one of the other half under that name is refused."""
+    heavy = build_domain({"name": "molecules", "subset": 300, "hydrogens": False, "target_property": "alpha"})
+    monkeypatch.setattr(properties, "SHIPPED_PREDICTORS", tmp_path)
+    settings = {"steps": 1, "batch_size": 4, "progress": False}
+    train_property_predictor(heavy, "gap,alpha", "train_b", **settings).save(tmp_path / "qm9-noh-all-b")
+    assert heavy.predictor("b").properties == ["gap", "alpha"] and heavy.predictor("b").meta["split"] == "train_b"
+    train_property_predictor(heavy, "gap,alpha", "train_b", **settings).save(tmp_path / "qm9-noh-all-a")
+    with pytest.raises(CheckpointError, match="qm9-noh-all-a regresses gap, alpha on train_b, not alpha on train_a"):
+        heavy.predictor("a")
+
+
 def test_property_targets_are_values_drawn_from_the_data_with_their_own_atom_counts(alpha_domain):
     assert alpha_domain.target_kind == "value"
     assert alpha_domain.parse_target("75") == 75.0

@@ -9,6 +9,7 @@ distribution's, refitted by the pay-off fine-tunes).
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Mapping, Sequence
 from functools import cached_property, partial
@@ -256,23 +257,30 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
 
     def predictor(self, half: Literal["a", "b"]) -> Any:
         """The shipped predictor of ``target_property`` trained on ``train_a`` (rewards) or ``train_b`` (measures),
-        on molecules encoded as this domain's are: ``qm9-alpha-a`` with hydrogens, ``qm9-noh-alpha-a`` without."""
+        on molecules encoded as this domain's are: ``qm9-alpha-a`` with hydrogens, ``qm9-noh-alpha-a`` without,
+        or else the multi-task predictor of the same half (``qm9-all-a``, ``qm9-noh-all-a``)."""
         from rgdm.domains.molecules.properties import PropertyPredictor
 
         hydrogens = self.options.hydrogens
-        name = f"qm9-{'' if hydrogens else 'noh-'}{self._require_target_property()}-{half}"
+        prefix, target = f"qm9-{'' if hydrogens else 'noh-'}", self._require_target_property()
+        name = f"{prefix}{target}-{half}"
         if name not in self._predictors:
-            try:
-                predictor = PropertyPredictor.load(name)
-            except CheckpointError as missing:
+            for candidate in (name, f"{prefix}all-{half}"):
+                with contextlib.suppress(CheckpointError):
+                    predictor = PropertyPredictor.load(candidate)
+                    break
+            else:
                 raise CheckpointError(
-                    f"no predictor {name} for this {'' if hydrogens else 'hydrogen-free '}model's property target: "
-                    f"train one with rgdm train-predictor --property {self.options.target_property} --split "
+                    f"no predictor {name} (nor {prefix}all-{half}) for this {'' if hydrogens else 'hydrogen-free '}"
+                    f"model's property target: train one with rgdm train-predictor --property {target} --split "
                     f"train_{half}{'' if hydrogens else ' --no-hydrogens'} and save it as "
-                    f"rgdm/checkpoints/predictors/{name}") from missing
+                    f"rgdm/checkpoints/predictors/{name}")
             if predictor.meta["domain"]["hydrogens"] != hydrogens:
-                raise CheckpointError(f"{name} was trained on molecules {'without' if hydrogens else 'with'} "
+                raise CheckpointError(f"{candidate} was trained on molecules {'without' if hydrogens else 'with'} "
                                       "hydrogens; it cannot score this model's")
+            if target not in predictor.properties or predictor.meta.get("split") != f"train_{half}":
+                raise CheckpointError(f"{candidate} regresses {', '.join(predictor.properties)} on "
+                                      f"{predictor.meta.get('split')}, not {target} on train_{half}")
             self._predictors[name] = predictor
         return self._predictors[name]
 
