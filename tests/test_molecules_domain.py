@@ -23,7 +23,7 @@ from rgdm.domains.molecules.data import QM9DataError, convert_qm9, load_qm9, spl
 from rgdm.domains.molecules.domain import MoleculeDomain
 from rgdm.domains.molecules.encoding import remove_center_of_mass
 from rgdm.domains.molecules.io import read_sdf, read_xyz
-from rgdm.domains.molecules.network import EGNN, EGNNDenoiser
+from rgdm.domains.molecules.network import EGNN, EGNNDenoiser, EGNNRegressor
 from rgdm.domains.molecules.properties import PropertyPredictor, point_cloud, train_property_predictor
 from rgdm.engine.builder import make_scorer
 from rgdm.engine.config import RewardConfig
@@ -82,6 +82,31 @@ def test_denoiser_noise_rotates_with_the_molecule_and_ignores_translation_and_pa
     padded[0, 4:] = 5.0  # garbage in padding atoms must not leak into real atoms
     assert torch.allclose(net(padded, t, None, mask)[0, :4], eps[0, :4], atol=1e-9)
     assert eps[0, 4:].abs().max() == 0
+
+
+def test_the_dipole_read_out_is_invariant_to_rotation_translation_order_and_padding():
+    """``|sum_i q_i x_i|`` with neutral charges: without the neutralisation a translation would change it."""
+    generator = torch.Generator().manual_seed(2)
+    net = randomised(EGNNRegressor(atom_features=6, hidden=16, layers=2, outputs=3, dipole_output=1))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]], dtype=torch.float64)
+    x = torch.randn(2, 6, 9, generator=generator, dtype=torch.float64) * mask[..., None]
+    t = torch.zeros(2, dtype=torch.float64)
+    rotation, shift = random_rotation(generator), 3.0 * torch.randn(3, generator=generator, dtype=torch.float64)
+    out = net(x, t, None, mask)
+    moved = x.clone()
+    moved[..., :3] = (x[..., :3] @ rotation.T + shift) * mask[..., None]
+    torch.testing.assert_close(net(moved, t, None, mask), out, rtol=0, atol=1e-9)
+    order = torch.tensor([3, 0, 4, 1, 2, 5])
+    torch.testing.assert_close(net(x[:, order], t, None, mask[:, order]), out, rtol=0, atol=1e-9)
+    padded = x.clone()
+    padded[0, 5:], padded[1, 3:] = 5.0, -7.0
+    torch.testing.assert_close(net(padded, t, None, mask), out, rtol=0, atol=1e-9)
+    plain = randomised(EGNNRegressor(atom_features=6, hidden=16, layers=2, outputs=3))
+    plain.load_state_dict(net.state_dict(), strict=False)
+    assert (plain(x, t, None, mask)[:, 1] - out[:, 1]).abs().min() > 1e-3, "column 1 is the dipole's"
+    torch.testing.assert_close(plain(x, t, None, mask)[:, [0, 2]], out[:, [0, 2]], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="dipole_output must be one of the 3 outputs"):
+        EGNNRegressor(atom_features=6, outputs=3, dipole_output=3)
 
 
 def test_denoiser_runs_under_bf16_autocast_close_to_float32():
@@ -417,17 +442,23 @@ def test_molecule_demo_writes_its_report(tmp_path):
 
 
 def test_one_predictor_regresses_several_properties_and_names_the_one_asked_for(alpha_domain, tmp_path):
-    predictor = train_property_predictor(alpha_domain, "alpha,gap", "train_a", steps=2, batch_size=8, progress=False)
+    predictor = train_property_predictor(alpha_domain, "alpha,mu", "train_a", steps=2, batch_size=8, progress=False)
     data = alpha_domain.molecules("val")
     batch = point_cloud(alpha_domain, data.atomic_numbers[:5], data.positions[:5])
     both = predictor.predict_all(batch)
     assert both.shape == (5, 2)
-    torch.testing.assert_close(predictor.predict(batch, property_name="gap"), both[:, 1])
-    with pytest.raises(ValueError, match="regresses alpha, gap; name one"):
+    torch.testing.assert_close(predictor.predict(batch, property_name="mu"), both[:, 1])
+    with pytest.raises(ValueError, match="regresses alpha, mu; name one"):
         predictor.predict(batch)
-    assert set(predictor.meta["val_mae"]) == set(predictor.meta["test_mae"]) == {"alpha", "gap"}
+    assert set(predictor.meta["val_mae"]) == set(predictor.meta["test_mae"]) == {"alpha", "mu"}
+    assert predictor.meta["dipole_output"] == 1, "mu is read out as a dipole's norm"
     reloaded = PropertyPredictor.load(predictor.save(tmp_path / "both"))
+    assert reloaded.net.dipole_output == 1
     torch.testing.assert_close(reloaded.predict_all(batch), both)
+    scalar = train_property_predictor(alpha_domain, "alpha,mu", "train_a", steps=2, batch_size=8, progress=False,
+                                      dipole=False)
+    assert "dipole_output" not in scalar.meta
+    assert PropertyPredictor.load(scalar.save(tmp_path / "scalar")).net.dipole_output is None
     with pytest.raises(ValueError, match="unknown QM9 property 'energy'"):
         train_property_predictor(alpha_domain, "alpha,energy", "train_a", steps=1, progress=False)
 

@@ -122,17 +122,37 @@ class EGNNRegressor(EGNNDenoiser):
     (``(b, outputs)`` logits when ``outputs > 1``).
 
     Serves as the noise-aware regressor of classifier guidance and, at ``t = 0``, as a property
-    predictor (alpha, gap, ...) trained on one half of QM9.
+    predictor (alpha, gap, ...) trained on one half of QM9. Output ``dipole_output``, if set, is instead
+    the norm of a dipole ``|sum_i q_i x_i|`` over per-atom charges (SchNet's and PaiNN's dipole read-out):
+    a molecule's dipole moment is a vector sum, which a sum of invariant scalars cannot express.
     """
 
     def __init__(self, atom_features: int, num_targets: int = 0, hidden: int = 128, layers: int = 6,
-                 coords_range: float = 15.0, outputs: int = 1) -> None:
+                 coords_range: float = 15.0, outputs: int = 1, dipole_output: int | None = None) -> None:
         super().__init__(atom_features, num_targets, hidden, layers, coords_range)
         self.read_out = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, outputs))
+        if dipole_output is not None and not 0 <= dipole_output < outputs:
+            raise ValueError(f"dipole_output must be one of the {outputs} outputs, got {dipole_output}")
+        self.dipole_output = dipole_output
+        if dipole_output is not None:
+            self.charges = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+            self.dipole_offset = nn.Parameter(torch.zeros(()))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         x, mask = _trim(x, mask)
         h, _ = self.egnn(self._inputs(x, t, cond, mask), x[..., :3], mask)
         out = (self.read_out(h) * mask[..., None]).sum(1)
+        if self.dipole_output is not None:
+            k = self.dipole_output
+            out = torch.cat([out[:, :k], self._dipole(h, x[..., :3], mask)[:, None], out[:, k + 1:]], dim=1)
         return out.squeeze(-1) if out.shape[-1] == 1 else out
+
+    def _dipole(self, h: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``|sum_i q_i x_i| + offset`` with the charges made neutral per molecule, so that it does not
+        depend on where the molecule sits (invariant, as its norm is under rotation)."""
+        weight = mask.to(h.dtype)[..., None]
+        charges = self.charges(h) * weight
+        charges = (charges - weight * charges.sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp(min=1.0))
+        vector = (charges * positions).sum(1)
+        return torch.sqrt((vector**2).sum(-1) + 1e-8) + self.dipole_offset

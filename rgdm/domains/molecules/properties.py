@@ -44,7 +44,8 @@ SHIPPED_PREDICTORS = Path(__file__).resolve().parent.parent.parent / "checkpoint
 #: classifiers (its "L-bound"), in the units of ``PROPERTIES`` (D, bohr^3, cal/mol K, meV).
 MAE_LIMITS = {"mu": 0.13, "alpha": 0.3, "Cv": 0.12, "homo": 120.0, "lumo": 110.0, "gap": 200.0}
 #: What a resumed training must share with the run it continues.
-_RUN_KEYS = ("properties", "split", "steps", "batch_size", "lr", "seed", "hidden", "layers", "domain")
+_RUN_KEYS = ("properties", "split", "steps", "batch_size", "lr", "seed", "hidden", "layers", "domain",
+             "dipole_output")
 
 
 @dataclass
@@ -98,7 +99,8 @@ class PropertyPredictor:
         meta = read_json(folder / META)
         properties = meta.pop("properties", None) or [meta.pop("property")]
         mean, std = (torch.as_tensor(meta.pop(key), dtype=torch.float32).reshape(-1) for key in ("mean", "std"))
-        net = EGNNRegressor(meta["atom_features"], 0, meta["hidden"], meta["layers"], outputs=len(properties))
+        net = EGNNRegressor(meta["atom_features"], 0, meta["hidden"], meta["layers"], outputs=len(properties),
+                            dipole_output=meta.get("dipole_output"))
         net.load_state_dict(load_tensors(folder / WEIGHTS, meta.get("sha256")))
         return cls(net.eval(), properties, mean, std, meta)
 
@@ -116,10 +118,11 @@ def parse_properties(text: str) -> list[str]:
 def train_property_predictor(domain: Any, properties: str | Sequence[str], split: str, steps: int,
                              batch_size: int = 128, lr: float = 5e-4, hidden: int = 96, layers: int = 4,
                              seed: int = 0, progress: bool = True, device: str = "cpu", out: Path | None = None,
-                             checkpoint_every: int = 1000) -> PropertyPredictor:
+                             checkpoint_every: int = 1000, dipole: bool = True) -> PropertyPredictor:
     """Fit an EGNN regressor of ``properties`` on the molecules of ``split`` with an L1 loss on z-scores
     (as EDM's property classifiers) and cosine learning-rate decay; report its MAE on the validation and
-    test sets against ``MAE_LIMITS``.
+    test sets against ``MAE_LIMITS``. ``dipole``: regress ``mu`` as the norm of a dipole of per-atom charges
+    (``EGNNRegressor``'s dipole read-out) rather than as a sum of scalars.
 
     With ``out``, the training state is written there every ``checkpoint_every`` steps and a rerun with
     the same settings resumes from it (another run's state is refused); the finished predictor is saved
@@ -132,14 +135,16 @@ def train_property_predictor(domain: Any, properties: str | Sequence[str], split
     mean, std = values.mean(0), values.std(0)
     scores = ((values - mean) / std).to(device)
     generator = torch.Generator().manual_seed(seed)
+    dipole_output = names.index("mu") if dipole and "mu" in names else None
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        net = EGNNRegressor(domain.points.atom_features, 0, hidden, layers, outputs=len(names)).to(device)
+        net = EGNNRegressor(domain.points.atom_features, 0, hidden, layers, outputs=len(names),
+                            dipole_output=dipole_output).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     meta = {"properties": names, "split": split, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
             "hidden": hidden, "layers": layers, "atom_features": domain.points.atom_features,
-            "domain": domain.config()}
+            "domain": domain.config()} | ({} if dipole_output is None else {"dipole_output": dipole_output})
     start = 0 if out is None else _resume(out, meta, net, optimizer, schedule, generator)
     bar = tqdm(range(start, steps), desc=f"{','.join(names)} predictor ({split})", disable=not progress,
                initial=start, total=steps, dynamic_ncols=True)
