@@ -9,7 +9,6 @@ distribution's, refitted by the pay-off fine-tunes).
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from collections.abc import Mapping, Sequence
 from functools import cached_property, partial
@@ -265,16 +264,14 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
         prefix, target = f"qm9-{'' if hydrogens else 'noh-'}", self._require_target_property()
         name = f"{prefix}{target}-{half}"
         if name not in self._predictors:
-            for candidate in (name, f"{prefix}all-{half}"):
-                with contextlib.suppress(CheckpointError):
-                    predictor = PropertyPredictor.load(candidate)
-                    break
-            else:
+            candidate = next((c for c in (name, f"{prefix}all-{half}") if PropertyPredictor.find(c)), None)
+            if candidate is None:
                 raise CheckpointError(
                     f"no predictor {name} (nor {prefix}all-{half}) for this {'' if hydrogens else 'hydrogen-free '}"
                     f"model's property target: train one with rgdm train-predictor --property {target} --split "
                     f"train_{half}{'' if hydrogens else ' --no-hydrogens'} and save it as "
                     f"rgdm/checkpoints/predictors/{name}")
+            predictor = PropertyPredictor.load(candidate)  # a damaged one fails here, never skipped
             if predictor.meta["domain"]["hydrogens"] != hydrogens:
                 raise CheckpointError(f"{candidate} was trained on molecules {'without' if hydrogens else 'with'} "
                                       "hydrogens; it cannot score this model's")

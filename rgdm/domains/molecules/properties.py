@@ -87,15 +87,22 @@ class PropertyPredictor:
                                    "std": self.std.tolist(), "sha256": digest})
         return folder
 
+    @staticmethod
+    def find(name: str | Path) -> Path | None:
+        """The folder of a saved predictor: ``name`` itself, else the shipped one of that name; None if neither."""
+        for folder in (Path(name), SHIPPED_PREDICTORS / str(name)):
+            if (folder / META).is_file():
+                return folder
+        return None
+
     @classmethod
     def load(cls, folder: str | Path) -> PropertyPredictor:
         """A saved predictor from its folder, or a shipped one by name (``qm9-alpha-a``). Predictors saved
         before several properties were possible (``property``, scalar ``mean`` and ``std``) load as one."""
-        folder = Path(folder)
-        if not (folder / META).is_file() and (SHIPPED_PREDICTORS / str(folder) / META).is_file():
-            folder = SHIPPED_PREDICTORS / str(folder)
-        if not (folder / META).is_file():
+        found = cls.find(folder)
+        if found is None:
             raise CheckpointError(f"{folder} holds no {META}; train a predictor with rgdm train-predictor")
+        folder = found
         meta = read_json(folder / META)
         properties = meta.pop("properties", None) or [meta.pop("property")]
         mean, std = (torch.as_tensor(meta.pop(key), dtype=torch.float32).reshape(-1) for key in ("mean", "std"))
