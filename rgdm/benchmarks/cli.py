@@ -13,13 +13,15 @@ from rgdm.engine.config import UsageError
 def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rgdm bench SUITE`` to the command line."""
     bench = commands.add_parser("bench", help="benchmarks with JSON output")
-    bench.add_argument("suite", choices=["toy", "molecules", "properties", "perf", "profile", "curve", "steps"],
+    bench.add_argument("suite", choices=["toy", "molecules", "properties", "perf", "profile", "curve", "steps",
+                                          "precision"],
                        help="toy: every method on the toy tasks; molecules: every method on a molecule reward at "
                             "equal reward calls; properties: property targets by EDM's protocol, RGDM against "
                             "CFG and classifier guidance; perf: speed and memory of sampling, training steps "
                             "and rewards; profile: torch.profiler operator tables of the step-wise and guided paths; "
                             "curve: quality of every checkpoint of a run (--run) against training hours; steps: "
-                            "quality of a model (--checkpoint) against sampling steps")
+                            "quality of a model (--checkpoint) against sampling steps; precision: fp32 against bf16 "
+                            "autocast on a run's (--run) own batches, gradients and step time")
     bench.add_argument("--json", required=True)
     bench.add_argument("--quick", action="store_true",
                        help="smaller budgets (toy: one seed, every method, < 10 min; perf: a few minutes)")
@@ -28,9 +30,11 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--jobs", type=int, default=1, help="2: run the two tasks side by side, one thread each")
     bench.add_argument("--domains", help="perf: comma-separated subset of toy,molecules,shapes")
     bench.add_argument("--device", default="cpu", help="perf: cpu or cuda[:N]")
-    bench.add_argument("--bf16", action="store_true", help="perf: bf16 autocast of the networks (CUDA only)")
+    bench.add_argument("--bf16", action="store_true", help="perf: bf16 autocast of the networks")
     bench.add_argument("--compile", action="store_true", help="perf: torch.compile the networks (CUDA only)")
-    bench.add_argument("--run", help="curve: the training run folder")
+    bench.add_argument("--run", help="curve, precision: the training run folder")
+    bench.add_argument("--batches", type=int, default=8, help="precision: batches compared, and steps timed per "
+                       "precision")
     bench.add_argument("--every", type=int, default=1, metavar="STEPS",
                        help="curve: sample only checkpoints at multiples of this step (and the last one)")
     bench.add_argument("--checkpoint", help="steps, molecules, properties: shipped name or model folder (default "
@@ -59,6 +63,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
         return
     if args.suite == "profile":
         cmd_bench_profile(args)
+        return
+    if args.suite == "precision":
+        cmd_bench_precision(args)
         return
     if args.suite in ("curve", "steps"):
         cmd_bench_curves(args)
@@ -98,6 +105,17 @@ def cmd_bench_curves(args: argparse.Namespace) -> None:
                              progress=not args.quiet)
     write_report(path, result, markdown_table(result))
     print(f"plot in {plot_curve(result, path.with_suffix('.png'))}")
+
+
+def cmd_bench_precision(args: argparse.Namespace) -> None:
+    from rgdm.benchmarks.precision import compare_precisions, markdown_table
+
+    if args.run is None:
+        raise UsageError("bench precision needs --run RUN (a training run folder with checkpoints)")
+    if args.batches < 2:
+        raise UsageError("bench precision needs --batches 2 or more (consecutive batches are compared)")
+    result = compare_precisions(Path(args.run), args.batches, progress=not args.quiet)
+    write_report(Path(args.json), result, markdown_table(result))
 
 
 def cmd_bench_molecules(args: argparse.Namespace) -> None:

@@ -52,6 +52,7 @@ from rgdm.domains.molecules.data import QM9DataError
 from rgdm.engine import ConfigError, LoadedModel, generate, load_config, load_trained, make_scorer
 from rgdm.engine.builder import make_diffusion, seeded_generator
 from rgdm.engine.config import RewardConfig
+from rgdm.engine.precision import with_precision
 from rgdm.engine.registry import shipped_models
 from rgdm.rewards import BlackBoxReward, RewardCounter, RewardResult, Scorer
 from rgdm.rewards.base import RewardFn
@@ -167,45 +168,26 @@ def timed(fn: Callable[[], Result], device: str = "cpu") -> tuple[float, Result]
     return time.perf_counter() - start, result
 
 
-class AutocastNetwork(nn.Module):
-    """A denoiser run under bf16 autocast that hands back float32 noise, so the diffusion maths stay float32."""
-
-    def __init__(self, net: nn.Module, device_type: str) -> None:
-        super().__init__()
-        self.net = net
-        self.device_type = device_type
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            eps = self.net(x, t, cond, mask)
-        return eps.float()
-
-
 @dataclass(frozen=True)
 class Acceleration:
-    """bf16 autocast and ``torch.compile`` of the networks; applied on CUDA only."""
+    """bf16 autocast of the networks (on any device) and ``torch.compile`` (on CUDA only)."""
 
     device: str
     bf16: bool = False
     compile_network: bool = False
 
     @property
-    def active(self) -> bool:
-        return self.device.startswith("cuda")
+    def compiles(self) -> bool:
+        return self.compile_network and self.device.startswith("cuda")
 
     def apply(self, net: nn.Module) -> nn.Module:
-        if not self.active:
-            return net
-        if self.bf16:
-            net = AutocastNetwork(net, torch.device(self.device).type)
-        return torch.compile(net) if self.compile_network else net
+        net = with_precision(net, "bf16" if self.bf16 else "fp32", self.device)
+        return torch.compile(net) if self.compiles else net
 
     def describe(self) -> dict[str, Any]:
-        flags = {"bf16": self.bf16, "compile": self.compile_network}
-        return {name: {"requested": requested, "used": requested and self.active}
-                | ({} if self.active or not requested else {"note": "unused on CPU"})
-                for name, requested in flags.items()}
+        return {"bf16": {"requested": self.bf16, "used": self.bf16},
+                "compile": {"requested": self.compile_network, "used": self.compiles}
+                | ({"note": "unused on CPU"} if self.compile_network and not self.compiles else {})}
 
 
 class StopwatchNetwork(nn.Module):

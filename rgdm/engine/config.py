@@ -36,6 +36,7 @@ from rgdm import registry
 from rgdm.algorithms.config import AlgorithmConfig, Candidates, config_class
 from rgdm.algorithms.exploration import ValueEstimate
 from rgdm.algorithms.pretrain import PretrainConfig
+from rgdm.engine.precision import Precision
 
 log = logging.getLogger("rgdm.config")
 
@@ -89,6 +90,8 @@ class TrainConfig(Section):
     log_every: int = Field(50, ge=1)
     seed: int = 0
     device: str = "cpu"
+    precision: Precision = Field("fp32", description="bf16: the trained network's passes under bf16 autocast "
+                                 "(weights, optimizer and EMA stay fp32)")
 
 
 class RewardConfig(Section):
