@@ -19,7 +19,7 @@ from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, sample
 from rgdm.domains import build_domain
 from rgdm.domains.molecules import properties
 from rgdm.domains.molecules.chemistry import Molecule, is_stable, molecule_from_smiles
-from rgdm.domains.molecules.data import QM9DataError, convert_qm9, load_qm9, split_indices
+from rgdm.domains.molecules.data import PROPERTIES, QM9DataError, convert_qm9, load_qm9, split_indices
 from rgdm.domains.molecules.domain import MoleculeDomain
 from rgdm.domains.molecules.encoding import remove_center_of_mass
 from rgdm.domains.molecules.io import read_sdf, read_xyz
@@ -283,12 +283,22 @@ def alpha_domain() -> MoleculeDomain:
 def test_a_hydrogen_free_model_never_gets_a_predictor_of_molecules_with_hydrogens(tmp_path, monkeypatch):
     """The shipped alpha predictors read molecules with hydrogens; a model without them asks for its own."""
     heavy = build_domain({"name": "molecules", "subset": 300, "hydrogens": False, "target_property": "alpha"})
+    shipped = properties.SHIPPED_PREDICTORS
+    monkeypatch.setattr(properties, "SHIPPED_PREDICTORS", tmp_path)
     with pytest.raises(CheckpointError, match=r"no predictor qm9-noh-alpha-a .* --no-hydrogens"):
         heavy.predictor("a")
-    shutil.copytree(properties.SHIPPED_PREDICTORS / "qm9-alpha-a", tmp_path / "qm9-noh-alpha-a")
-    monkeypatch.setattr(properties, "SHIPPED_PREDICTORS", tmp_path)
+    shutil.copytree(shipped / "qm9-alpha-a", tmp_path / "qm9-noh-alpha-a")
     with pytest.raises(CheckpointError, match="qm9-noh-alpha-a was trained on molecules with hydrogens"):
         heavy.predictor("a")
+
+
+@pytest.mark.parametrize("half", ["a", "b"])
+def test_the_shipped_hydrogen_free_oracles_serve_every_property_of_their_half(half):
+    for target in PROPERTIES:
+        heavy = build_domain({"name": "molecules", "subset": 300, "hydrogens": False, "target_property": target})
+        predictor = heavy.predictor(half)
+        assert predictor.meta["split"] == f"train_{half}" and target in predictor.properties
+        assert not predictor.meta["domain"]["hydrogens"]
 
 
 def test_a_multi_task_predictor_serves_each_of_its_properties_for_its_own_half(tmp_path, monkeypatch):
