@@ -18,7 +18,7 @@ from rgdm.benchmarks import molecules
 from rgdm.cli import main
 from rgdm.domains.molecules.chemistry import Molecule, diversity, molecule_from_smiles, oracle_metrics, rdkit_reading
 from rgdm.engine import load_trained
-from rgdm.engine.trainer import TrainingInterrupted
+from rgdm.stopping import TrainingInterrupted
 
 #: QUICK cut down to seconds: 32 reward calls, 8 final samples of 5 sampling steps, PoseBusters on 2.
 TINY = replace(molecules.QUICK, reward_calls=32, finetune_steps=4, batch_size=8, curve_points=2, curve_samples=4,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -29,6 +31,7 @@ from rgdm.engine.builder import make_scorer
 from rgdm.engine.config import RewardConfig
 from rgdm.io import CheckpointError
 from rgdm.rewards import RewardCounter
+from rgdm.stopping import TrainingInterrupted
 
 
 def random_rotation(generator: torch.Generator) -> torch.Tensor:
@@ -495,6 +498,29 @@ def test_an_interrupted_predictor_training_resumes_bit_for_bit(alpha_domain, tmp
         torch.testing.assert_close(resumed.net.state_dict()[key], value, rtol=0, atol=0)
     with pytest.raises(CheckpointError, match="already holds a finished predictor"):
         train_property_predictor(alpha_domain, "alpha", "train_a", out=tmp_path / "resumed", **settings)
+
+
+def test_a_stop_signal_saves_the_predictor_state_at_its_step_and_the_rerun_finishes_alike(alpha_domain, tmp_path,
+                                                                                          monkeypatch):
+    settings = {"steps": 5, "batch_size": 8, "progress": False, "checkpoint_every": 100}
+    straight = train_property_predictor(alpha_domain, "alpha", "train_a", out=tmp_path / "straight", **settings)
+
+    class SignalledAtStepTwo(properties.tqdm):
+        def __iter__(self):
+            for step in super().__iter__():
+                if step == 2:
+                    os.kill(os.getpid(), signal.SIGINT)
+                yield step
+
+    monkeypatch.setattr(properties, "tqdm", SignalledAtStepTwo)
+    with pytest.raises(TrainingInterrupted, match="at step 3; training state saved in"):
+        train_property_predictor(alpha_domain, "alpha", "train_a", out=tmp_path / "resumed", **settings)
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert json.loads((tmp_path / "resumed" / "training-state.json").read_text())["step"] == 3
+    resumed = train_property_predictor(alpha_domain, "alpha", "train_a", out=tmp_path / "resumed", **settings)
+    for key, value in straight.net.state_dict().items():
+        torch.testing.assert_close(resumed.net.state_dict()[key], value, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("algorithm", ["rgdm-data", "cfg"])

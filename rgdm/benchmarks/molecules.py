@@ -42,8 +42,8 @@ from rgdm.domains.molecules.domain import MoleculeDomain
 from rgdm.domains.molecules.rewards import qed
 from rgdm.engine import LoadedModel, generate, load_config, load_trained
 from rgdm.engine.builder import seeded_generator
-from rgdm.engine.trainer import TrainingInterrupted
 from rgdm.rewards import RewardCounter
+from rgdm.stopping import TrainingInterrupted
 
 FINETUNE_PRESET = Path(__file__).resolve().parent.parent / "configs" / "finetune-molecules.yaml"
 

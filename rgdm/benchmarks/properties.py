@@ -42,8 +42,8 @@ from rgdm.domains.molecules.domain import MoleculeDomain
 from rgdm.engine import generate, load_config, load_trained
 from rgdm.engine.builder import LoadedModel, retarget, seeded_generator
 from rgdm.engine.guide import train_guide
-from rgdm.engine.trainer import TrainingInterrupted
 from rgdm.rewards import RewardCounter
+from rgdm.stopping import TrainingInterrupted
 
 FINETUNE_PRESET = Path(__file__).resolve().parent.parent / "configs" / "finetune-molecules.yaml"
 PROPERTY_ORDER = ("mu", "alpha", "Cv", "homo", "lumo", "gap")

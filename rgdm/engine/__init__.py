@@ -3,7 +3,8 @@
 from rgdm.engine.builder import LoadedModel, load_trained, make_scorer
 from rgdm.engine.config import ConfigError, RunConfig, load_config
 from rgdm.engine.generate import generate, make_transition
-from rgdm.engine.trainer import Trainer, TrainingInterrupted
+from rgdm.engine.trainer import Trainer
+from rgdm.stopping import TrainingInterrupted
 
 __all__ = [
     "ConfigError",

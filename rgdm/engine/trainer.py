@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -51,13 +49,10 @@ from rgdm.engine.logging import RunLogger
 from rgdm.engine.precision import with_precision
 from rgdm.io import CheckpointError, flatten_state, unflatten_state, write_json
 from rgdm.rewards import BudgetExhausted, RewardCounter
+from rgdm.stopping import StopRequests, TrainingInterrupted
 
 StepCallback = Callable[["Trainer", int], None]
 log = logging.getLogger("rgdm.train")
-
-
-class TrainingInterrupted(RuntimeError):
-    """Raised after SIGINT/SIGTERM once the current step's checkpoint is safely written."""
 
 
 def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -133,8 +128,8 @@ class Trainer:
         #: This process's network evaluations before the loaded checkpoint's run was resumed.
         self._evaluations_before = 0
         self._clock: tuple[float, float] | None = None  # (perf_counter at fit start, wall_s then)
-        self._stop_signal: int | None = None
-        self.context.interrupt = lambda: any_process(self._stop_signal is not None, self.shard)
+        self._stops = StopRequests()
+        self.context.interrupt = lambda: any_process(self._stops.signal is not None, self.shard)
 
     def _targets(self, targets: list[int] | list[float] | None) -> list[int] | list[float] | None:
         """The run's targets in the domain's kind: a value domain's ``[70, 75]`` are values, not classes."""
@@ -268,14 +263,11 @@ class Trainer:
         here = self.config.algorithm.targets is not None or getattr(self.algorithm, "top_class", None) is not None
         return here or self.parent_conditional
 
-    def _request_stop(self, signum: int, frame: Any) -> None:
-        self._stop_signal = signum
-
     def _stop_and_save(self) -> None:
         """Checkpoint the current step after a stop request and raise ``TrainingInterrupted``."""
         self.save_checkpoint()
         command = "train" if self.config.algorithm.name == "pretrain" else "finetune"
-        raise TrainingInterrupted(f"stopped by signal {self._stop_signal} at step {self.step}; checkpoint saved. "
+        raise TrainingInterrupted(f"stopped by signal {self._stops.signal} at step {self.step}; checkpoint saved. "
                                   f"Continue with: rgdm {command} --resume {self.run_dir}")
 
     def fit(self, on_step: StepCallback | None = None, progress: bool = True) -> Path:
@@ -292,51 +284,47 @@ class Trainer:
             self.algorithm.setup(self.context, self.generator)
             self.save_checkpoint()
         logger = RunLogger(self.run_dir, resume_step=None if fresh else self.step) if self.main else None
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            bar = tqdm(total=train.steps, initial=self.step, desc=self.config.algorithm.name,
-                       disable=not (progress and self.main), dynamic_ncols=True)
-            while self.step < train.steps:
-                rng_state = self.generator.get_state()
-                try:
-                    loss, stats = step_loss(self.algorithm, self.context, self.step, self.generator)
-                except BudgetExhausted as spent:
-                    log.warning("%s; stopping at step %d and saving the model", spent, self.step)
-                    self.save_checkpoint()
-                    break
-                except SamplingInterrupted:
-                    self.generator.set_state(rng_state)  # the step never happened: resume redraws it exactly
-                    self._stop_and_save()
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if train.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), train.grad_clip)
-                self.optimizer.step()
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                self.ema.update_parameters(self.net)
-                self.step += 1
-                bar.update(1)
-                if self.step % train.log_every == 0 or self.step == train.steps:
-                    counts = self.reward_counts()
-                    logged = mean_over_processes({"loss": loss.item(), **stats}, self.shard)  # as DDP averages
-                    if logger is not None:
-                        logger.log(self.step, {**logged, **counts})
-                    bar.set_postfix(loss=f"{logged['loss']:.4f}", reward_calls=counts["reward_calls"])
-                if on_step is not None:
-                    on_step(self, self.step)
-                if self.step % train.checkpoint_every == 0 or self.step == train.steps:
-                    self.save_checkpoint()
-                if self.context.interrupt():
-                    self._stop_and_save()
-            bar.close()
-        finally:
-            if logger is not None:
-                logger.close()
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
+        with self._stops:
+            try:
+                bar = tqdm(total=train.steps, initial=self.step, desc=self.config.algorithm.name,
+                           disable=not (progress and self.main), dynamic_ncols=True)
+                while self.step < train.steps:
+                    rng_state = self.generator.get_state()
+                    try:
+                        loss, stats = step_loss(self.algorithm, self.context, self.step, self.generator)
+                    except BudgetExhausted as spent:
+                        log.warning("%s; stopping at step %d and saving the model", spent, self.step)
+                        self.save_checkpoint()
+                        break
+                    except SamplingInterrupted:
+                        self.generator.set_state(rng_state)  # the step never happened: resume redraws it exactly
+                        self._stop_and_save()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if train.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(self.net.parameters(), train.grad_clip)
+                    self.optimizer.step()
+                    if self.scheduler is not None:
+                        self.scheduler.step()
+                    self.ema.update_parameters(self.net)
+                    self.step += 1
+                    bar.update(1)
+                    if self.step % train.log_every == 0 or self.step == train.steps:
+                        counts = self.reward_counts()
+                        logged = mean_over_processes({"loss": loss.item(), **stats}, self.shard)  # as DDP averages
+                        if logger is not None:
+                            logger.log(self.step, {**logged, **counts})
+                        bar.set_postfix(loss=f"{logged['loss']:.4f}", reward_calls=counts["reward_calls"])
+                    if on_step is not None:
+                        on_step(self, self.step)
+                    if self.step % train.checkpoint_every == 0 or self.step == train.steps:
+                        self.save_checkpoint()
+                    if self.context.interrupt():
+                        self._stop_and_save()
+                bar.close()
+            finally:
+                if logger is not None:
+                    logger.close()
         self.export(self.run_dir)
         return self.run_dir
 

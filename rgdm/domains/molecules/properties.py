@@ -14,6 +14,7 @@ schnetpack 2.0.4 and 2.1.1 fail to import under this project's torch 2.13 (their
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from rgdm.io import (
     unflatten_state,
     write_json,
 )
+from rgdm.stopping import StopRequests, TrainingInterrupted
 
 WEIGHTS, META = "predictor.safetensors", "predictor.json"
 STATE_TENSORS, STATE_META = "training-state.safetensors", "training-state.json"
@@ -155,19 +157,26 @@ def train_property_predictor(domain: Any, properties: str | Sequence[str], split
     start = 0 if out is None else _resume(out, meta, net, optimizer, schedule, generator)
     bar = tqdm(range(start, steps), desc=f"{','.join(names)} predictor ({split})", disable=not progress,
                initial=start, total=steps, dynamic_ncols=True)
-    for step in bar:
-        rows = torch.randint(len(batch), (batch_size,), generator=generator).to(device)
-        picked = batch.select(rows)
-        prediction = net(picked.x, torch.zeros(batch_size, device=device), None, picked.mask)
-        loss = (prediction.reshape(batch_size, -1) - scores[rows]).abs().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if out is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-            _save_state(out, step + 1, meta, net, optimizer, schedule, generator)
+    with StopRequests() if out is not None else contextlib.nullcontext() as stops:
+        for step in bar:
+            rows = torch.randint(len(batch), (batch_size,), generator=generator).to(device)
+            picked = batch.select(rows)
+            prediction = net(picked.x, torch.zeros(batch_size, device=device), None, picked.mask)
+            loss = (prediction.reshape(batch_size, -1) - scores[rows]).abs().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if out is None or step + 1 == steps:
+                continue
+            if stops.signal is not None or (step + 1) % checkpoint_every == 0:
+                _save_state(out, step + 1, meta, net, optimizer, schedule, generator)
+            if stops.signal is not None:
+                bar.close()
+                raise TrainingInterrupted(f"stopped by signal {stops.signal} at step {step + 1}; training state "
+                                          f"saved in {out}. Rerun the same command to continue")
     predictor = PropertyPredictor(net.eval(), names, mean, std, meta)
     for split_name in ("val", "test"):
         predictor.meta[f"{split_name}_mae"] = property_errors(predictor, domain, split_name)
