@@ -96,3 +96,13 @@ def test_bench_precision_compares_gradients_and_times_without_touching_the_run(t
     assert all(len(result["step_times_s"][p]) == 3 for p in ("fp32", "bf16")) and result["speed_up"] > 0
     table = markdown_table(result)
     assert "| bf16 autocast |" in table and "gradient cosine" in table and "consecutive batches" in table
+
+
+def test_bench_precision_needs_a_run_and_two_batches(tmp_path, capsys):
+    from rgdm.cli import main
+
+    report = str(tmp_path / "precision.json")
+    assert main(["bench", "precision", "--json", report]) == 2
+    assert "needs --run RUN" in capsys.readouterr().err
+    assert main(["bench", "precision", "--run", str(tmp_path), "--batches", "1", "--json", report]) == 2
+    assert "--batches 2 or more" in capsys.readouterr().err
