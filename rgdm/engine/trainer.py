@@ -7,6 +7,7 @@ counter, so a resumed run on CPU repeats the uninterrupted one bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -284,47 +285,45 @@ class Trainer:
             self.algorithm.setup(self.context, self.generator)
             self.save_checkpoint()
         logger = RunLogger(self.run_dir, resume_step=None if fresh else self.step) if self.main else None
-        with self._stops:
-            try:
-                bar = tqdm(total=train.steps, initial=self.step, desc=self.config.algorithm.name,
-                           disable=not (progress and self.main), dynamic_ncols=True)
-                while self.step < train.steps:
-                    rng_state = self.generator.get_state()
-                    try:
-                        loss, stats = step_loss(self.algorithm, self.context, self.step, self.generator)
-                    except BudgetExhausted as spent:
-                        log.warning("%s; stopping at step %d and saving the model", spent, self.step)
-                        self.save_checkpoint()
-                        break
-                    except SamplingInterrupted:
-                        self.generator.set_state(rng_state)  # the step never happened: resume redraws it exactly
-                        self._stop_and_save()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if train.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(self.net.parameters(), train.grad_clip)
-                    self.optimizer.step()
-                    if self.scheduler is not None:
-                        self.scheduler.step()
-                    self.ema.update_parameters(self.net)
-                    self.step += 1
-                    bar.update(1)
-                    if self.step % train.log_every == 0 or self.step == train.steps:
-                        counts = self.reward_counts()
-                        logged = mean_over_processes({"loss": loss.item(), **stats}, self.shard)  # as DDP averages
-                        if logger is not None:
-                            logger.log(self.step, {**logged, **counts})
-                        bar.set_postfix(loss=f"{logged['loss']:.4f}", reward_calls=counts["reward_calls"])
-                    if on_step is not None:
-                        on_step(self, self.step)
-                    if self.step % train.checkpoint_every == 0 or self.step == train.steps:
-                        self.save_checkpoint()
-                    if self.context.interrupt():
-                        self._stop_and_save()
-                bar.close()
-            finally:
-                if logger is not None:
-                    logger.close()
+        with self._stops, contextlib.ExitStack() as cleanup:
+            if logger is not None:
+                cleanup.callback(logger.close)
+            bar = tqdm(total=train.steps, initial=self.step, desc=self.config.algorithm.name,
+                       disable=not (progress and self.main), dynamic_ncols=True)
+            while self.step < train.steps:
+                rng_state = self.generator.get_state()
+                try:
+                    loss, stats = step_loss(self.algorithm, self.context, self.step, self.generator)
+                except BudgetExhausted as spent:
+                    log.warning("%s; stopping at step %d and saving the model", spent, self.step)
+                    self.save_checkpoint()
+                    break
+                except SamplingInterrupted:
+                    self.generator.set_state(rng_state)  # the step never happened: resume redraws it exactly
+                    self._stop_and_save()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if train.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), train.grad_clip)
+                self.optimizer.step()
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                self.ema.update_parameters(self.net)
+                self.step += 1
+                bar.update(1)
+                if self.step % train.log_every == 0 or self.step == train.steps:
+                    counts = self.reward_counts()
+                    logged = mean_over_processes({"loss": loss.item(), **stats}, self.shard)  # as DDP averages
+                    if logger is not None:
+                        logger.log(self.step, {**logged, **counts})
+                    bar.set_postfix(loss=f"{logged['loss']:.4f}", reward_calls=counts["reward_calls"])
+                if on_step is not None:
+                    on_step(self, self.step)
+                if self.step % train.checkpoint_every == 0 or self.step == train.steps:
+                    self.save_checkpoint()
+                if self.context.interrupt():
+                    self._stop_and_save()
+            bar.close()
         self.export(self.run_dir)
         return self.run_dir
 
