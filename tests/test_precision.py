@@ -1,4 +1,5 @@
-"""bf16 autocast training (``train.precision``) and ``rgdm bench precision``."""
+"""How the trained network runs: bf16 autocast (``train.precision``), ``train.compile``, and
+``rgdm bench precision``."""
 
 from __future__ import annotations
 
@@ -74,6 +75,19 @@ def test_a_bf16_run_differs_from_fp32_and_resumes_bit_exactly(tmp_path):
     assert all(value.dtype == torch.float32 for value in straight.values())
 
 
+def test_a_compiled_run_trains_the_eager_runs_weights(tmp_path):
+    overrides = [*TINY, "train.steps=6", "train.checkpoint_every=3"]
+    compiled = Trainer(load_config(None, [*overrides, "train.compile=true"]), tmp_path / "compiled")
+    assert compiled.config.train.compile
+    assert isinstance(compiled.context.model.net, torch._dynamo.eval_frame.OptimizedModule)
+    compiled.fit(progress=False)
+    Trainer(load_config(None, overrides), tmp_path / "eager").fit(progress=False)
+    final, eager = (load_tensors(tmp_path / run / "final.safetensors") for run in ("compiled", "eager"))
+    assert final.keys() == eager.keys()  # the compiled wrapper leaves the weights' names alone
+    for name in final:
+        torch.testing.assert_close(final[name], eager[name], rtol=1e-4, atol=1e-5)
+
+
 def _digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -83,19 +97,23 @@ def test_bench_precision_compares_gradients_and_times_without_touching_the_run(t
     run = tmp_path / "run"
     Trainer(load_config(None, [*TINY, "train.steps=20", "train.checkpoint_every=10"]), run).fit(progress=False)
     before = _digest(run)
-    result = compare_precisions(run, batches=3, progress=False)
+    result = compare_precisions(run, batches=3, progress=False, compile=True)
     assert _digest(run) == before
     assert json.loads(json.dumps(result, allow_nan=False))["suite"] == "precision"
     assert result["step"] == 20 and result["batches"] == 3
-    assert len(result["gradient_cosine"]) == len(result["gradient_norm_ratio"]) == 3
+    assert result["modes"] == ["fp32", "bf16", "bf16-compiled"]
     assert len(result["fp32_consecutive_batch_cosine"]) == 2
-    # The same batch in both precisions: gradients nearly parallel, losses close; different batches differ more.
-    assert min(result["gradient_cosine"]) > 0.99
-    assert max(result["loss_relative_difference"]) < 0.05
-    assert max(result["gradient_cosine"]) > max(result["fp32_consecutive_batch_cosine"])
-    assert all(len(result["step_times_s"][p]) == 3 for p in ("fp32", "bf16")) and result["speed_up"] > 0
+    for mode in ("bf16", "bf16-compiled"):
+        assert len(result["gradient_cosine"][mode]) == len(result["gradient_norm_ratio"][mode]) == 3
+        # The same batch in both modes: gradients nearly parallel, losses close; different batches differ more.
+        assert min(result["gradient_cosine"][mode]) > 0.99
+        assert max(result["loss_relative_difference"][mode]) < 0.05
+        assert max(result["gradient_cosine"][mode]) > max(result["fp32_consecutive_batch_cosine"])
+    assert all(len(result["step_times_s"][mode]) == 3 for mode in result["modes"])
+    assert result["speed_up"]["fp32"] == 1.0 and result["speed_up"]["bf16-compiled"] > 0
     table = markdown_table(result)
-    assert "| bf16 autocast |" in table and "gradient cosine" in table and "consecutive batches" in table
+    assert "| bf16-compiled |" in table and "bf16: gradient cosine" in table and "consecutive batches" in table
+    assert "fp32" in compare_precisions(run, batches=2, progress=False)["modes"]
 
 
 def test_bench_precision_needs_a_run_and_two_batches(tmp_path, capsys):

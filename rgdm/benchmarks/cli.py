@@ -31,10 +31,12 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--domains", help="perf: comma-separated subset of toy,molecules,shapes")
     bench.add_argument("--device", default="cpu", help="perf: cpu or cuda[:N]")
     bench.add_argument("--bf16", action="store_true", help="perf: bf16 autocast of the networks")
-    bench.add_argument("--compile", action="store_true", help="perf: torch.compile the networks (CUDA only)")
+    bench.add_argument("--compile", action="store_true",
+                       help="perf: torch.compile the networks (CUDA only); precision: add compiled bf16 "
+                       "(train.compile) to the modes")
     bench.add_argument("--run", help="curve, precision: the training run folder")
     bench.add_argument("--batches", type=int, default=8, help="precision: batches compared, and steps timed per "
-                       "precision")
+                       "mode")
     bench.add_argument("--every", type=int, default=1, metavar="STEPS",
                        help="curve: sample only checkpoints at multiples of this step (and the last one)")
     bench.add_argument("--checkpoint", help="steps, molecules, properties: shipped name or model folder (default "
@@ -114,7 +116,7 @@ def cmd_bench_precision(args: argparse.Namespace) -> None:
         raise UsageError("bench precision needs --run RUN (a training run folder with checkpoints)")
     if args.batches < 2:
         raise UsageError("bench precision needs --batches 2 or more (consecutive batches are compared)")
-    result = compare_precisions(Path(args.run), args.batches, progress=not args.quiet)
+    result = compare_precisions(Path(args.run), args.batches, progress=not args.quiet, compile=args.compile)
     write_report(Path(args.json), result, markdown_table(result))
 
 

@@ -1,13 +1,15 @@
-"""``rgdm bench precision``: float32 against bf16 autocast on a training run's own batches.
+"""``rgdm bench precision``: float32 against bf16 autocast (and, with ``--compile``, compiled bf16) on a
+training run's own batches.
 
 From the newest checkpoint of a run, on the batches its algorithm draws next (the same rows, times and
-noise in both precisions, by replaying the run's generator):
+noise in every mode, by replaying the run's generator):
 
-* how far bf16 moves the loss and the gradient from float32's: the cosine between the two gradients and
-  the ratio of their norms, beside the cosine between float32 gradients of consecutive batches, the
+* how far each mode moves the loss and the gradient from float32's: the cosine between the two gradients
+  and the ratio of their norms, beside the cosine between float32 gradients of consecutive batches, the
   minibatch noise that training already lives with;
-* seconds per training step (loss, backward, gradient clipping, AdamW), the precisions interleaved so that
-  other load on the machine falls on both alike.
+* seconds per training step (loss, backward, gradient clipping, AdamW), the modes interleaved so that
+  other load on the machine falls on all alike. A compiled mode is compiled while the gradients are
+  compared, so its timed steps exclude the compile.
 
 The draw must depend only on the generator, as pre-training's and the pay-off fine-tunes' do. The run
 folder is only read; the steps timed here change an in-memory copy of the weights.
@@ -15,6 +17,7 @@ folder is only read; the steps timed here change an in-memory copy of the weight
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from pathlib import Path
@@ -26,66 +29,76 @@ from tqdm.auto import tqdm
 from rgdm.diffusion import EpsModel
 from rgdm.engine import Trainer
 from rgdm.engine.distributed import step_loss
-from rgdm.engine.precision import Precision, with_precision
+from rgdm.engine.precision import Precision, for_training
 
-PRECISIONS: tuple[Precision, Precision] = ("fp32", "bf16")
+#: Each mode's precision and whether it is compiled; the first is the reference.
+MODES: dict[str, tuple[Precision, bool]] = {"fp32": ("fp32", False), "bf16": ("bf16", False),
+                                            "bf16-compiled": ("bf16", True)}
+REFERENCE = "fp32"
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
-def compare_precisions(run: Path, batches: int = 8, progress: bool = True) -> dict[str, Any]:
-    """The JSON of ``rgdm bench precision --run RUN``: gradients and step times in both precisions."""
+def compare_precisions(run: Path, batches: int = 8, progress: bool = True, compile: bool = False
+                       ) -> dict[str, Any]:
+    """The JSON of ``rgdm bench precision --run RUN``: gradients and step times in every mode."""
     trainer = Trainer.resume(run)
-    models = {p: EpsModel(with_precision(trainer.net, p, trainer.device), trainer.diffusion) for p in PRECISIONS}
+    modes = [mode for mode, (_, compiled) in MODES.items() if compile or not compiled]
+    models = {mode: EpsModel(for_training(trainer.net, MODES[mode][0], trainer.device, compile=MODES[mode][1]),
+                             trainer.diffusion) for mode in modes}
     parameters = [p for p in trainer.net.parameters() if p.requires_grad]
 
-    def loss_at(precision: Precision, batch: int) -> torch.Tensor:
-        trainer.context.model = models[precision]
+    def loss_at(mode: str, batch: int) -> torch.Tensor:
+        trainer.context.model = models[mode]
         loss, _ = step_loss(trainer.algorithm, trainer.context, trainer.step + batch, trainer.generator)
         return loss
 
-    losses: dict[str, list[float]] = {p: [] for p in PRECISIONS}
-    gradients: dict[str, list[torch.Tensor]] = {p: [] for p in PRECISIONS}
-    bar = tqdm(total=2 * batches * len(PRECISIONS), desc="precision", disable=not progress)
+    losses: dict[str, list[float]] = {mode: [] for mode in modes}
+    gradients: dict[str, list[torch.Tensor]] = {mode: [] for mode in modes}
+    bar = tqdm(total=2 * batches * len(modes), desc="precision", disable=not progress)
     for batch in range(batches):
         state = trainer.generator.get_state()
-        for precision in PRECISIONS:
+        for mode in modes:
             trainer.generator.set_state(state)
-            loss = loss_at(precision, batch)
+            loss = loss_at(mode, batch)
             gradient = torch.autograd.grad(loss, parameters, allow_unused=True)
-            gradients[precision].append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
-                                                   for g, p in zip(gradient, parameters, strict=True)]))
-            losses[precision].append(loss.item())
+            gradients[mode].append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
+                                              for g, p in zip(gradient, parameters, strict=True)]))
+            losses[mode].append(loss.item())
             bar.update()
-    pairs = list(zip(gradients["fp32"], gradients["bf16"], strict=True))
-    cosine = [_cosine(a, b) for a, b in pairs]
-    norm_ratio = [float(b.norm() / a.norm()) for a, b in pairs]
-    between_batches = [_cosine(a, b) for a, b in zip(gradients["fp32"], gradients["fp32"][1:], strict=False)]
-    loss_difference = [abs(b - a) / abs(a) for a, b in zip(losses["fp32"], losses["bf16"], strict=True)]
+    reference = gradients[REFERENCE]
+    compared = [mode for mode in modes if mode != REFERENCE]
+    cosine = {mode: [_cosine(a, b) for a, b in zip(reference, gradients[mode], strict=True)] for mode in compared}
+    norm_ratio = {mode: [float(b.norm() / a.norm()) for a, b in zip(reference, gradients[mode], strict=True)]
+                  for mode in compared}
+    between_batches = [_cosine(a, b) for a, b in itertools.pairwise(reference)]
+    loss_difference = {mode: [abs(b - a) / abs(a) for a, b in zip(losses[REFERENCE], losses[mode], strict=True)]
+                       for mode in compared}
 
-    times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
     for batch in range(batches):
-        for precision in PRECISIONS:
+        for mode in modes:
             start = time.perf_counter()
-            loss = loss_at(precision, batches + batch)
+            loss = loss_at(mode, batches + batch)
             trainer.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, trainer.config.train.grad_clip or float("inf"))
             trainer.optimizer.step()
-            times[precision].append(time.perf_counter() - start)
+            times[mode].append(time.perf_counter() - start)
             bar.update()
     bar.close()
-    median = {p: statistics.median(times[p]) for p in PRECISIONS}
+    median = {mode: statistics.median(times[mode]) for mode in modes}
     return {
         "suite": "precision", "run": str(run), "step": trainer.step, "algorithm": trainer.config.algorithm.name,
         "batch_size": trainer.config.train.batch_size, "device": trainer.device,
-        "torch_threads": torch.get_num_threads(), "batches": batches,
+        "torch_threads": torch.get_num_threads(), "batches": batches, "modes": modes,
         "loss": losses, "loss_relative_difference": loss_difference,
         "gradient_cosine": cosine, "gradient_norm_ratio": norm_ratio,
         "fp32_consecutive_batch_cosine": between_batches,
-        "step_times_s": times, "median_step_s": median, "speed_up": median["fp32"] / median["bf16"],
+        "step_times_s": times, "median_step_s": median,
+        "speed_up": {mode: median[REFERENCE] / median[mode] for mode in modes},
     }
 
 
@@ -94,18 +107,19 @@ def _row(label: str, values: list[float], digits: str = ".4f") -> str:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    """Step time per precision, and the gradient agreement against the minibatch noise."""
-    median = result["median_step_s"]
+    """Step time per mode, and each mode's gradient agreement with float32's against the minibatch noise."""
+    median, compared = result["median_step_s"], [mode for mode in result["modes"] if mode != REFERENCE]
     lines = [
         f"`{result['run']}` at step {result['step']} ({result['algorithm']}, batch {result['batch_size']}, "
         f"{result['device']}, {result['torch_threads']} threads, {result['batches']} batches)", "",
-        "| precision | median s per training step | speed-up |", "|---|---|---|",
-        f"| fp32 | {median['fp32']:.3f} | 1.00 |",
-        f"| bf16 autocast | {median['bf16']:.3f} | {result['speed_up']:.2f} |", "",
-        "| bf16 against fp32, same batches | min | mean |", "|---|---|---|",
-        _row("gradient cosine", result["gradient_cosine"]),
-        _row("gradient norm ratio", result["gradient_norm_ratio"]),
-        _row("loss relative difference", result["loss_relative_difference"], ".2e"),
-        _row("fp32 gradient cosine, consecutive batches (minibatch noise)", result["fp32_consecutive_batch_cosine"]),
+        "| mode | median s per training step | speed-up over fp32 |", "|---|---|---|",
+        *(f"| {mode} | {median[mode]:.3f} | {result['speed_up'][mode]:.2f} |" for mode in result["modes"]), "",
+        "| against fp32, same batches | min | mean |", "|---|---|---|",
     ]
+    for mode in compared:
+        lines += [_row(f"{mode}: gradient cosine", result["gradient_cosine"][mode]),
+                  _row(f"{mode}: gradient norm ratio", result["gradient_norm_ratio"][mode]),
+                  _row(f"{mode}: loss relative difference", result["loss_relative_difference"][mode], ".2e")]
+    lines.append(_row("fp32 gradient cosine, consecutive batches (minibatch noise)",
+                      result["fp32_consecutive_batch_cosine"]))
     return "\n".join(lines)

@@ -92,6 +92,8 @@ class TrainConfig(Section):
     device: str = "cpu"
     precision: Precision = Field("fp32", description="bf16: the trained network's passes under bf16 autocast "
                                  "(weights, optimizer and EMA stay fp32)")
+    compile: bool = Field(False, description="torch.compile the trained network (dynamic shapes): faster steps "
+                          "after a compile of a minute or two; sampling and the EMA stay eager")
 
 
 class RewardConfig(Section):

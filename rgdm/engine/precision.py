@@ -1,9 +1,13 @@
-"""Mixed precision for training: the network runs under bf16 autocast and hands float32 back.
+"""How the trained network runs: bf16 autocast (it hands float32 back), and ``torch.compile``.
 
 Only the network's matrix products drop to bf16; the diffusion maths, the loss, the weights, the
 optimizer and the EMA stay float32. On CPUs with bf16 instructions (AVX512-BF16, AMX) and on CUDA
 the products run several times faster; ``rgdm bench precision`` measures the speed and how far the
 gradients move from float32's on a run's own batches.
+
+``torch.compile`` fuses the many small element-wise operations of a graph network's step (the
+products, sums and gathers over atom pairs) into a few kernels; with ``dynamic=True`` one compiled
+graph serves every batch, whatever its atom and pair counts.
 """
 
 from __future__ import annotations
@@ -34,3 +38,11 @@ class AutocastNetwork(nn.Module):
 def with_precision(net: nn.Module, precision: Precision, device: str | torch.device) -> nn.Module:
     """``net`` as is for ``fp32``, wrapped in ``AutocastNetwork`` for ``bf16``."""
     return net if precision == "fp32" else AutocastNetwork(net, torch.device(device).type)
+
+
+def for_training(net: nn.Module, precision: Precision, device: str | torch.device, compile: bool = False
+                 ) -> nn.Module:
+    """``net`` as a training step calls it: compiled first if ``compile``, then in ``precision``."""
+    if compile:
+        net = torch.compile(net, dynamic=True)
+    return with_precision(net, precision, device)

@@ -47,7 +47,7 @@ from rgdm.engine.distributed import (
     step_loss,
 )
 from rgdm.engine.logging import RunLogger
-from rgdm.engine.precision import with_precision
+from rgdm.engine.precision import for_training
 from rgdm.io import CheckpointError, flatten_state, unflatten_state, write_json
 from rgdm.rewards import BudgetExhausted, RewardCounter
 from rgdm.stopping import StopRequests, TrainingInterrupted
@@ -111,7 +111,8 @@ class Trainer:
         data = self.domain.dataset("train").to(self.device)
         trained = self.net if self.shard.world == 1 else DistributedDataParallel(self.net)
         self.context = DataParallelContext(
-            model=EpsModel(with_precision(trained, config.train.precision, self.device), self.diffusion),
+            model=EpsModel(for_training(trained, config.train.precision, self.device, config.train.compile),
+                           self.diffusion),
             ema=EpsModel(self.ema.module, self.diffusion),
             reference=reference,
             data=data,

@@ -78,8 +78,12 @@ class EGNN(nn.Module):
         return h.reshape(batch, atoms, -1), x.reshape(batch, atoms, 3)
 
 
+@torch.compiler.disable
 def _trim(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop padding columns no molecule of the batch uses (attention cost is quadratic in them)."""
+    """Drop padding columns no molecule of the batch uses (attention cost is quadratic in them).
+
+    Its width is data-dependent, so a compiled network calls it eagerly (a deliberate graph break).
+    """
     if mask is None:
         mask = torch.ones(x.shape[:2], device=x.device, dtype=torch.bool)
     used = mask.any(0).nonzero()
