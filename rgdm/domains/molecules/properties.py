@@ -127,11 +127,13 @@ def parse_properties(text: str) -> list[str]:
 def train_property_predictor(domain: Any, properties: str | Sequence[str], split: str, steps: int,
                              batch_size: int = 128, lr: float = 5e-4, hidden: int = 96, layers: int = 4,
                              seed: int = 0, progress: bool = True, device: str = "cpu", out: Path | None = None,
-                             checkpoint_every: int = 1000, dipole: bool = True) -> PropertyPredictor:
+                             checkpoint_every: int = 1000, dipole: bool = True, compile: bool = False
+                             ) -> PropertyPredictor:
     """Fit an EGNN regressor of ``properties`` on the molecules of ``split`` with an L1 loss on z-scores
     (as EDM's property classifiers) and cosine learning-rate decay; report its MAE on the validation and
     test sets against ``MAE_LIMITS``. ``dipole``: regress ``mu`` as the norm of a dipole of per-atom charges
-    (``EGNNRegressor``'s dipole read-out) rather than as a sum of scalars.
+    (``EGNNRegressor``'s dipole read-out) rather than as a sum of scalars. ``compile``: the training
+    passes go through ``torch.compile`` (dynamic shapes; the weights, and so the predictor, are the same).
 
     With ``out``, the training state is written there every ``checkpoint_every`` steps and a rerun with
     the same settings resumes from it (another run's state is refused); the finished predictor is saved
@@ -149,6 +151,7 @@ def train_property_predictor(domain: Any, properties: str | Sequence[str], split
         torch.manual_seed(seed)
         net = EGNNRegressor(domain.points.atom_features, 0, hidden, layers, outputs=len(names),
                             dipole_output=dipole_output).to(device)
+    trained = torch.compile(net, dynamic=True) if compile else net
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     meta = {"properties": names, "split": split, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
@@ -161,7 +164,7 @@ def train_property_predictor(domain: Any, properties: str | Sequence[str], split
         for step in bar:
             rows = torch.randint(len(batch), (batch_size,), generator=generator).to(device)
             picked = batch.select(rows)
-            prediction = net(picked.x, torch.zeros(batch_size, device=device), None, picked.mask)
+            prediction = trained(picked.x, torch.zeros(batch_size, device=device), None, picked.mask)
             loss = (prediction.reshape(batch_size, -1) - scores[rows]).abs().mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
