@@ -52,7 +52,7 @@ from rgdm.domains.molecules.data import QM9DataError
 from rgdm.engine import ConfigError, LoadedModel, generate, load_config, load_trained, make_scorer
 from rgdm.engine.builder import make_diffusion, seeded_generator
 from rgdm.engine.config import RewardConfig
-from rgdm.engine.precision import for_training
+from rgdm.engine.precision import with_precision
 from rgdm.engine.registry import shipped_models
 from rgdm.rewards import BlackBoxReward, RewardCounter, RewardResult, Scorer
 from rgdm.rewards.base import RewardFn
@@ -181,7 +181,8 @@ class Acceleration:
         return self.compile_network and self.device.startswith("cuda")
 
     def apply(self, net: nn.Module) -> nn.Module:
-        return for_training(net, "bf16" if self.bf16 else "fp32", self.device, self.compiles)
+        net = with_precision(net, "bf16" if self.bf16 else "fp32", self.device)
+        return torch.compile(net) if self.compiles else net
 
     def describe(self) -> dict[str, Any]:
         return {"bf16": {"requested": self.bf16, "used": self.bf16},
