@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import tempfile
 import time
@@ -46,6 +47,7 @@ from rgdm.rewards import RewardCounter
 from rgdm.stopping import TrainingInterrupted
 
 FINETUNE_PRESET = Path(__file__).resolve().parent.parent / "configs" / "finetune-molecules.yaml"
+log = logging.getLogger("rgdm.bench")
 PROPERTY_ORDER = ("mu", "alpha", "Cv", "homo", "lumo", "gap")
 UNITS = {"mu": "D", "alpha": "bohr³", "Cv": "cal/(mol K)", "homo": "meV", "lumo": "meV", "gap": "meV"}
 METHODS = ("pretrained", "rgdm-data", "cfg", "classifier-guidance")
@@ -175,6 +177,10 @@ def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False
     base = load_trained(task.checkpoint)
     if not isinstance(base.domain, MoleculeDomain):
         raise ValueError(f"{task.checkpoint} is a {base.domain.name} model; the property benchmark needs a QM9 model")
+    base_split = base.meta["domain"].get("split", "train")
+    if base_split != "train_a":
+        log.warning("%s trained on %s, which holds the measuring predictor's half train_b: not EDM's protocol, "
+                    "whose generator trains on train_a only", task.checkpoint, base_split)
     seed_list = list(range(seeds if seeds is not None else (1 if quick else 3)))
     results: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
@@ -200,7 +206,7 @@ def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False
                              "methods": {method: _summarise(method_runs, seed_list)
                                          for method, method_runs in runs.items()}}
     return {"task": asdict(task), "quick": quick, "budget": asdict(budget), "seeds": seed_list,
-            "properties": results}
+            "base_split": base_split, "edm_protocol": base_split == "train_a", "properties": results}
 
 
 def _summarise(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
@@ -227,7 +233,11 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines = [f"`{task['checkpoint']}`, τ {task['temperature']}; {budget['labels']:,} labelled molecules × "
              f"{budget['targets']} targets per method; {budget['eval_samples']} samples per method, property and "
              f"seed at {budget['sampling_steps']} steps, seeds {result['seeds']}; MAE by the measuring predictor "
-             "over all samples (EDM's measure).", "", header, "|" + "---|" * (len(names) + 1)]
+             "over all samples (EDM's measure).", "",
+             f"The base trained on `{result['base_split']}`: " + (
+                 "EDM's protocol (the measuring predictor's half `train_b` unseen)." if result["edm_protocol"] else
+                 "**not EDM's protocol**, since that holds the measuring predictor's half `train_b`."),
+             "", header, "|" + "---|" * (len(names) + 1)]
     methods = list(next(iter(result["properties"].values()))["methods"]) if names else []
     for method in methods:
         cells = [_number(result["properties"][n]["methods"][method]["property_mae"],
