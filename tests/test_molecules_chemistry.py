@@ -175,10 +175,11 @@ def test_chemistry_metrics_counts_exactly(methane, benzene, ch3_radical, two_met
     other_methane = molecule_from_smiles("C", seed=1)
     mols = [methane, other_methane, benzene, ch3_radical, two_methanes]
     metrics = chemistry_metrics(mols, training_smiles={"C"})
-    # 36 atoms; only the radical's carbon is unstable. Valid: C, C, c1ccccc1, [CH3]; closed-shell: all but
-    # [CH3]; unique: 3; novel: 2.
+    # 36 atoms; only the radical's carbon is unstable. Valid: C, C, c1ccccc1, [CH3]; the fifth sanitises but is
+    # two fragments; closed-shell: all valid but [CH3]; unique: 3; novel: 2.
     assert metrics == pytest.approx({"atom_stability": 35 / 36, "molecule_stability": 4 / 5, "validity": 4 / 5,
-                                     "closed_shell": 3 / 5, "uniqueness": 3 / 4, "novelty": 2 / 3, "n": 5.0})
+                                     "fragmented": 1 / 5, "closed_shell": 3 / 5, "uniqueness": 3 / 4,
+                                     "novelty": 2 / 3, "n": 5.0})
     edm = chemistry_metrics(mols, training_smiles=None, kekulize=False)
     assert "novelty" not in edm
     assert edm["atom_stability"] == pytest.approx(29 / 36)  # benzene's six carbons are short of a bond
@@ -187,10 +188,11 @@ def test_chemistry_metrics_counts_exactly(methane, benzene, ch3_radical, two_met
 
 def test_chemistry_metrics_without_valid_molecules_reports_zeros(two_methanes):
     assert chemistry_metrics([], training_smiles=set()) == {
-        "atom_stability": 0.0, "molecule_stability": 0.0, "validity": 0.0, "closed_shell": 0.0, "uniqueness": 0.0,
-        "novelty": 0.0, "n": 0.0}
+        "atom_stability": 0.0, "molecule_stability": 0.0, "validity": 0.0, "fragmented": 0.0, "closed_shell": 0.0,
+        "uniqueness": 0.0, "novelty": 0.0, "n": 0.0}
     metrics = chemistry_metrics([two_methanes], training_smiles=set())
     assert metrics["validity"] == metrics["uniqueness"] == metrics["novelty"] == 0.0
+    assert metrics["fragmented"] == 1.0
     assert metrics["molecule_stability"] == 1.0
 
 

@@ -25,7 +25,7 @@ from rgdm.engine.generate import generate
 from rgdm.io import load_tensors, read_json
 
 #: The metrics the plots show, where the domain reports them.
-PLOTTED = ("validity", "molecule_stability", "atom_stability", "uniqueness", "mean_reward")
+PLOTTED = ("validity", "fragmented", "molecule_stability", "atom_stability", "uniqueness", "mean_reward")
 EMA_PREFIX = "ema.module."
 
 

@@ -333,7 +333,11 @@ def valid_rdkit(mol: Molecule, keep_hydrogens: bool = False) -> Chem.Mol | None:
 
     Hydrogens become implicit unless ``keep_hydrogens``; this is the one definition of validity.
     """
-    rdkit_mol = to_rdkit(mol)
+    return _valid_of_sanitised(to_rdkit(mol), keep_hydrogens)
+
+
+def _valid_of_sanitised(rdkit_mol: Chem.Mol | None, keep_hydrogens: bool = False) -> Chem.Mol | None:
+    """``valid_rdkit`` of a molecule ``to_rdkit`` has already built (None if it did not sanitise)."""
     if rdkit_mol is None or len(Chem.GetMolFrags(rdkit_mol)) != 1:
         return None
     return rdkit_mol if keep_hydrogens else Chem.RemoveHs(rdkit_mol)
@@ -390,15 +394,19 @@ def chemistry_metrics(
     Uniqueness is unique valid SMILES over valid molecules; novelty is unique valid SMILES outside
     ``training_smiles`` (canonicalised with ``canonicalize_smiles``) over unique valid SMILES.
     ``closed_shell`` is the share of molecules that are valid and have no unpaired electrons (validity
-    admits radicals).
+    admits radicals). ``fragmented`` is the share that sanitise but fall into several fragments: invalid
+    for being disconnected, not for their chemistry, so it says which of the two a validity gap is.
     ``kekulize`` applies to the stability metrics only (``False`` reproduces EDM's numbers).
     """
-    valid = [valid_rdkit(mol) for mol in mols]
+    sanitised = [to_rdkit(mol) for mol in mols]
+    valid = [_valid_of_sanitised(rdkit_mol) for rdkit_mol in sanitised]
     smiles = [Chem.MolToSmiles(m) for m in valid if m is not None]
     unique = set(smiles)
+    fragmented = sum(m is not None and len(Chem.GetMolFrags(m)) > 1 for m in sanitised)
     metrics = {
         **stability_metrics(mols, kekulize=kekulize),
         "validity": _fraction(len(smiles), len(mols)),
+        "fragmented": _fraction(fragmented, len(mols)),
         "closed_shell": _fraction(sum(map(is_closed_shell, valid)), len(mols)),
         "uniqueness": _fraction(len(unique), len(smiles)),
         "n": float(len(mols)),
