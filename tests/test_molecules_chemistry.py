@@ -16,6 +16,7 @@ from rgdm.domains.molecules.chemistry import (
     is_stable,
     molecule_from_smiles,
     perceive_bonds,
+    split_off_fragments,
     to_rdkit,
 )
 from rgdm.domains.molecules.rewards import (
@@ -184,6 +185,14 @@ def test_chemistry_metrics_counts_exactly(methane, benzene, ch3_radical, two_met
     assert "novelty" not in edm
     assert edm["atom_stability"] == pytest.approx(29 / 36)  # benzene's six carbons are short of a bond
     assert edm["molecule_stability"] == pytest.approx(3 / 5)
+
+
+def test_the_fragments_split_off_a_main_molecule_are_counted_by_smiles(methane, benzene, two_methanes):
+    water = molecule_from_smiles("O")
+    water_beside_benzene = Molecule(np.concatenate([benzene.atomic_numbers, water.atomic_numbers]),
+                                    np.concatenate([benzene.positions, water.positions + np.array([10.0, 0.0, 0.0])]))
+    assert split_off_fragments([methane, benzene, two_methanes, water_beside_benzene, two_methanes]) == {"C": 2, "O": 1}
+    assert split_off_fragments([methane, benzene]) == {}
 
 
 def test_chemistry_metrics_without_valid_molecules_reports_zeros(two_methanes):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -415,6 +416,20 @@ def chemistry_metrics(
         metrics["novelty"] = _fraction(len(unique - training_smiles), len(unique))
     return metrics
 
+
+
+def split_off_fragments(mols: Sequence[Molecule], top: int = 10) -> dict[str, int]:
+    """The ``top`` commonest fragments that ``fragmented`` samples carry beside their largest one, as
+    canonical SMILES (hydrogens implicit: H2 is ``[HH]``) with their counts: what a model adds to fill a
+    molecule's atom count when it fails to connect it (methane, H2, water, ...)."""
+    counts: Counter[str] = Counter()
+    for mol in mols:
+        rdkit_mol = to_rdkit(mol)
+        if rdkit_mol is None:
+            continue
+        fragments = sorted(Chem.GetMolFrags(rdkit_mol, asMols=True), key=lambda f: f.GetNumAtoms(), reverse=True)
+        counts.update(Chem.MolToSmiles(Chem.RemoveHs(f), isomericSmiles=False) for f in fragments[1:])
+    return dict(counts.most_common(top))
 
 #: Conformers of PoseBusters' internal-energy reference ensemble (its default is 50, which takes minutes for
 #: a thousand odd generated molecules on a CPU core); the check is the same, with a noisier reference mean.

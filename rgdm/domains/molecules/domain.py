@@ -29,6 +29,7 @@ from rgdm.domains.molecules.chemistry import (
     chemistry_metrics,
     oracle_metrics,
     posebusters_metrics,
+    split_off_fragments,
     stability_metrics,
     valid_rdkit,
 )
@@ -312,7 +313,8 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
     def quality_metrics(self, samples: Batch, reward: str | None, temperature: float | None,
                         generator: torch.Generator, *, posebusters: int | None = None) -> dict[str, Any]:
         """Stability, validity, uniqueness, novelty, diversity, RDKit's reading of the positions alone
-        (``oracle_metrics``) and the PoseBusters pass rate of the valid molecules; for targeted samples, the
+        (``oracle_metrics``), the fragments split off the ``fragmented`` ones (``split_off_fragments``) and the
+        PoseBusters pass rate of the valid molecules; for targeted samples, the
         property's error by the measuring predictor. PoseBusters, which is slow, checks only the first
         ``posebusters`` samples if set (0: none, and no ``posebusters_*`` keys).
 
@@ -323,6 +325,7 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
         """
         molecules = self.decode(samples.x, samples.mask)
         metrics: dict[str, Any] = chemistry_metrics(molecules, self.training_smiles, kekulize=False)
+        metrics["split_off_fragments"] = split_off_fragments(molecules)
         metrics |= oracle_metrics(molecules)
         if posebusters != 0:
             metrics |= posebusters_metrics(molecules[:posebusters])
