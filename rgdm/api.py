@@ -81,7 +81,7 @@ def finetune(model_or_config: LoadedModel | str | Path | RunConfig | None = None
     fine-tuned from its saved weights with the recipe of its domain (the
     preset ``finetune-DOMAIN``, or ``config``: a preset name or YAML file), the keywords set and then
     ``overrides`` (``section.key=value``) on top; or ``None`` with a ``config`` that names its model and reward
-    (the recipe of a shipped checkpoint, ``qm9-rgdm-qed``); or a whole ``RunConfig``, run as it stands.
+    (the recipe of a shipped checkpoint, ``qm9-noh-rgdm-qed``); or a whole ``RunConfig``, run as it stands.
     ``algorithm`` is an RGDM estimator (``rgdm-data``, ``rgdm-model``, ``rgdm-stepwise``) or a training
     peer; ``temperature`` the tau of the pay-off ``exp(r / tau)``.
 

@@ -31,6 +31,7 @@ from rgdm.engine import (
     load_trained,
     make_scorer,
 )
+from rgdm.engine.builder import seeded_generator
 from rgdm.engine.config import Guidance, RewardConfig, SampleConfig, UsageError, preset_or_path
 from rgdm.engine.distributed import leave_process_group
 from rgdm.engine.guide import save_guide, train_guide
@@ -169,22 +170,42 @@ def with_target(samples: Batch, target: int | float) -> Batch:
     return Batch(samples.x, samples.mask, torch.full((len(samples),), target, dtype=kind))
 
 
+def data_reference(domain: Any, split: str, n: int, seed: int) -> Batch:
+    """``n`` rows of the domain's ``split`` drawn without replacement (seeded): real data measured by the same
+    pipeline as samples, the reference a model's metrics are read against (a PoseBusters pass rate, say)."""
+    try:
+        data = domain.dataset(split)
+    except (KeyError, ValueError) as error:
+        raise UsageError(f"the domain has no data split {split!r}: {error}") from error
+    rows = torch.randperm(len(data), generator=seeded_generator(seed))[:n]
+    return data.select(rows)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    folder = Path(args.dir)
-    if not folder.is_dir():
+    if (args.dir is None) == (args.data is None):
+        raise UsageError("evaluate takes a folder of samples, or --data SPLIT (with --checkpoint) to measure the "
+                         "domain's own data as the reference; give one of the two")
+    folder = Path(args.dir) if args.dir is not None else None
+    if folder is not None and not folder.is_dir():
         raise UsageError(f"{folder} is not a folder; pass the --out folder of rgdm sample, or a folder of "
                          "samples.xyz / samples.sdf / *.ply files with --checkpoint")
-    meta = read_json(folder / "sample.json") if (folder / "sample.json").is_file() else {}
+    meta = read_json(folder / "sample.json") if folder is not None and (folder / "sample.json").is_file() else {}
     checkpoint = args.checkpoint or meta.get("checkpoint")
     if checkpoint is None:
         raise UsageError("no sample.json names the model; pass --checkpoint NAME|DIR")
     model = load_trained(checkpoint)
-    samples = load_samples(folder, model.domain)
+    if folder is None:
+        samples = data_reference(model.domain, args.data, args.n, args.seed)
+        meta = {"data": args.data, "n": len(samples)}
+    else:
+        samples = load_samples(folder, model.domain)
     if args.target is not None:
         samples = with_target(samples, model.domain.parse_target(args.target))
     metrics = api.evaluate(api.Samples(samples, model, meta), reward=args.reward, temperature=args.temperature,
                            seed=args.seed)
     metrics["checkpoint"] = str(checkpoint)
+    if args.data is not None:
+        metrics["data"] = args.data
     text = json.dumps(metrics, indent=2)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -284,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--seed", type=int)
     finetune.add_argument("--targets", help="conditional targets, e.g. [0,1,2]: the network learns each")
     finetune.add_argument("--config", help="YAML file or preset (default: finetune-DOMAIN); a shipped checkpoint's "
-                          "recipe (qm9-rgdm-qed) names its own model and reward")
+                          "recipe (qm9-noh-rgdm-qed) names its own model and reward")
     finetune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     finetune.add_argument("--out", help="run folder")
     finetune.add_argument("--resume", metavar="DIR", help="continue an interrupted run exactly")
@@ -333,8 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True)
     sample.set_defaults(func=cmd_sample)
 
-    evaluate = commands.add_parser("evaluate", help="metrics of a folder written by rgdm sample")
-    evaluate.add_argument("dir")
+    evaluate = commands.add_parser("evaluate", help="metrics of a folder written by rgdm sample, or of the "
+                                   "domain's own data (--data) as their reference")
+    evaluate.add_argument("dir", nargs="?", help="the --out folder of rgdm sample, or a folder of sample files")
+    evaluate.add_argument("--data", metavar="SPLIT", help="measure N rows of the model domain's data split "
+                          "(e.g. test) instead of samples: the reference (needs --checkpoint)")
+    evaluate.add_argument("-n", type=int, default=1000, help="rows of --data (default 1000)")
     evaluate.add_argument("--checkpoint", help="model the samples came from (default: from sample.json)")
     evaluate.add_argument("--reward", help="domain reward to measure (default: the model's training reward)")
     evaluate.add_argument("--temperature", type=float, help="tau of the exact pay-off distribution")

@@ -98,6 +98,8 @@ def test_resume_continues_an_interrupted_finetune(finetuned, tmp_path):
       "--out", "X"], "did you mean 'steps'"),
     (["sample", "--checkpoint", "toy-ring-pretrained", "--target", "12", "--out", "X"], "out of range"),
     (["evaluate", "nowhere"], "nowhere is not a folder"),
+    (["evaluate"], "give one of the two"),
+    (["evaluate", "--data", "nosplit", "--checkpoint", "qm9-noh-pretrained"], "no data split 'nosplit'"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_code_2(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -112,8 +114,8 @@ def test_console_script_is_installed():
 
 
 @pytest.mark.parametrize(("checkpoint", "name", "content", "message"), [
-    ("qm9-pretrained", "samples.xyz", "3\nwater\nO 0 0 0\nH 0 0\n", "line 4"),
-    ("qm9-pretrained", "samples.xyz", "1\nxenon\nXe 0 0 0\n", "Xe"),
+    ("qm9-edm-small", "samples.xyz", "3\nwater\nO 0 0 0\nH 0 0\n", "line 4"),
+    ("qm9-edm-small", "samples.xyz", "1\nxenon\nXe 0 0 0\n", "Xe"),
     ("shapes-pretrained", "a.ply", "ply\nformat ascii 1.0\nelement vertex 2\nend_header\n", "lacks properties"),
 ])
 def test_evaluate_names_the_fault_in_a_users_sample_file(tmp_path, capsys, checkpoint, name, content, message):
@@ -121,6 +123,17 @@ def test_evaluate_names_the_fault_in_a_users_sample_file(tmp_path, capsys, check
     assert main(["-q", "evaluate", str(tmp_path), "--checkpoint", checkpoint]) == 2
     error = capsys.readouterr().err
     assert error.startswith("rgdm: error:") and message in error and str(tmp_path) in error
+
+
+def test_evaluate_measures_the_domains_own_data_as_the_reference(tmp_path):
+    report = tmp_path / "reference.json"
+    assert main(["-q", "evaluate", "--data", "test", "-n", "20", "--checkpoint", "qm9-pretrained", "--json",
+                 str(report)]) == 0
+    metrics = json.loads(report.read_text())
+    assert metrics["data"] == "test" and metrics["n"] == 20
+    # QM9's own molecules with the bonds that agree with their SMILES: the sample pipeline must accept them all.
+    assert metrics["validity"] == metrics["molecule_stability"] == 1.0 and metrics["fragmented"] == 0.0
+    assert metrics["posebusters_checked"] == 20 and 0.5 < metrics["posebusters_pass"] <= 1.0
 
 
 def test_sample_report_counts_subfolder_files_instead_of_listing_them(tmp_path):

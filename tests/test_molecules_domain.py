@@ -553,7 +553,7 @@ def test_a_property_fine_tune_conditions_on_values_from_an_unconditional_parent(
     torch.testing.assert_close(conditioning.value_scale[0], model.domain.property_values.mean())
     near, far = (generate(model, 3, seeded_generator(0), target=value, steps=3) for value in (70.0, 80.0))
     assert near.cond.dtype == torch.float32 and near.cond.tolist() == [70.0] * 3
-    assert not torch.allclose(near.x, far.x), "a changed target changes the samples"
+    assert ((near.x - far.x).abs() > 1e-4).any(), "a changed target changes the samples (every part a tensor)"
     drawn = generate(model, 4, seeded_generator(0), target="all", steps=2)
     assert torch.isin(drawn.cond, model.domain.property_values).all()
     guided = generate(model, 2, seeded_generator(0), target=75.0, steps=2, cfg_scale=2.0)
@@ -581,7 +581,8 @@ def test_a_value_path_for_another_property_is_left_behind_and_one_for_the_same_i
         return conditioning_of(Trainer(config, tmp_path / name).net)
 
     gap = child("gap", "gap")
+    parent_domain = json.loads((parent / "model.json").read_text())["domain"]
     torch.testing.assert_close(gap.value_scale[0], build_domain(
-        {"name": "molecules", "subset": 300, "target_property": "gap"}).property_values.mean())
+        parent_domain | {"target_property": "gap"}).property_values.mean())
     assert gap.value.weight.abs().sum() == 0, "alpha's value path means nothing for the gap: it starts afresh"
     torch.testing.assert_close(child("alpha", "alpha-again").value.weight, trained)

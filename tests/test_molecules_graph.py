@@ -139,7 +139,7 @@ def test_a_bond_model_reads_sdf_samples_into_its_graph_encoding(tmp_path):
 
 
 def test_a_point_cloud_model_fine_tuned_as_a_bond_model_is_refused_by_name(tmp_path):
-    config = RunConfig.model_validate({"init": "qm9-pretrained", "domain": {"name": "molecules", "bonds": True},
+    config = RunConfig.model_validate({"init": "qm9-edm-small", "domain": {"name": "molecules", "bonds": True},
                                        "algorithm": {"name": "pretrain"}})
     with pytest.raises(CheckpointError,
                        match=r"do not fit a molecules network of these options \(its domain options bonds"):

@@ -83,7 +83,7 @@ class Budget:
     posebusters: int | None
 
 
-#: 12,288 calls: the shipped ``qm9-rgdm-qed`` recipe (3 rounds of 4096), at which DDPO was compared before.
+#: 12,288 calls: the shipped ``qm9-edm-small-rgdm-qed`` recipe (3 rounds of 4096), at which DDPO was compared before.
 FULL = Budget(reward_calls=12_288, finetune_steps=1500, batch_size=64, curve_points=6, curve_samples=200,
               eval_samples=1000, sampling_steps=100, model_rounds=3, model_sample_steps=100,
               stepwise_batch=64, stepwise_start=100, ddpo_trajectories=256, ddpo_sample_steps=100,

@@ -96,7 +96,7 @@ class DomainSpec:
 
 DOMAINS = {
     "toy": DomainSpec("toy", "toy-ring-pretrain", "region", checkpoint="toy-ring-pretrained"),
-    "molecules": DomainSpec("molecules", "qm9-pretrain", "qed", checkpoint="qm9-pretrained"),
+    "molecules": DomainSpec("molecules", "qm9-edm-small-pretrain", "qed", checkpoint="qm9-edm-small"),
     # The training shapes only set decode's normalisation and the training batches' content: 8 per
     # category keep the set-up to seconds (the preset's 400 take minutes).
     "shapes": DomainSpec("shapes", "shapes-pretrain", "class-forest", domain_options={"per_class": 8}),

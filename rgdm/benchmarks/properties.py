@@ -1,10 +1,11 @@
 """``rgdm bench properties``: property targets by EDM's protocol, RGDM against conditional diffusion and
 classifier guidance at equal label budgets, for QM9's six properties.
 
-Per property and seed every method starts from one shipped base (default ``qm9-pretrained``, whose
-predictors ship) and may label the same ``labels`` training molecules with the rewarding predictor
-(``qm9-P-a``, trained on ``train_a``), each scored against the same ``targets`` values of the property (its
-quantiles), so every method spends ``labels * targets`` reward calls:
+Per property and seed every method starts from one shipped base (default ``qm9-pretrained``, the bond
+model with hydrogens, trained on ``train_a`` as the protocol asks) and may label the same ``labels``
+training molecules with the rewarding predictor (``qm9-P-a``, trained on ``train_a``), each scored against
+the same ``targets`` values of the property (its quantiles), so every method spends ``labels * targets``
+reward calls:
 
 * ``rgdm-data``: RGDM's pay-off weights ``exp(r(x, c) / tau)`` over the labelled rows, conditioned on ``c``;
 * ``cfg``: the conditional-diffusion peer (the library's CFG fine-tune, sampled at scale 1, the plain

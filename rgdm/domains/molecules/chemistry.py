@@ -420,8 +420,8 @@ def chemistry_metrics(
 
 def split_off_fragments(mols: Sequence[Molecule], top: int = 10) -> dict[str, int]:
     """The ``top`` commonest fragments that ``fragmented`` samples carry beside their largest one, as
-    canonical SMILES (hydrogens implicit: H2 is ``[HH]``) with their counts: what a model adds to fill a
-    molecule's atom count when it fails to connect it (methane, H2, water, ...)."""
+    canonical SMILES (hydrogens implicit where RDKit can: H2 stays ``[H][H]``) with their counts: what a
+    model adds to fill a molecule's atom count when it fails to connect it (methane, H2, water, ...)."""
     counts: Counter[str] = Counter()
     for mol in mols:
         rdkit_mol = to_rdkit(mol)

@@ -26,7 +26,7 @@ NaN, which the scorer puts at the reward floor, marks a molecule that is
 * over its ``time_limit``.
 
 Cost, one thread, molecules of QM9's size (about 12 ms of CPU per energy and gradient): 0.1 s for a DFT
-geometry (10 energies), 0.8 s median and 1.6 s at most for valid samples of ``qm9-pretrained`` (50-100
+geometry (10 energies), 0.8 s median and 1.6 s at most for valid samples of ``qm9-edm-small`` (50-100
 L-BFGS steps; 100 converge every one of them, 50 come within 0.015 eV/atom), a few ms for an invalid
 molecule. The worker pool's chunk timeout should exceed a chunk's molecules times ``time_limit``, so that
 a slow molecule costs only itself.
