@@ -515,6 +515,7 @@ def test_a_stop_signal_saves_the_predictor_state_at_its_step_and_the_rerun_finis
                                                                                           monkeypatch):
     settings = {"steps": 5, "batch_size": 8, "progress": False, "checkpoint_every": 100}
     straight = train_property_predictor(alpha_domain, "alpha", "train_a", out=tmp_path / "straight", **settings)
+    handler_before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
 
     class SignalledAtStepTwo(properties.tqdm):
         def __iter__(self):
@@ -527,7 +528,7 @@ def test_a_stop_signal_saves_the_predictor_state_at_its_step_and_the_rerun_finis
     with pytest.raises(TrainingInterrupted, match="at step 3; training state saved in"):
         train_property_predictor(alpha_domain, "alpha", "train_a", out=tmp_path / "resumed", **settings)
     monkeypatch.undo()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before, "the stop handler is removed again"
     assert json.loads((tmp_path / "resumed" / "training-state.json").read_text())["step"] == 3
     resumed = train_property_predictor(alpha_domain, "alpha", "train_a", out=tmp_path / "resumed", **settings)
     for key, value in straight.net.state_dict().items():
