@@ -196,7 +196,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     model = load_trained(checkpoint)
     if folder is None:
         samples = data_reference(model.domain, args.data, args.n, args.seed)
-        meta = {"data": args.data, "n": len(samples)}
     else:
         samples = load_samples(folder, model.domain)
     if args.target is not None:

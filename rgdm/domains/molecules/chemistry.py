@@ -428,7 +428,8 @@ def split_off_fragments(mols: Sequence[Molecule], top: int = 10) -> dict[str, in
         if rdkit_mol is None:
             continue
         fragments = sorted(Chem.GetMolFrags(rdkit_mol, asMols=True), key=lambda f: f.GetNumAtoms(), reverse=True)
-        counts.update(Chem.MolToSmiles(Chem.RemoveHs(f), isomericSmiles=False) for f in fragments[1:])
+        with BlockLogs():  # a lone hydrogen fragment makes RemoveHs warn on stderr
+            counts.update(Chem.MolToSmiles(Chem.RemoveHs(f), isomericSmiles=False) for f in fragments[1:])
     return dict(counts.most_common(top))
 
 #: Conformers of PoseBusters' internal-energy reference ensemble (its default is 50, which takes minutes for
