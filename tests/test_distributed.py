@@ -128,3 +128,14 @@ def test_bond_molecules_train_and_finetune_on_two_processes_as_on_one(tmp_path):
              "--set", "train.log_every=1", "--set", "algorithm.candidates=4"], processes)
     assert_same_training(pretrained[1], pretrained[2])
     assert_same_training(finetuned[1], finetuned[2])
+
+
+def test_self_conditioned_bond_molecules_train_on_two_processes_as_on_one(tmp_path):
+    """Self-conditioning's two passes and its hinted half of the rows (chosen by each row's time) under
+    data parallelism: two processes equal one."""
+    config = tmp_path / "graph.yaml"
+    config.write_text(yaml.safe_dump(GRAPH | {"network": GRAPH["network"] | {"self_condition": True}}))
+    runs = {processes: tmp_path / f"pretrain-{processes}" for processes in (1, 2)}
+    for processes, out in runs.items():
+        run(["train", "--config", str(config), "--out", str(out)], processes)
+    assert_same_training(runs[1], runs[2])

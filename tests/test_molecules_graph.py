@@ -8,6 +8,8 @@ import torch
 from rdkit import Chem
 from toolkit import broken_valence
 
+from rgdm.api import sample
+from rgdm.diffusion import EpsModel
 from rgdm.domains.molecules.chemistry import (
     Molecule,
     atom_stability,
@@ -22,6 +24,7 @@ from rgdm.domains.molecules.data import ELEMENTS, pad_molecules
 from rgdm.domains.molecules.domain import MoleculeDomain
 from rgdm.domains.molecules.encoding import GraphEncoding, pad_bonds
 from rgdm.domains.molecules.io import MoleculeFileError, read_sdf, write_sdf
+from rgdm.engine.builder import load_trained
 from rgdm.engine.config import RunConfig
 from rgdm.engine.trainer import Trainer
 from rgdm.io import CheckpointError
@@ -191,3 +194,47 @@ def test_posebusters_survives_a_closed_stderr_left_behind_by_an_earlier_capture(
         pass
     monkeypatch.setattr(rdkit.log_handler, "stream", closed)
     assert posebusters_metrics([bonded("c1ccccc1O")])["posebusters_checks"]["inchi_convertible"] == 1.0
+
+
+TINY_BOND_MODEL = {"domain": {"name": "molecules", "hydrogens": False, "bonds": True, "subset": 32},
+                   "network": {"hidden": 16, "edge_hidden": 8, "layers": 1},
+                   "diffusion": {"schedule": "cosine", "timesteps": 20},
+                   "train": {"steps": 3, "batch_size": 8, "checkpoint_every": 3, "log_every": 1, "seed": 2},
+                   "algorithm": {"name": "pretrain"}}
+
+
+def test_a_plain_bond_model_continues_self_conditioned_from_where_it_stands(tmp_path):
+    """``network.self_condition`` on top of a parent without it: the hint inputs start at zero, so the
+    first prediction is the parent's; training moves them, and the model samples at two evaluations a step."""
+    Trainer(RunConfig.model_validate(TINY_BOND_MODEL), tmp_path / "plain").fit(progress=False)
+    parent = load_trained(tmp_path / "plain")
+    config = RunConfig.model_validate({"init": str(tmp_path / "plain"), "network": {"self_condition": True},
+                                       "train": TINY_BOND_MODEL["train"], "algorithm": {"name": "pretrain"}})
+    trainer = Trainer(config, tmp_path / "hinted")
+    prior = parent.domain.prior_batch(4, torch.Generator().manual_seed(0))
+    x = parent.diffusion.noise_like(prior.x, prior.mask, torch.Generator().manual_seed(1))
+    t = torch.full((4,), 12)
+    child = EpsModel(trainer.net.eval(), trainer.diffusion)
+    with torch.no_grad():
+        expected, actual = EpsModel(parent.net, parent.diffusion)(x, t, None, prior.mask), child(x, t, None, prior.mask)
+    assert child.self_conditioned and child.evaluations == 2 * 4
+    for part in ("positions", "atoms", "bonds"):
+        torch.testing.assert_close(actual[part], expected[part], rtol=0, atol=0)
+    trainer.net.train()
+    trainer.fit(progress=False)
+    tuned = load_trained(tmp_path / "hinted")
+    assert tuned.meta["network"]["self_condition"] is True
+    assert tuned.net.hint_atoms.weight.abs().sum() > 0 and tuned.net.hint_bonds.weight.abs().sum() > 0
+    samples = sample(tuned, 3, steps=5, seed=0)
+    assert samples.meta["network_evaluations"] == 2 * 5 * 3
+
+
+def test_network_options_that_the_parent_weights_do_not_fit_are_refused(tmp_path):
+    Trainer(RunConfig.model_validate(TINY_BOND_MODEL), tmp_path / "plain").fit(progress=False)
+    wider = RunConfig.model_validate({"init": str(tmp_path / "plain"), "network": {"hidden": 32},
+                                      "algorithm": {"name": "pretrain"}})
+    refusal = r"do not fit a molecules network of these options \(its network options hidden differ"
+    with pytest.raises(CheckpointError, match=refusal):
+        Trainer(wider, tmp_path / "wider")
+    with pytest.raises(ValueError, match="self_condition needs the bond graph network"):
+        MoleculeDomain({"bonds": False}).build_network({"self_condition": True})

@@ -13,7 +13,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from rgdm.domains.molecules.graph_network import BondGraphDenoiser, BondGraphRegressor
+from rgdm.domains.molecules.graph_network import BondGraphDenoiser, BondGraphRegressor, bonded_together
 
 ELEMENTS = ("H", "C", "N", "O", "F")
 CHARGES = (-1, 0, 1)
@@ -263,3 +263,90 @@ def test_the_compiled_network_gives_the_eager_outputs_and_gradients(batch):
         compiled_grads = torch.autograd.grad(sum(v.sum() for v in compiled_out.values()), list(net.parameters()))
         for eager_grad, compiled_grad in zip(eager_grads, compiled_grads, strict=True):
             torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-7, atol=1e-9)
+
+
+# Self-conditioning: the network's own first estimate and its bonded fragments as a hint.
+
+def hint_for(x: TensorDict, mask: torch.Tensor, seed: int = 7) -> TensorDict:
+    """A made-up first estimate: the batch moved a little, every part."""
+    generator = torch.Generator().manual_seed(seed)
+    hint = x.clone()
+    for key in ("positions", "atoms"):
+        hint[key] = x[key] + 0.1 * torch.randn(x[key].shape, generator=generator, dtype=torch.float64)
+    noise = torch.randn(x["bonds"].shape, generator=generator, dtype=torch.float64)
+    hint["bonds"] = x["bonds"] + 0.05 * (noise + noise.transpose(1, 2))
+    return hint
+
+
+def hinted_net() -> BondGraphDenoiser:
+    return small(self_condition=True)
+
+
+def test_self_conditioned_outputs_are_equivariant_with_the_hint_moved_and_permuted_alike(batch):
+    x, mask, t = batch
+    net, hint = hinted_net(), hint_for(x, mask)
+    out = net(x, t, None, mask, hint=hint)
+    assert (out["atoms"] - net(x, t, None, mask)["atoms"]).abs().amax() > 1e-4, "the hint must enter"
+    generator = torch.Generator().manual_seed(8)
+    rotation, shift = orthogonal(generator, reflect=True), torch.randn(3, generator=generator, dtype=torch.float64)
+    out_moved = net(moved(x, mask, rotation, shift), t, None, mask, hint=moved(hint, mask, rotation, -shift))
+    assert torch.allclose(out_moved["positions"], out["positions"] @ rotation.T, atol=TOLERANCE)
+    assert_close(out_moved, out, keys=("atoms", "bonds"))
+    order = torch.stack([torch.randperm(WIDTH, generator=generator) for _ in range(len(mask))])
+    shuffled, shuffled_mask = permuted(x, mask, order)
+    expected, _ = permuted(out, mask, order)
+    assert_close(net(shuffled, t, None, shuffled_mask, hint=permuted(hint, mask, order)[0]), expected)
+
+
+def test_a_self_conditioned_network_ignores_padding_in_the_hint_and_rows_without_one(batch):
+    x, mask, t = batch
+    net, hint = hinted_net(), hint_for(x, mask)
+    out = net(x, t, None, mask, hint=hint)
+    garbage = hint.clone()
+    pad_pairs = ~(mask[:, :, None] & mask[:, None, :])
+    garbage["positions"] = torch.where(mask[..., None], hint["positions"], float("nan"))
+    garbage["atoms"] = torch.where(mask[..., None], hint["atoms"], 1e3)
+    garbage["bonds"] = torch.where(pad_pairs[..., None], float("nan"), hint["bonds"])
+    assert_close(net(x, t, None, mask, hint=garbage), out)
+    partly = net(x, t, None, mask, hint=hint, hinted=torch.tensor([True, False, True]))
+    unhinted = net(x, t, None, mask)
+    assert_close(partly[[0, 2]], out[[0, 2]])
+    assert_close(partly[[1]], unhinted[[1]])
+
+
+def test_hint_inputs_start_at_zero_so_the_network_answers_as_its_parent(batch):
+    x, mask, t = batch
+    parent = small()
+    child = BondGraphDenoiser(ATOM_FEATURES, BOND_FEATURES, num_targets=3, hidden=16, edge_hidden=8, layers=2,
+                              self_condition=True).double()
+    missing = child.load_state_dict(parent.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["hint_atoms.weight", "hint_bonds.weight"]
+    assert_close(child(x, t, None, mask, hint=hint_for(x, mask)), parent(x, t, None, mask))
+
+
+def test_bonded_together_finds_the_fragments_of_hand_made_molecules():
+    x, mask = encode([benzene(), methane()])
+    together = bonded_together(x["bonds"], mask)
+    assert together[0, :12, :12].all() and together[1, :5, :5].all() and together.sum() == 12**2 + 5**2
+    # benzene's C0-H6 bond and methane's C-H4 bond removed: each hydrogen is a fragment by itself.
+    x["bonds"][0, 0, 6] = x["bonds"][0, 6, 0] = x["bonds"][1, 0, 4] = x["bonds"][1, 4, 0] = torch.tensor(
+        [0.5, 0, 0, 0, 0], dtype=torch.float64)
+    together = bonded_together(x["bonds"], mask)
+    assert together[0, 6, :12].sum() == 1 and together[0, 0, :12].sum() == 11
+    assert together[1, 4, :5].sum() == 1 and together[1, 0, :5].sum() == 4
+    assert not together[~mask].any() and torch.equal(together, together.transpose(1, 2))
+
+
+def test_the_fragment_features_change_the_output(batch):
+    """Two hints that differ only in one bond that splits off a hydrogen give different outputs, with the
+    hint's bond values themselves unread: the fragment share and same-fragment flag carry it."""
+    x, mask, t = batch
+    net, hint = hinted_net(), hint_for(x, mask)
+    with torch.no_grad():
+        net.hint_bonds.weight[:, :BOND_FEATURES] = 0.0
+    hint["bonds"] = encode([benzene(), methane(), pentavalent_carbon()])[0]["bonds"]
+    split = hint.clone()
+    split["bonds"][1, 0, 4] = split["bonds"][1, 4, 0] = torch.tensor([0.5, 0, 0, 0, 0], dtype=torch.float64)
+    assert bonded_together(hint["bonds"], mask)[1, 0, 4] and not bonded_together(split["bonds"], mask)[1, 0, 4]
+    difference = net(x, t, None, mask, hint=split)["atoms"] - net(x, t, None, mask, hint=hint)["atoms"]
+    assert difference[1].abs().amax() > 1e-4 and difference[[0, 2]].abs().amax() == 0

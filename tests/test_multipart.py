@@ -27,7 +27,7 @@ from rgdm.algorithms.exploration import explore
 from rgdm.algorithms.rgdm_stepwise import StepwiseLoss
 from rgdm.algorithms.svdd import svdd
 from rgdm.batch import Batch, Shard, flatten_parts, unflatten_parts
-from rgdm.diffusion import EpsModel, GaussianDiffusion, NoiseSchedule, sample
+from rgdm.diffusion import EpsModel, GaussianDiffusion, HintProjection, NoiseSchedule, denoising_loss, sample
 from rgdm.domains.molecules.data import ELEMENTS, pad_molecules
 from rgdm.domains.molecules.encoding import GraphEncoding, pad_bonds, remove_center_of_mass
 from rgdm.rewards import BlackBoxReward, RewardCounter, Scorer
@@ -75,9 +75,28 @@ class PartwiseDenoiser(nn.Module):
                            "bonds": torch.tanh(bonds)}, batch_size=x.batch_size)
 
 
-def make_model(seed: int = 0) -> EpsModel:
+class HintedDenoiser(PartwiseDenoiser):
+    """``PartwiseDenoiser`` with a self-conditioning hint on the atoms (``rgdm.diffusion.self_conditioning``),
+    its hint weights random so that the hint matters."""
+
+    self_conditioned = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hint = HintProjection(ATOM_FEATURES + BOND_FEATURES, ATOM_FEATURES)
+        nn.init.normal_(self.hint.weight, std=0.3)
+
+    def forward(self, x: TensorDict, t: torch.Tensor, cond=None, mask=None, hint=None, hinted=None) -> TensorDict:
+        out = super().forward(x, t, cond, mask)
+        if hint is not None:
+            features = torch.cat([hint["atoms"], hint["bonds"].sum(2)], -1).clamp(-3, 3)
+            out["atoms"] = out["atoms"] + torch.tanh(self.hint(features)) * hinted[:, None, None]
+        return out
+
+
+def make_model(seed: int = 0, self_conditioned: bool = False) -> EpsModel:
     torch.manual_seed(seed)
-    return EpsModel(PartwiseDenoiser(), diffusion())
+    return EpsModel(HintedDenoiser() if self_conditioned else PartwiseDenoiser(), diffusion())
 
 
 def noise(rows: int = 3, seed: int = 0) -> Batch:
@@ -161,8 +180,9 @@ def constant_reward(samples):
     return [0.7] * len(samples)
 
 
-def test_stepwise_loss_is_the_plain_denoising_loss_for_a_constant_reward():
-    model, batch = make_model(), data(12)
+@pytest.mark.parametrize("self_conditioned", [False, True])
+def test_stepwise_loss_is_the_plain_denoising_loss_for_a_constant_reward(self_conditioned):
+    model, batch = make_model(self_conditioned=self_conditioned), data(12)
     expected = denoising_losses(model, batch, torch.Generator().manual_seed(3)).mean()
     scorer = make_scorer(constant_reward, decode=lambda x, mask: list(range(x.shape[0])))
     loss, stats = stepwise_loss(model, model, scorer, batch, torch.Generator().manual_seed(3), candidates=8,
@@ -178,10 +198,11 @@ def gradient(model: EpsModel, loss: torch.Tensor) -> torch.Tensor:
                                                                                        strict=True)])
 
 
+@pytest.mark.parametrize("self_conditioned", [False, True])
 @pytest.mark.parametrize("loss", ["denoising", "stepwise"])
-def test_two_shards_add_up_to_the_whole_batch_gradient(loss):
+def test_two_shards_add_up_to_the_whole_batch_gradient(loss, self_conditioned):
     """Data parallelism: each process's rows, scaled as ``Shard.mean`` does, sum to the one-process gradient."""
-    model, batch = make_model(), data(12)
+    model, batch = make_model(self_conditioned=self_conditioned), data(12)
     scorer = make_scorer(lambda samples: [float(i % 5) for i in samples],
                          decode=lambda x, mask: [int(v * 1e3) % 7 for v in x["atoms"].sum((1, 2)).tolist()])
 
@@ -205,8 +226,9 @@ def atom_sum(x: TensorDict, mask=None) -> list[float]:
     return x["atoms"].sum((1, 2)).tolist()
 
 
-def graph_context(counter: RewardCounter | None = None, targets: list[int] | None = None) -> TrainingContext:
-    model, reference = make_model(0), make_model(1)
+def graph_context(counter: RewardCounter | None = None, targets: list[int] | None = None,
+                  self_conditioned: bool = False) -> TrainingContext:
+    model, reference = make_model(0, self_conditioned), make_model(1, self_conditioned)
     counter = counter or RewardCounter()
     scorer = Scorer(BlackBoxReward(lambda values: values, counter=counter), atom_sum, counter,
                     lambda x, cond: x["atoms"].sum((1, 2)))
@@ -225,9 +247,10 @@ ALGORITHMS = {
 }
 
 
+@pytest.mark.parametrize("self_conditioned", [False, True])
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
-def test_every_training_algorithm_trains_on_multi_part_samples_and_keeps_its_state(name):
-    ctx = graph_context()
+def test_every_training_algorithm_trains_on_multi_part_samples_and_keeps_its_state(name, self_conditioned):
+    ctx = graph_context(self_conditioned=self_conditioned)
     algorithm = ALGORITHMS[name]()
     generator = torch.Generator().manual_seed(0)
     algorithm.setup(ctx, generator)
@@ -255,9 +278,11 @@ class AtomSumRegressor(nn.Module):
         return x["atoms"].sum((1, 2)) * (1 - t)
 
 
+@pytest.mark.parametrize("self_conditioned", [False, True])
 @pytest.mark.parametrize("guidance", ["select", "svdd", "gradient", "classifier"])
-def test_guided_sampling_keeps_multi_part_samples_on_the_sample_space_and_raises_the_reward(guidance):
-    ctx = graph_context()
+def test_guided_sampling_keeps_multi_part_samples_on_the_sample_space_and_raises_the_reward(guidance,
+                                                                                         self_conditioned):
+    ctx = graph_context(self_conditioned=self_conditioned)
     transition = {"select": lambda: GreedySelection(ctx.scorer, candidates=4, temperature=0.05),
                   "svdd": lambda: svdd(ctx.scorer, candidates=4),
                   "gradient": lambda: GradientStep(ctx.scorer, temperature=0.05, radius=0.5),
@@ -272,3 +297,36 @@ def test_guided_sampling_keeps_multi_part_samples_on_the_sample_space_and_raises
     guided, plain = draw(transition), draw(None)
     assert_on_the_sample_space(guided, mask)
     assert sum(atom_sum(guided)) > sum(atom_sum(plain))
+
+
+def test_a_self_conditioned_model_runs_twice_and_hints_the_second_pass_with_the_first_estimate():
+    """``eps_theta(x_t, t)`` of a self-conditioned network: a first pass without a hint, then a second
+    hinted by the first's Tweedie estimate at the same ``(x_t, t)``; training hints the rows of even ``t``."""
+    model = make_model(self_conditioned=True)
+    calls, forward = [], model.net.forward
+
+    def recording(x, t, cond=None, mask=None, hint=None, hinted=None):
+        out = forward(x, t, cond, mask, hint, hinted)
+        calls.append((hint, hinted, out))
+        return out
+
+    model.net.forward = recording
+    batch, t = noise(6), torch.tensor([3, 4, 10, 11, 20, 49])
+    with torch.no_grad():
+        eps = model(batch.x, t, None, batch.mask)
+    assert model.evaluations == 12 and len(calls) == 2 and calls[0][0] is None
+    first = model.diffusion.onto_sample_space(calls[0][2], batch.mask)
+    hint, hinted, _ = calls[1]
+    assert hinted.all()
+    for part in ("positions", "atoms", "bonds"):
+        torch.testing.assert_close(hint[part], model.diffusion.x0_from_eps(batch.x, t, first)[part])
+    calls.clear()
+    model.chunk_elements = 1  # one row a call: the same predictions
+    with torch.no_grad():
+        chunked = model(batch.x, t, None, batch.mask)
+    assert len(calls) == 12
+    for part in ("positions", "atoms", "bonds"):
+        torch.testing.assert_close(chunked[part], eps[part], rtol=0, atol=0)
+    calls.clear()
+    denoising_loss(model, batch.x, t, noise(6, seed=1).x, None, batch.mask)
+    assert calls[-1][1].tolist() == [False, True, True, False, True, False]

@@ -28,6 +28,7 @@ from rgdm.batch import Batch
 from rgdm.diffusion.loss import draw_training_noise, noise_error
 from rgdm.diffusion.process import GaussianDiffusion, Sample, per_row, repeat_rows
 from rgdm.diffusion.sampling import EpsModel
+from rgdm.diffusion.self_conditioning import hinted_for_training
 from rgdm.rewards.scorer import Scorer
 
 #: The centre ``m`` of the step-wise candidates: the posterior mean of ``q(x_{t-1} | x_t, x_0)``, or the
@@ -133,7 +134,9 @@ class StepwiseLoss:
                                              .clamp(min=1e-12)), t, xt)
         offsets = proposals - repeat_rows(step.mean, self.candidates)
         shift = (per_row(weights.reshape(-1), offsets) * offsets).view(self.candidates, *xt.shape).sum(0)
-        losses = noise_error(diffusion, model(xt, t, batch.cond, batch.mask), eps_center - shift / c_t, batch.mask)
+        hinted = hinted_for_training(t) if model.self_conditioned else None
+        losses = noise_error(diffusion, model(xt, t, batch.cond, batch.mask, hinted), eps_center - shift / c_t,
+                             batch.mask)
         if not rows.explored.any():
             return losses, None
         explored_values = values[:, rows.explored]

@@ -21,10 +21,12 @@ from rgdm.diffusion.sampling import (
     timestep_pairs,
 )
 from rgdm.diffusion.schedule import NoiseSchedule
+from rgdm.diffusion.self_conditioning import HintProjection
 
 __all__ = [
     "EpsModel",
     "GaussianDiffusion",
+    "HintProjection",
     "NoiseSchedule",
     "Part",
     "ReverseStep",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rgdm.diffusion.self_conditioning import HintProjection
+
 #: Frequencies of the value path's Fourier features of a standardised value (about -3..3): from a quarter
 #: turn over the whole range to a period of about 0.8 standard deviations.
 VALUE_FREQUENCIES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -84,8 +86,11 @@ def is_null(cond: torch.Tensor, null_token: int) -> torch.Tensor:
 
 def parent_weights(net: nn.Module, parent: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], set[str]]:
     """The weights of a parent ``state_dict`` that a fine-tune's ``net`` takes, and the keys of ``net`` they
-    may lack: those of its value path. The path starts at zero (every value answered as the null token) when
-    the parent has none, or had one standardised for another quantity, whose weights mean nothing here."""
+    may lack. Those are its value path, which starts at zero (every value answered as the null token) when
+    the parent has none, or had one standardised for another quantity, whose weights mean nothing here;
+    and its self-conditioning hint inputs (``HintProjection``), which start at zero, so a parent trained
+    without self-conditioning answers as before."""
+    optional = {f"{name}.weight" for name, module in net.named_modules() if isinstance(module, HintProjection)}
     for name, module in net.named_modules():
         if isinstance(module, Conditioning) and module.value is not None:
             prefix = f"{name}." if name else ""
@@ -93,8 +98,8 @@ def parent_weights(net: nn.Module, parent: dict[str, torch.Tensor]) -> tuple[dic
             scale = parent.get(f"{prefix}value_scale")
             if scale is None or not torch.equal(scale.to(module.value_scale), module.value_scale):
                 parent = {key: value for key, value in parent.items() if key not in keys}
-            return parent, keys
-    return parent, set()
+            optional |= keys
+    return parent, optional
 
 
 def conditioning_of(net: nn.Module) -> Conditioning | None:

@@ -14,6 +14,7 @@ import torch
 
 from rgdm.diffusion.process import GaussianDiffusion, Sample
 from rgdm.diffusion.sampling import EpsModel
+from rgdm.diffusion.self_conditioning import hinted_for_training
 
 
 def draw_training_noise(diffusion: GaussianDiffusion, x: Sample, mask: torch.Tensor | None,
@@ -32,6 +33,10 @@ def noise_error(diffusion: GaussianDiffusion, predicted: Sample, target: Sample,
 
 def denoising_loss(model: EpsModel, x: Sample, t: torch.Tensor, noise: Sample, cond: torch.Tensor | None = None,
                    mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-row ``||eps_theta(x_t, t) - eps||^2 / d`` with ``x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps``."""
+    """Per-row ``||eps_theta(x_t, t) - eps||^2 / d`` with ``x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps``.
+
+    A self-conditioned model trains its hinted second pass on half the rows and its first pass on the
+    others (``hinted_for_training``)."""
     xt = model.diffusion.q_sample(x, t, noise)
-    return noise_error(model.diffusion, model(xt, t, cond, mask), noise, mask)
+    hinted = hinted_for_training(t) if model.self_conditioned else None
+    return noise_error(model.diffusion, model(xt, t, cond, mask, hinted), noise, mask)

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rgdm.diffusion.process import GaussianDiffusion, ReverseStep, Sample, elements_per_row
+from rgdm.diffusion.self_conditioning import is_self_conditioned
 
 #: Input elements per network call on the CPU outside autograd: larger calls run in row chunks of about this
 #: size. Activations of a bigger call spill out of the cache and every row gets slower. The K candidates of
@@ -32,6 +33,8 @@ class EpsModel:
 
     The wrapped network is called as ``net(x_t, t / T, cond, mask)`` and predicts the noise (of every
     part, for a multi-part sample); the prediction is put on the sample space like the noise itself.
+    A self-conditioned network runs twice at the same ``(x_t, t)``, the second pass hinted by the
+    first's ``x_0`` estimate (``rgdm.diffusion.self_conditioning``).
     ``evaluations`` counts network evaluations per sample row, the budget unit of comparisons.
     Calls outside autograd on the CPU run in chunks of ``chunk_elements`` input elements (rows are
     independent, so the result is the same); calls that build a graph run whole, as distributed
@@ -44,6 +47,7 @@ class EpsModel:
         self.diffusion = diffusion
         self.chunk_elements = chunk_elements
         self.evaluations = 0
+        self.self_conditioned = is_self_conditioned(net)
 
     def __call__(
         self,
@@ -51,21 +55,37 @@ class EpsModel:
         t: torch.Tensor,
         cond: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        hinted: torch.Tensor | None = None,
     ) -> Sample:
-        self.evaluations += x.shape[0]
-        eps = self._network(x, t.to(x.dtype) / self.diffusion.timesteps, cond, mask)
-        return self.diffusion.onto_sample_space(eps, mask)
+        """``eps_theta(x_t, t)``; ``hinted`` picks the rows whose second pass gets the hint (all by
+        default; the training loss hints half of them)."""
+        scaled = t.to(x.dtype) / self.diffusion.timesteps
+        if not self.self_conditioned:
+            self.evaluations += x.shape[0]
+            return self.diffusion.onto_sample_space(self._network(x, scaled, cond, mask), mask)
+        self.evaluations += 2 * x.shape[0]
+        with torch.no_grad():
+            first = self.diffusion.onto_sample_space(self._network(x, scaled, cond, mask), mask)
+            hint = self.diffusion.x0_from_eps(x, t, first)
+        if hinted is None:
+            hinted = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        return self.diffusion.onto_sample_space(self._network(x, scaled, cond, mask, hint, hinted), mask)
 
-    def _network(self, x: Sample, t: torch.Tensor, cond: torch.Tensor | None, mask: torch.Tensor | None
-                 ) -> Sample:
+    def _network(self, x: Sample, t: torch.Tensor, cond: torch.Tensor | None, mask: torch.Tensor | None,
+                 hint: Sample | None = None, hinted: torch.Tensor | None = None) -> Sample:
         """The network on every row: whole, or in cache-sized chunks (see ``CPU_CHUNK_ELEMENTS``)."""
+
+        def call(rows: slice) -> Sample:
+            part = (x[rows], t[rows], None if cond is None else cond[rows], None if mask is None else mask[rows])
+            if hint is None:
+                return self.net(*part)
+            return self.net(*part, hint=hint[rows], hinted=hinted[rows])
+
         rows = x.shape[0]
         chunk = rows if self.chunk_elements is None else max(1, self.chunk_elements // max(1, elements_per_row(x)))
         if chunk >= rows or x.device.type != "cpu" or torch.is_grad_enabled():
-            return self.net(x, t, cond, mask)
-        return torch.cat([self.net(x[part], t[part], None if cond is None else cond[part],
-                                   None if mask is None else mask[part])
-                          for part in (slice(start, start + chunk) for start in range(0, rows, chunk))])
+            return call(slice(None))
+        return torch.cat([call(slice(start, start + chunk)) for start in range(0, rows, chunk)])
 
 
 @dataclass

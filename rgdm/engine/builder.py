@@ -94,14 +94,17 @@ def network_holding(domain: Domain, network: dict[str, Any], parent: LoadedModel
     parent may lack are those of a condition's value path, which a property target adds: they start at
     zero, so the network answers every value as its parent answers no target. A parent's value path
     standardised for another quantity (a model of alpha asked for the gap) is left behind the same way.
+    So are the hint inputs of self-conditioning (``network.self_condition``), which also start at zero.
     """
     net = domain.build_network(network)
     state, optional = parent_weights(net, parent.net.state_dict())
     expected = {k: v.shape for k, v in net.state_dict().items() if k not in optional or k in state}
     if expected != {k: v.shape for k, v in state.items()}:
         ours, theirs = domain.config(), parent.meta["domain"]
-        changed = sorted(k for k in ours if theirs.get(k) != ours[k])
-        because = f" (its domain options {', '.join(changed)} differ)" if changed else ""
+        differing = {"domain": sorted(k for k in ours if theirs.get(k) != ours[k]),
+                     "network": sorted(k for k in network if parent.meta["network"].get(k) != network[k])}
+        changed = [f"{part} options {', '.join(keys)}" for part, keys in differing.items() if keys]
+        because = f" (its {' and '.join(changed)} differ)" if changed else ""
         raise CheckpointError(f"the weights of {parent.source or 'the parent model'} do not fit a {domain.name} "
                               f"network of these options{because}; use a model of the same kind, or pre-train one "
                               "for these options with rgdm train")

@@ -107,7 +107,8 @@ class RewardConfig(Section):
 class RunConfig(Section):
     domain: dict[str, Any] = Field(default_factory=lambda: {"name": "toy"},
                                    description="with init: options that change the parent's (e.g. a target)")
-    network: dict[str, Any] = Field(default_factory=dict)
+    network: dict[str, Any] = Field(default_factory=dict, description="with init: options on top of the "
+                                    "parent's (only those its weights fit, e.g. self_condition)")
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     algorithm: SerializeAsAny[AlgorithmConfig] = Field(default_factory=PretrainConfig,

@@ -29,9 +29,10 @@ class AutocastNetwork(nn.Module):
         self.device_type = device_type
 
     def forward(self, x: Any, t: torch.Tensor, cond: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> Any:
+                mask: torch.Tensor | None = None, **hint: Any) -> Any:
+        """``hint``: a self-conditioned network's ``hint`` and ``hinted`` keywords, passed on."""
         with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            eps = self.net(x, t, cond, mask)
+            eps = self.net(x, t, cond, mask, **hint)
         return eps.to(torch.float32)
 
 

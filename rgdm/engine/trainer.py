@@ -66,7 +66,8 @@ def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torc
 
 
 class Trainer:
-    """Trains one run folder from a ``RunConfig``; ``config.init`` names the model to fine-tune."""
+    """Trains one run folder from a ``RunConfig``; ``config.init`` names the model to fine-tune, whose
+    network options the config's own ``network`` options go on top of (``self_condition: true``)."""
 
     def __init__(self, config: RunConfig, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
@@ -76,7 +77,7 @@ class Trainer:
         if config.init is not None and not (self.run_dir / "config.yaml").exists():
             parent = load_trained(config.init, self.device, tie_untrained_targets=False)
             config = config.model_copy(update={"domain": self._fine_tuning_domain(parent.meta["domain"], config),
-                                               "network": parent.meta["network"],
+                                               "network": parent.meta["network"] | config.network,
                                                "diffusion": DiffusionConfig.model_validate(
                                                    parent.meta["diffusion"])})
         self.config = config

@@ -91,6 +91,8 @@ class NetworkOptions(BaseModel):
     layers: int = Field(4, ge=1)
     coords_range: float = Field(15.0, gt=0)
     edge_hidden: int = Field(32, ge=4, description="the bond graph network's edge width (bonds: true)")
+    self_condition: bool = Field(False, description="the bond graph network also sees its own first estimate "
+                                 "and that estimate's bonded fragments: two network evaluations a step (bonds: true)")
 
 
 class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
@@ -144,7 +146,9 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
         if self.options.bonds:
             return self._with_value_path(BondGraphDenoiser(
                 self.atom_features, self.encoding.bond_types, self.num_targets, net.hidden, net.edge_hidden,
-                net.layers, net.coords_range))
+                net.layers, net.coords_range, self_condition=net.self_condition))
+        if net.self_condition:
+            raise ValueError("network.self_condition needs the bond graph network (domain.bonds: true)")
         return self._with_value_path(EGNNDenoiser(self.atom_features, self.num_targets, net.hidden, net.layers,
                                                   net.coords_range))
 

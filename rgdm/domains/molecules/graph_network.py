@@ -15,6 +15,12 @@ Our own CPU choice: edges live on the *unordered* pairs ``i < j`` of real atoms 
 (half a directed graph, nothing spent on padding), and the symmetric message ``m_ij`` is made
 directed by cheap per-atom gates (``m_ij * V h_j`` into atom ``i``, ``<K m_ij, Q h_i>`` for the
 step of ``x_i`` along ``x_i - x_j``).
+
+With ``self_condition``, the network also takes its own first estimate of the molecule (see
+``rgdm.diffusion.self_conditioning``), as JODO does, and the connectivity of that estimate's bonds:
+how much of the molecule each atom's bonded fragment holds, and whether two atoms are in one
+fragment. Message passing cannot count fragments; the sampled molecules of the model without it
+split off small molecules (docs/results/molecules.md#fragmentation), so the network is told.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from torch import nn
 
 from rgdm.diffusion.conditioning import Conditioning
 from rgdm.diffusion.process import parts_sample
+from rgdm.diffusion.self_conditioning import HintProjection
 from rgdm.domains.molecules.network import _trim
 
 
@@ -46,6 +53,22 @@ class RadialBasis(nn.Module):
 
     def forward(self, distance: torch.Tensor) -> torch.Tensor:
         return torch.exp(-self.gamma * (distance[:, None] - self.centres.to(distance.dtype)) ** 2)
+
+
+@torch.compiler.disable
+def bonded_together(bonds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(B, W, W)``: whether atoms ``i`` and ``j`` are joined by a path of bonds (an atom by itself).
+
+    A pair is bonded where its largest bond channel is not channel 0 ("none"). The closure is
+    ``ceil(log2 W)`` squarings of the reachability matrix, batched: for molecules of up to 29 atoms a
+    handful of small matrix products, where a graph library would loop over the molecules. Its loop
+    count depends on the width, so a compiled network runs it eagerly.
+    """
+    pair = mask[:, :, None] & mask[:, None, :]
+    reach = ((bonds.argmax(-1) != 0) & pair) | torch.diag_embed(mask)
+    for _ in range(max(1, math.ceil(math.log2(max(mask.shape[1] - 1, 1))))):
+        reach = torch.bmm(reach.float(), reach.float()) > 0
+    return reach
 
 
 class Pairs:
@@ -146,9 +169,15 @@ class BondGraphDenoiser(nn.Module):
 
     def __init__(self, atom_features: int, bond_features: int, num_targets: int = 0, hidden: int = 96,
                  edge_hidden: int = 32, layers: int = 4, coords_range: float = 15.0, target_features: int = 16,
-                 radial: int = 12, time_frequencies: int = 6, normalisation: float = 8.0) -> None:
+                 radial: int = 12, time_frequencies: int = 6, normalisation: float = 8.0,
+                 self_condition: bool = False) -> None:
         super().__init__()
         self.time_frequencies = time_frequencies
+        self.self_conditioned = self_condition
+        if self_condition:
+            # Hint inputs: the estimate's atoms and fragment share; its bonds, distance and same-fragment flag.
+            self.hint_atoms = HintProjection(atom_features + 1, hidden)
+            self.hint_bonds = HintProjection(bond_features + radial + 1, edge_hidden)
         self.target = Conditioning(num_targets, target_features)
         self.condition = nn.Sequential(nn.Linear(1 + 2 * time_frequencies + target_features, hidden), nn.SiLU(),
                                        nn.Linear(hidden, hidden))
@@ -165,7 +194,8 @@ class BondGraphDenoiser(nn.Module):
         self.bond_edge = nn.Linear(edge_hidden, hidden, bias=False)
         self.bond_read_out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, bond_features))
 
-    def _trunk(self, x: TensorDict, t: torch.Tensor, cond: torch.Tensor | None, mask: torch.Tensor | None
+    def _trunk(self, x: TensorDict, t: torch.Tensor, cond: torch.Tensor | None, mask: torch.Tensor | None,
+               hint: TensorDict | None = None, hinted: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Pairs, torch.Tensor]:
         """Embed and run the layers on the trimmed batch: ``(h, e, x_out, x_in, pairs, mask)``."""
         positions, mask = _trim(x["positions"], mask)
@@ -182,15 +212,42 @@ class BondGraphDenoiser(nn.Module):
         initial = self.radial(torch.sqrt((difference**2).sum(-1) + 1e-8))
         bonds = pairs.gather(x["bonds"][:, :width, :width])
         e = self.bond_embed(torch.cat([bonds, initial], -1)) + self.bond_condition(condition).index_select(0, pairs.mol)
+        if hint is not None:
+            hint_atoms, hint_bonds = self._hint_features(hint, hinted, pairs, mask)
+            h = h + self.hint_atoms(hint_atoms) * mask[..., None]
+            e = e + self.hint_bonds(hint_bonds)
         out = positions
         for layer in self.layers:
             h, e, out = layer(h, e, out, pairs, self.radial, initial, condition, mask)
         return self.final_norm(h), e, out, positions, pairs, mask
 
+    def _hint_features(self, hint: TensorDict, hinted: torch.Tensor | None, pairs: Pairs, mask: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per atom ``[atoms, fragment share]`` ``(B, W, F + 1)``, per pair ``[bonds, rbf(distance), same
+        fragment]`` ``(pairs, E + R + 1)``, from the trimmed hint; zero for rows not ``hinted``. Estimates
+        far outside the data's range (early in the reverse process) are clipped."""
+        batch, width = mask.shape
+        if hinted is None:
+            hinted = torch.ones(batch, dtype=torch.bool, device=mask.device)
+        keep = mask & hinted[:, None]
+        atoms = torch.where(keep[..., None], hint["atoms"][:, :width].clamp(-1.0, 1.0), 0.0)
+        bonds = hint["bonds"][:, :width, :width]
+        together = bonded_together(bonds, keep)
+        share = together.sum(-1) / keep.sum(-1, keepdim=True).clamp(min=1)
+        atom_features = torch.cat([atoms, share[..., None].to(atoms.dtype)], -1)
+        positions = torch.where(mask[..., None], hint["positions"][:, :width], 0.0).reshape(batch * width, 3)
+        difference = positions.index_select(0, pairs.a) - positions.index_select(0, pairs.b)
+        pair_features = torch.cat([pairs.gather(bonds.clamp(-1.0, 2.0)),
+                                   self.radial(torch.sqrt((difference**2).sum(-1) + 1e-8)),
+                                   together[pairs.mol, pairs.i, pairs.j, None].to(atoms.dtype)], -1)
+        return atom_features, pair_features * hinted[pairs.mol, None].to(atoms.dtype)
+
     def forward(self, x: TensorDict, t: torch.Tensor, cond: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> TensorDict:
+                mask: torch.Tensor | None = None, hint: TensorDict | None = None,
+                hinted: torch.Tensor | None = None) -> TensorDict:
+        """The noise of every part; ``hint`` and ``hinted`` as ``rgdm.diffusion.self_conditioning`` says."""
         batch, full = x["positions"].shape[:2]
-        h, e, out, positions, pairs, mask = self._trunk(x, t, cond, mask)
+        h, e, out, positions, pairs, mask = self._trunk(x, t, cond, mask, hint, hinted)
         width = mask.shape[1]
         keep = mask[..., None]
         eps_positions = (out - positions).reshape(batch, width, 3) * keep
