@@ -64,15 +64,16 @@ class EpsModel:
             self.evaluations += x.shape[0]
             return self.diffusion.onto_sample_space(self._network(x, scaled, cond, mask), mask)
         self.evaluations += 2 * x.shape[0]
+        training = torch.is_grad_enabled()  # the first pass of a training step runs whole, as the second does
         with torch.no_grad():
-            first = self.diffusion.onto_sample_space(self._network(x, scaled, cond, mask), mask)
+            first = self.diffusion.onto_sample_space(self._network(x, scaled, cond, mask, whole=training), mask)
             hint = self.diffusion.x0_from_eps(x, t, first)
         if hinted is None:
             hinted = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         return self.diffusion.onto_sample_space(self._network(x, scaled, cond, mask, hint, hinted), mask)
 
     def _network(self, x: Sample, t: torch.Tensor, cond: torch.Tensor | None, mask: torch.Tensor | None,
-                 hint: Sample | None = None, hinted: torch.Tensor | None = None) -> Sample:
+                 hint: Sample | None = None, hinted: torch.Tensor | None = None, whole: bool = False) -> Sample:
         """The network on every row: whole, or in cache-sized chunks (see ``CPU_CHUNK_ELEMENTS``)."""
 
         def call(rows: slice) -> Sample:
@@ -83,7 +84,7 @@ class EpsModel:
 
         rows = x.shape[0]
         chunk = rows if self.chunk_elements is None else max(1, self.chunk_elements // max(1, elements_per_row(x)))
-        if chunk >= rows or x.device.type != "cpu" or torch.is_grad_enabled():
+        if whole or chunk >= rows or x.device.type != "cpu" or torch.is_grad_enabled():
             return call(slice(None))
         return torch.cat([call(slice(start, start + chunk)) for start in range(0, rows, chunk)])
 
