@@ -350,3 +350,12 @@ def test_the_fragment_features_change_the_output(batch):
     assert bonded_together(hint["bonds"], mask)[1, 0, 4] and not bonded_together(split["bonds"], mask)[1, 0, 4]
     difference = net(x, t, None, mask, hint=split)["atoms"] - net(x, t, None, mask, hint=hint)["atoms"]
     assert difference[1].abs().amax() > 1e-4 and difference[[0, 2]].abs().amax() == 0
+
+
+def test_a_self_conditioned_network_draws_every_other_weight_as_a_plain_one():
+    torch.manual_seed(3)
+    plain = BondGraphDenoiser(ATOM_FEATURES, BOND_FEATURES, hidden=16, edge_hidden=8, layers=2)
+    torch.manual_seed(3)
+    hinted = BondGraphDenoiser(ATOM_FEATURES, BOND_FEATURES, hidden=16, edge_hidden=8, layers=2, self_condition=True)
+    for name, value in plain.state_dict().items():
+        assert torch.equal(hinted.state_dict()[name], value), name

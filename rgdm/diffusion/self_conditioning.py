@@ -21,10 +21,13 @@ from torch import nn
 
 
 class HintProjection(nn.Linear):
-    """A bias-free linear map of hint features, all zero at initialisation (see the module docstring)."""
+    """A bias-free linear map of hint features, all zero at initialisation (see the module docstring).
+    It draws no random numbers, so every other weight of a network draws as it would without it."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features, bias=False)
+
+    def reset_parameters(self) -> None:
         nn.init.zeros_(self.weight)
 
 
