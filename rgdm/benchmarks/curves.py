@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from rgdm.domains import build_domain
 from rgdm.engine.builder import LoadedModel, load_trained, make_diffusion, seeded_generator
 from rgdm.engine.checkpoint import checkpoint_paths
-from rgdm.engine.config import load_config
+from rgdm.engine.config import RunConfig, load_config
 from rgdm.engine.generate import generate
 from rgdm.io import load_tensors, read_json
 
@@ -29,7 +29,7 @@ PLOTTED = ("validity", "fragmented", "molecule_stability", "atom_stability", "un
 EMA_PREFIX = "ema.module."
 
 
-def _evaluate(model: LoadedModel, n: int, steps: int, seed: int) -> dict[str, Any]:
+def sample_metrics(model: LoadedModel, n: int, steps: int, seed: int) -> dict[str, Any]:
     """Sample ``n`` with ``steps`` sampling steps and seed ``seed``; the domain's metrics and the budget."""
     started = time.perf_counter()
     evaluations = model.eps_model.evaluations
@@ -38,6 +38,18 @@ def _evaluate(model: LoadedModel, n: int, steps: int, seed: int) -> dict[str, An
     metrics = model.domain.evaluate(samples, None, None, seeded_generator(seed))
     return {**metrics, "sampling_wall_s": round(wall_s, 1),
             "network_evaluations_per_sample": (model.eps_model.evaluations - evaluations) / n}
+
+
+def checkpoint_model(meta_path: Path, config: RunConfig | None = None) -> LoadedModel:
+    """The EMA weights of one checkpoint of a run (its ``step-*.json``) as a model; ``config`` is the run's
+    ``config.yaml``, read when not given."""
+    meta = read_json(meta_path)
+    config = config or load_config(meta_path.parent.parent / "config.yaml")
+    domain = build_domain(meta.get("domain", config.domain))
+    net = domain.build_network(config.network)
+    tensors = load_tensors(meta_path.parent / meta["tensors"], meta["sha256"])
+    net.load_state_dict({k[len(EMA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)})
+    return LoadedModel(domain, make_diffusion(config.diffusion, domain), net.eval(), {})
 
 
 def learning_curve(run_dir: Path, n: int, steps: int, seed: int = 0, previous: dict[str, Any] | None = None,
@@ -62,13 +74,9 @@ def learning_curve(run_dir: Path, n: int, steps: int, seed: int = 0, previous: d
         if meta["step"] in done:
             points.append(done[meta["step"]])
             continue
-        domain = build_domain(meta.get("domain", config.domain))
-        net = domain.build_network(config.network)
-        tensors = load_tensors(meta_path.parent / meta["tensors"], meta["sha256"])
-        net.load_state_dict({k[len(EMA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)})
-        model = LoadedModel(domain, make_diffusion(config.diffusion, domain), net.eval(), {})
+        model = checkpoint_model(meta_path, config)
         points.append({"step": meta["step"], "training_hours": round(meta.get("wall_s", 0.0) / 3600, 3),
-                       **_evaluate(model, n, steps, seed)})
+                       **sample_metrics(model, n, steps, seed)})
     return {**settings, "points": points}
 
 
@@ -78,7 +86,7 @@ def steps_curve(checkpoint: str, n: int, steps: Sequence[int], seeds: int = 3, p
     model = load_trained(checkpoint)
     points = []
     for count in tqdm(steps, desc="step counts", disable=not progress):
-        runs = [_evaluate(model, n, count, seed) for seed in range(seeds)]
+        runs = [sample_metrics(model, n, count, seed) for seed in range(seeds)]
         summary = {key: {"mean": float(np.mean([r[key] for r in runs])), "std": float(np.std([r[key] for r in runs]))}
                    for key in runs[0] if isinstance(runs[0][key], int | float) and not isinstance(runs[0][key], bool)}
         points.append({"sampling_steps": count, "seeds": runs, "summary": summary})
