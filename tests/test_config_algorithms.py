@@ -88,6 +88,10 @@ def test_checks_live_in_the_config_and_reach_the_algorithm():
         StepwiseConfig(candidates=5)
     assert "algorithm.trajectories:" in config_error(["algorithm.name=ddpo", "algorithm.trajectories=1"])
     assert "algorithm.uncond_prob:" in config_error(["algorithm.name=cfg", "algorithm.uncond_prob=1"])
+    perturbed = load_config(None, ["algorithm.name=pretrain", "algorithm.input_perturbation=0.1"]).algorithm
+    assert make_algorithm(perturbed, 10, ToyDomain()).input_perturbation == 0.1
+    assert "algorithm.input_perturbation:" in config_error(["algorithm.name=pretrain",
+                                                            "algorithm.input_perturbation=-0.1"])
 
 
 def test_a_plugin_registers_its_own_config_with_its_keys_defaults_and_checks(fresh):

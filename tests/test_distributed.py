@@ -130,11 +130,14 @@ def test_bond_molecules_train_and_finetune_on_two_processes_as_on_one(tmp_path):
     assert_same_training(finetuned[1], finetuned[2])
 
 
-def test_self_conditioned_bond_molecules_train_on_two_processes_as_on_one(tmp_path):
-    """Self-conditioning's two passes and its hinted half of the rows (chosen by each row's time) under
-    data parallelism: two processes equal one."""
+@pytest.mark.parametrize("variant", ["self-conditioned", "input-perturbed"])
+def test_bond_molecule_pretraining_variants_train_on_two_processes_as_on_one(tmp_path, variant):
+    """Self-conditioning's two passes and its hinted half of the rows (chosen by each row's time), and input
+    perturbation's extra noise (drawn for the whole batch), under data parallelism: two processes equal one."""
     config = tmp_path / "graph.yaml"
-    config.write_text(yaml.safe_dump(GRAPH | {"network": GRAPH["network"] | {"self_condition": True}}))
+    change = ({"network": GRAPH["network"] | {"self_condition": True}} if variant == "self-conditioned"
+              else {"algorithm": {"name": "pretrain", "input_perturbation": 0.1}})
+    config.write_text(yaml.safe_dump(GRAPH | change))
     runs = {processes: tmp_path / f"pretrain-{processes}" for processes in (1, 2)}
     for processes, out in runs.items():
         run(["train", "--config", str(config), "--out", str(out)], processes)

@@ -76,12 +76,14 @@ def crash_at(step: int):
     return on_step
 
 
-@pytest.mark.parametrize("algorithm", ["pretrain", "rgdm-data", "rgdm-model", "rgdm-stepwise"])
+@pytest.mark.parametrize("algorithm", ["pretrain", "pretrain-perturbed", "rgdm-data", "rgdm-model", "rgdm-stepwise"])
 def test_resume_after_a_crash_is_bit_exact(pretrained_dir, tmp_path, algorithm):
-    overrides = ["train.steps=12", "train.checkpoint_every=4", f"algorithm.name={algorithm}",
+    overrides = ["train.steps=12", "train.checkpoint_every=4", "algorithm.name=" + algorithm.removesuffix("-perturbed"),
                  "algorithm.rounds=3", "algorithm.buffer_size=64", "algorithm.sample_steps=5",
                  "algorithm.scored_size=128"]
-    if algorithm != "pretrain":
+    if algorithm == "pretrain-perturbed":
+        overrides.append("algorithm.input_perturbation=0.1")
+    if not algorithm.startswith("pretrain"):
         overrides += [f"init={pretrained_dir}", "reward.name=region", "train.batch_size=8"]
     Trainer(tiny_config(*overrides), tmp_path / "straight").fit(progress=False)
 

@@ -18,6 +18,7 @@ from rgdm.algorithms import (
     GradientStep,
     GreedySelection,
     ModelPayoff,
+    Pretrain,
     StepwiseExploration,
     TrainingContext,
 )
@@ -27,7 +28,15 @@ from rgdm.algorithms.exploration import explore
 from rgdm.algorithms.rgdm_stepwise import StepwiseLoss
 from rgdm.algorithms.svdd import svdd
 from rgdm.batch import Batch, Shard, flatten_parts, unflatten_parts
-from rgdm.diffusion import EpsModel, GaussianDiffusion, HintProjection, NoiseSchedule, denoising_loss, sample
+from rgdm.diffusion import (
+    EpsModel,
+    GaussianDiffusion,
+    HintProjection,
+    NoiseSchedule,
+    denoising_loss,
+    noise_error,
+    sample,
+)
 from rgdm.domains.molecules.data import ELEMENTS, pad_molecules
 from rgdm.domains.molecules.encoding import GraphEncoding, pad_bonds, remove_center_of_mass
 from rgdm.rewards import BlackBoxReward, RewardCounter, Scorer
@@ -198,8 +207,41 @@ def gradient(model: EpsModel, loss: torch.Tensor) -> torch.Tensor:
                                                                                        strict=True)])
 
 
+def test_input_perturbation_noises_the_input_more_and_keeps_the_target():
+    """DDPM-IP: at strength 0 nothing more is drawn (the plain rows, the same random stream after them); at
+    gamma the input is ``q_sample(x, t, eps + gamma xi)`` with ``xi`` on the sample space, the target ``eps``."""
+    model, batch = make_model(), data(6)
+    plain_generator, zero_generator = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    plain = DenoisingRows.draw(batch, model.diffusion, plain_generator)
+    zero = DenoisingRows.draw(batch, model.diffusion, zero_generator, input_perturbation=0.0)
+    assert zero.perturbation is None and torch.equal(zero.t, plain.t) and (zero.noise == plain.noise).all()
+    assert torch.equal(torch.rand(1, generator=zero_generator), torch.rand(1, generator=plain_generator))
+
+    perturbed = DenoisingRows.draw(batch, model.diffusion, torch.Generator().manual_seed(2), input_perturbation=0.1)
+    assert torch.equal(perturbed.t, plain.t) and (perturbed.noise == plain.noise).all()
+    xi = perturbed.perturbation / 0.1
+    assert_on_the_sample_space(xi, batch.mask)
+    positions = xi["positions"] * batch.mask[..., None]
+    torch.testing.assert_close(positions.sum(1), torch.zeros(6, 3), atol=1e-5, rtol=0)
+    assert 0.5 < float(xi["atoms"][batch.mask].std()) < 1.5
+
+    xt = model.diffusion.q_sample(batch.x, perturbed.t, plain.noise + perturbed.perturbation)
+    expected = noise_error(model.diffusion, model(xt, perturbed.t, None, batch.mask), plain.noise, batch.mask)
+    torch.testing.assert_close(perturbed.losses(model), expected)
+    assert not torch.allclose(perturbed.losses(model), plain.losses(model))
+    half = perturbed.select(slice(0, 3))
+    assert torch.equal(half.perturbation["bonds"], perturbed.perturbation["bonds"][:3])
+
+
+def test_pretraining_draws_its_rows_with_its_input_perturbation():
+    ctx, generator = graph_context(), torch.Generator().manual_seed(0)
+    assert Pretrain().draw_rows(ctx, 0, generator).perturbation is None
+    rows = Pretrain(0.1).draw_rows(ctx, 0, generator)
+    assert rows.perturbation is not None and len(rows.perturbation) == ctx.batch_size
+
+
 @pytest.mark.parametrize("self_conditioned", [False, True])
-@pytest.mark.parametrize("loss", ["denoising", "stepwise"])
+@pytest.mark.parametrize("loss", ["denoising", "perturbed", "stepwise"])
 def test_two_shards_add_up_to_the_whole_batch_gradient(loss, self_conditioned):
     """Data parallelism: each process's rows, scaled as ``Shard.mean`` does, sum to the one-process gradient."""
     model, batch = make_model(self_conditioned=self_conditioned), data(12)
@@ -210,8 +252,8 @@ def test_two_shards_add_up_to_the_whole_batch_gradient(loss, self_conditioned):
 
     def compute(shard: Shard) -> torch.Tensor:
         generator = torch.Generator().manual_seed(4)
-        if loss == "denoising":
-            rows = DenoisingRows.draw(batch, model.diffusion, generator)
+        if loss != "stepwise":
+            rows = DenoisingRows.draw(batch, model.diffusion, generator, 0.1 if loss == "perturbed" else 0.0)
             return shard.mean(rows.select(shard.rows(len(rows))).losses(model), len(rows))
         rows = stepwise.draw(batch, model.diffusion, generator)
         return shard.mean(stepwise(model, model, scorer, rows.select(shard.rows(len(rows))))[0], len(rows))

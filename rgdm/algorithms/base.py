@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Self, TypeVar
 
 import torch
@@ -117,26 +117,36 @@ class Rows(ABC):
 
 @dataclass(frozen=True)
 class DenoisingRows(Rows):
-    """Samples with the times and noise of their denoising loss (``rgdm.diffusion.loss``)."""
+    """Samples with the times and noise of their denoising loss (``rgdm.diffusion.loss``), and the input
+    perturbation of each row's input (``None``: none)."""
 
     batch: Batch
     t: torch.Tensor
     noise: Sample
+    perturbation: Sample | None = field(default=None, kw_only=True)
 
     @classmethod
-    def draw(cls, batch: Batch, diffusion: GaussianDiffusion, generator: torch.Generator) -> DenoisingRows:
-        """``batch`` with a time and noise drawn for every row."""
-        return cls(batch, *draw_training_noise(diffusion, batch.x, batch.mask, generator))
+    def draw(cls, batch: Batch, diffusion: GaussianDiffusion, generator: torch.Generator,
+             input_perturbation: float = 0.0) -> DenoisingRows:
+        """``batch`` with a time and noise drawn for every row, and ``input_perturbation`` times more
+        standard noise added to the input only (none drawn at 0, so the random stream is unchanged)."""
+        t, noise = draw_training_noise(diffusion, batch.x, batch.mask, generator)
+        perturbation = None
+        if input_perturbation:
+            perturbation = input_perturbation * diffusion.noise_like(batch.x, batch.mask, generator)
+        return cls(batch, t, noise, perturbation=perturbation)
 
     def __len__(self) -> int:
         return len(self.batch)
 
     def select(self, index: slice) -> Self:
-        return replace(self, batch=self.batch.select(index), t=self.t[index], noise=self.noise[index])
+        return replace(self, batch=self.batch.select(index), t=self.t[index], noise=self.noise[index],
+                       perturbation=None if self.perturbation is None else self.perturbation[index])
 
     def losses(self, model: EpsModel) -> torch.Tensor:
         """Each row's denoising loss ``||eps_theta(x_t, t) - eps||^2 / d``."""
-        return denoising_loss(model, self.batch.x, self.t, self.noise, self.batch.cond, self.batch.mask)
+        return denoising_loss(model, self.batch.x, self.t, self.noise, self.batch.cond, self.batch.mask,
+                              self.perturbation)
 
 
 R = TypeVar("R", bound=Rows)

@@ -32,11 +32,13 @@ def noise_error(diffusion: GaussianDiffusion, predicted: Sample, target: Sample,
 
 
 def denoising_loss(model: EpsModel, x: Sample, t: torch.Tensor, noise: Sample, cond: torch.Tensor | None = None,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
+                   mask: torch.Tensor | None = None, perturbation: Sample | None = None) -> torch.Tensor:
     """Per-row ``||eps_theta(x_t, t) - eps||^2 / d`` with ``x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps``.
 
-    A self-conditioned model trains its hinted second pass on half the rows and its first pass on the
-    others (``hinted_for_training``)."""
-    xt = model.diffusion.q_sample(x, t, noise)
+    ``perturbation`` is input perturbation (DDPM-IP, Ning et al. 2023; docs/design.md §1.8): the input is
+    noised by ``eps + perturbation`` while the target stays ``eps``, so training also sees inputs a little
+    off the forward process, as the sampler's own states are. A self-conditioned model trains its hinted
+    second pass on half the rows and its first pass on the others (``hinted_for_training``)."""
+    xt = model.diffusion.q_sample(x, t, noise if perturbation is None else noise + perturbation)
     hinted = hinted_for_training(t) if model.self_conditioned else None
     return noise_error(model.diffusion, model(xt, t, cond, mask, hinted), noise, mask)
