@@ -1,8 +1,12 @@
 """Metrics of one checkpoint of a run (its EMA weights), as ``rgdm bench curve`` computes them, without
-sampling the run's other checkpoints; ``--told-whole`` replaces a self-conditioned bond model's
-fragment inputs by "every molecule is in one piece", to see whether the network uses them.
+sampling the run's other checkpoints, or of a model (a shipped name or an exported folder, no STEP).
+
+``--told-whole`` replaces a self-conditioned bond model's fragment inputs by "every molecule is in one
+piece", to see whether the network uses them. ``--eps-scale L`` divides every noise prediction by ``L``
+while sampling: epsilon scaling (Ning et al., ICLR 2024), a sampling-time correction of exposure bias.
 
     OMP_NUM_THREADS=1 python benchmarks/diagnostics/checkpoint_metrics.py RUN STEP -n 128 --steps 50 [--told-whole]
+    OMP_NUM_THREADS=1 python benchmarks/diagnostics/checkpoint_metrics.py MODEL -n 256 --steps 100 --eps-scale 1.01
 
 Prints one JSON line.
 """
@@ -10,30 +14,51 @@ Prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
+from torch import nn
+
 import rgdm.domains.molecules.graph_network as graph_network
 from rgdm.benchmarks.curves import checkpoint_model, sample_metrics
+from rgdm.engine import load_trained
 
 KEYS = ("validity", "fragmented", "molecule_stability", "atom_stability", "uniqueness")
 
 
+class ScaledNoise(nn.Module):
+    """``net``'s noise prediction divided by ``scale``, every part alike."""
+
+    def __init__(self, net: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.net, self.scale = net, scale
+
+    def forward(self, *args, **kwargs):
+        return self.net(*args, **kwargs) / self.scale
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path)
-    parser.add_argument("step", type=int)
+    parser.add_argument("run", help="a run folder (with STEP), or a model's name or folder")
+    parser.add_argument("step", type=int, nargs="?")
     parser.add_argument("-n", type=int, default=128)
     parser.add_argument("--steps", type=int, default=50, help="sampling steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--told-whole", action="store_true")
+    parser.add_argument("--eps-scale", type=float, default=1.0)
     args = parser.parse_args()
-    model = checkpoint_model(args.run / "checkpoints" / f"step-{args.step:08d}.json")
+    if args.step is None:
+        model = load_trained(args.run)
+    else:
+        model = checkpoint_model(Path(args.run) / "checkpoints" / f"step-{args.step:08d}.json")
+    if args.eps_scale != 1.0:
+        model = dataclasses.replace(model, net=ScaledNoise(model.net, args.eps_scale))
     if args.told_whole:
         graph_network.bonded_together = lambda bonds, mask: mask[:, :, None] & mask[:, None, :]
     metrics = sample_metrics(model, args.n, args.steps, args.seed)
     print(json.dumps({"run": str(args.run), "step": args.step, "n": args.n, "sampling_steps": args.steps,
-                      "seed": args.seed, "told_whole": args.told_whole,
+                      "seed": args.seed, "told_whole": args.told_whole, "eps_scale": args.eps_scale,
                       "network_evaluations_per_sample": metrics["network_evaluations_per_sample"],
                       **{key: metrics[key] for key in KEYS}}))
 
