@@ -33,6 +33,25 @@ def test_the_learning_curve_samples_every_kept_checkpoint_once(tmp_path):
     assert json.loads(report.read_text())["points"][0]["mode_shares"] == "kept", "sampled once, then reused"
 
 
+def test_the_curves_report_a_named_reward_and_resample_for_another(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY | {"train": TINY["train"] | {"steps": 10}}))
+    assert main(["-q", "train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run")]) == 0
+    report = tmp_path / "curve.json"
+    command = ["-q", "bench", "curve", "--run", str(tmp_path / "run"), "-n", "40", "--sampling-steps", "5",
+               "--json", str(report)]
+    assert main(command + ["--reward", "region"]) == 0
+    result = json.loads(report.read_text())
+    assert result["reward"] == "region"
+    assert all(0 <= p["mean_reward"] <= 1 and p["reward_valid"] == 1 for p in result["points"])
+    assert "mean_reward" in (tmp_path / "curve.md").read_text()
+    assert main(command) == 0, "without the reward, the points are sampled again"
+    assert all("mean_reward" not in p for p in json.loads(report.read_text())["points"])
+    steps = tmp_path / "steps.json"
+    assert main(["-q", "bench", "steps", "--checkpoint", "toy-ring-pretrained", "-n", "30", "--sampling-steps",
+                 "5", "--seeds", "2", "--reward", "region", "--json", str(steps)]) == 0
+    assert "mean_reward" in json.loads(steps.read_text())["points"][0]["summary"]
+
+
 def test_the_learning_curve_can_thin_out_checkpoints_and_keeps_the_last(tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY | {"train": TINY["train"] | {"steps": 50}}))
     assert main(["-q", "train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run")]) == 0

@@ -7,6 +7,7 @@ while sampling: epsilon scaling (Ning et al., ICLR 2024), a sampling-time correc
 
     OMP_NUM_THREADS=1 python benchmarks/diagnostics/checkpoint_metrics.py RUN STEP -n 128 --steps 50 [--told-whole]
     OMP_NUM_THREADS=1 python benchmarks/diagnostics/checkpoint_metrics.py MODEL -n 256 --steps 100 --eps-scale 1.01
+    OMP_NUM_THREADS=1 python benchmarks/diagnostics/checkpoint_metrics.py RUN STEP -n 256 --steps 100 --reward qed
 
 Prints one JSON line.
 """
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--told-whole", action="store_true")
     parser.add_argument("--eps-scale", type=float, default=1.0)
+    parser.add_argument("--reward", help="also the mean of this reward over the samples it scores (e.g. qed)")
     args = parser.parse_args()
     if args.step is None:
         model = load_trained(args.run)
@@ -56,11 +58,12 @@ def main() -> None:
         model = dataclasses.replace(model, net=ScaledNoise(model.net, args.eps_scale))
     if args.told_whole:
         graph_network.bonded_together = lambda bonds, mask: mask[:, :, None] & mask[:, None, :]
-    metrics = sample_metrics(model, args.n, args.steps, args.seed)
+    metrics = sample_metrics(model, args.n, args.steps, args.seed, args.reward)
     print(json.dumps({"run": str(args.run), "step": args.step, "n": args.n, "sampling_steps": args.steps,
                       "seed": args.seed, "told_whole": args.told_whole, "eps_scale": args.eps_scale,
                       "network_evaluations_per_sample": metrics["network_evaluations_per_sample"],
-                      **{key: metrics[key] for key in KEYS}}))
+                      **{key: metrics[key] for key in KEYS},
+                      **{key: metrics[key] for key in ("mean_reward", "reward_valid") if key in metrics}}))
 
 
 if __name__ == "__main__":

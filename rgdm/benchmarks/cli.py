@@ -42,7 +42,8 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--checkpoint", help="steps, molecules, properties: shipped name or model folder (default "
                        "molecules: qm9-noh-pretrained; properties: qm9-pretrained)")
     bench.add_argument("--properties", help="properties: comma-separated subset of mu,alpha,Cv,homo,lumo,gap")
-    bench.add_argument("--reward", help="molecules: the reward (default qed; or xtb-strain, a physics reward)")
+    bench.add_argument("--reward", help="molecules: the reward (default qed; or xtb-strain, a physics reward); "
+                       "curve, steps: also report this reward's mean (default: none)")
     bench.add_argument("--temperature", type=float, help="molecules, properties: tau of the pay-off (default 0.02; "
                        "properties: 0.05)")
     bench.add_argument("--floor", type=float, help="molecules: reward of invalid molecules (default 0; below the "
@@ -99,12 +100,12 @@ def cmd_bench_curves(args: argparse.Namespace) -> None:
         if args.run is None:
             raise UsageError("bench curve needs --run RUN (a training run folder with checkpoints)")
         result = learning_curve(Path(args.run), args.n, args.sampling_steps[0], previous=read_previous(path),
-                                progress=not args.quiet, every=args.every)
+                                progress=not args.quiet, every=args.every, reward=args.reward)
     else:
         if args.checkpoint is None:
             raise UsageError("bench steps needs --checkpoint NAME|DIR")
         result = steps_curve(args.checkpoint, args.n, args.sampling_steps, seeds=args.seeds or 3,
-                             progress=not args.quiet)
+                             progress=not args.quiet, reward=args.reward)
     write_report(path, result, markdown_table(result))
     print(f"plot in {plot_curve(result, path.with_suffix('.png'))}")
 

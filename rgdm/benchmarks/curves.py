@@ -29,13 +29,14 @@ PLOTTED = ("validity", "fragmented", "molecule_stability", "atom_stability", "un
 EMA_PREFIX = "ema.module."
 
 
-def sample_metrics(model: LoadedModel, n: int, steps: int, seed: int) -> dict[str, Any]:
-    """Sample ``n`` with ``steps`` sampling steps and seed ``seed``; the domain's metrics and the budget."""
+def sample_metrics(model: LoadedModel, n: int, steps: int, seed: int, reward: str | None = None) -> dict[str, Any]:
+    """Sample ``n`` with ``steps`` sampling steps and seed ``seed``; the domain's metrics (with ``reward``'s
+    mean, when one is named) and the budget."""
     started = time.perf_counter()
     evaluations = model.eps_model.evaluations
     samples = generate(model, n, seeded_generator(seed), steps=steps)
     wall_s = time.perf_counter() - started
-    metrics = model.domain.evaluate(samples, None, None, seeded_generator(seed))
+    metrics = model.domain.evaluate(samples, reward, None, seeded_generator(seed))
     return {**metrics, "sampling_wall_s": round(wall_s, 1),
             "network_evaluations_per_sample": (model.eps_model.evaluations - evaluations) / n}
 
@@ -53,14 +54,15 @@ def checkpoint_model(meta_path: Path, config: RunConfig | None = None) -> Loaded
 
 
 def learning_curve(run_dir: Path, n: int, steps: int, seed: int = 0, previous: dict[str, Any] | None = None,
-                   progress: bool = True, every: int = 1) -> dict[str, Any]:
-    """Metrics of every kept checkpoint of ``run_dir`` (EMA weights), with its step and training hours.
+                   progress: bool = True, every: int = 1, reward: str | None = None) -> dict[str, Any]:
+    """Metrics of every kept checkpoint of ``run_dir`` (EMA weights), with its step and training hours, and
+    ``reward``'s mean where one is named (a fine-tune's reward, or an independent measure of it).
 
-    Checkpoints already in ``previous`` (an earlier result with the same ``n``, ``steps`` and ``seed``)
-    are not sampled again. ``every`` keeps the cost of a long run down: only steps that are multiples
+    Checkpoints already in ``previous`` (an earlier result with the same ``n``, ``steps``, ``seed`` and
+    ``reward``) are not sampled again. ``every`` keeps the cost of a long run down: only steps that are multiples
     of it are sampled, and the last checkpoint always is.
     """
-    settings = {"run": str(run_dir), "n": n, "sampling_steps": steps, "seed": seed}
+    settings = {"run": str(run_dir), "n": n, "sampling_steps": steps, "seed": seed, "reward": reward}
     done = {}
     if previous is not None and all(previous.get(k) == v for k, v in settings.items() if k != "run"):
         done = {point["step"]: point for point in previous["points"]}
@@ -76,21 +78,22 @@ def learning_curve(run_dir: Path, n: int, steps: int, seed: int = 0, previous: d
             continue
         model = checkpoint_model(meta_path, config)
         points.append({"step": meta["step"], "training_hours": round(meta.get("wall_s", 0.0) / 3600, 3),
-                       **sample_metrics(model, n, steps, seed)})
+                       **sample_metrics(model, n, steps, seed, reward)})
     return {**settings, "points": points}
 
 
-def steps_curve(checkpoint: str, n: int, steps: Sequence[int], seeds: int = 3, progress: bool = True
-                ) -> dict[str, Any]:
-    """Metrics of ``checkpoint`` at each number of sampling steps, per seed and as mean and spread."""
+def steps_curve(checkpoint: str, n: int, steps: Sequence[int], seeds: int = 3, progress: bool = True,
+                reward: str | None = None) -> dict[str, Any]:
+    """Metrics of ``checkpoint`` (and ``reward``'s mean, where named) at each number of sampling steps, per
+    seed and as mean and spread."""
     model = load_trained(checkpoint)
     points = []
     for count in tqdm(steps, desc="step counts", disable=not progress):
-        runs = [sample_metrics(model, n, count, seed) for seed in range(seeds)]
+        runs = [sample_metrics(model, n, count, seed, reward) for seed in range(seeds)]
         summary = {key: {"mean": float(np.mean([r[key] for r in runs])), "std": float(np.std([r[key] for r in runs]))}
                    for key in runs[0] if isinstance(runs[0][key], int | float) and not isinstance(runs[0][key], bool)}
         points.append({"sampling_steps": count, "seeds": runs, "summary": summary})
-    return {"checkpoint": checkpoint, "n": n, "seeds": seeds, "points": points}
+    return {"checkpoint": checkpoint, "n": n, "seeds": seeds, "reward": reward, "points": points}
 
 
 def plot_curve(result: dict[str, Any], path: Path) -> Path:
@@ -117,7 +120,9 @@ def plot_curve(result: dict[str, Any], path: Path) -> Path:
     else:
         ax.set(xscale="log", xlabel="sampling steps (network evaluations per sample)",
                title=f"quality against steps: {result['checkpoint']}")
-    ax.set(ylim=(0, 1.02), ylabel="share")
+    shares = all(0 <= line.get_ydata().min() and line.get_ydata().max() <= 1 for line in ax.get_lines()
+                 if len(line.get_ydata()))
+    ax.set(ylim=(0, 1.02) if shares else None, ylabel="share" if shares else "share, mean reward")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
