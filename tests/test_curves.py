@@ -39,7 +39,7 @@ def test_the_curves_report_a_named_reward_and_resample_for_another(tmp_path):
     report = tmp_path / "curve.json"
     command = ["-q", "bench", "curve", "--run", str(tmp_path / "run"), "-n", "40", "--sampling-steps", "5",
                "--json", str(report)]
-    assert main(command + ["--reward", "region"]) == 0
+    assert main([*command, "--reward", "region"]) == 0
     result = json.loads(report.read_text())
     assert result["reward"] == "region"
     assert all(0 <= p["mean_reward"] <= 1 and p["reward_valid"] == 1 for p in result["points"])

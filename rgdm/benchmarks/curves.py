@@ -120,7 +120,7 @@ def plot_curve(result: dict[str, Any], path: Path) -> Path:
     else:
         ax.set(xscale="log", xlabel="sampling steps (network evaluations per sample)",
                title=f"quality against steps: {result['checkpoint']}")
-    shares = all(0 <= line.get_ydata().min() and line.get_ydata().max() <= 1 for line in ax.get_lines()
+    shares = all(line.get_ydata().min() >= 0 and line.get_ydata().max() <= 1 for line in ax.get_lines()
                  if len(line.get_ydata()))
     ax.set(ylim=(0, 1.02) if shares else None, ylabel="share" if shares else "share, mean reward")
     ax.grid(alpha=0.3)
