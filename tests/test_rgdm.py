@@ -140,6 +140,24 @@ def test_data_payoff_resamples_in_proportion_to_exp_reward():
     assert share_right == pytest.approx(math.exp(2) / (1 + math.exp(2)), abs=0.015)
 
 
+def test_data_payoff_fits_its_weighted_rows_from_min_timestep_and_its_anchor_at_every_time():
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    model = make_model()  # T = 50
+    context = TrainingContext(model=model, ema=model, reference=None, data=Batch(x),
+                              scorer=make_scorer(right_half), batch_size=512, prior=None)
+    default, late = DataPayoff(temperature=0.5, anchor=1.0), DataPayoff(temperature=0.5, anchor=1.0, min_timestep=30)
+    for algorithm in (default, late):
+        algorithm.setup(context, torch.Generator().manual_seed(0))
+    assert int(default.draw_rows(context, 0, torch.Generator().manual_seed(1)).rows.t.min()) == 1
+    rows = late.draw_rows(context, 0, torch.Generator().manual_seed(1))
+    assert int(rows.rows.t.min()) == 30 and int(rows.rows.t.max()) == 50
+    assert int(rows.anchor.t.min()) < 30, "the anchor keeps p_ref at every noise level"
+    beyond = DataPayoff(temperature=0.5, min_timestep=51)
+    beyond.setup(context, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"min_timestep must be in 1\.\.50"):
+        beyond.draw_rows(context, 0, torch.Generator().manual_seed(1))
+
+
 def test_data_rows_are_scored_in_chunks_exactly_once_per_target():
     x = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
     model = make_model()

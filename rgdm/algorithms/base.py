@@ -127,10 +127,11 @@ class DenoisingRows(Rows):
 
     @classmethod
     def draw(cls, batch: Batch, diffusion: GaussianDiffusion, generator: torch.Generator,
-             input_perturbation: float = 0.0) -> DenoisingRows:
-        """``batch`` with a time and noise drawn for every row, and ``input_perturbation`` times more
-        standard noise added to the input only (none drawn at 0, so the random stream is unchanged)."""
-        t, noise = draw_training_noise(diffusion, batch.x, batch.mask, generator)
+             input_perturbation: float = 0.0, min_timestep: int = 1) -> DenoisingRows:
+        """``batch`` with a time (from ``min_timestep`` on) and noise drawn for every row, and
+        ``input_perturbation`` times more standard noise added to the input only (none drawn at 0, so the
+        random stream is unchanged)."""
+        t, noise = draw_training_noise(diffusion, batch.x, batch.mask, generator, min_timestep)
         perturbation = None
         if input_perturbation:
             perturbation = input_perturbation * diffusion.noise_like(batch.x, batch.mask, generator)

@@ -1,7 +1,8 @@
 """``rgdm-data`` (offline): RGDM's pay-off weights on the training data (docs/design.md §1.3).
 
 Score the training data once; draw minibatches with probability ``softmax(r / tau)`` (importance
-resampling of the weighted log-likelihood, ``rgdm.algorithms.rgdm``).
+resampling of the weighted log-likelihood, ``rgdm.algorithms.rgdm``). ``min_timestep`` fits the tilted
+rows only at the noise levels from it on, where a sample's identity is still open (docs/design.md §1.9).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from rgdm.algorithms.base import Algorithm, Anchored, DenoisingRows, TrainingContext, score_data_rows
 from rgdm.algorithms.config import AlgorithmConfig, Anchor, ScoredSize
@@ -21,10 +23,12 @@ class DataPayoff(Algorithm):
 
     name = "rgdm-data"
 
-    def __init__(self, temperature: float, anchor: float = 0.0, scored_size: int | None = None) -> None:
+    def __init__(self, temperature: float, anchor: float = 0.0, scored_size: int | None = None,
+                 min_timestep: int = 1) -> None:
         self.temperature = temperature
         self.anchor = anchor
         self.scored_size = scored_size
+        self.min_timestep = min_timestep
         self.rows = torch.zeros(0, dtype=torch.long)
         self.weights = torch.zeros(0)
 
@@ -47,7 +51,8 @@ class DataPayoff(Algorithm):
                                                   generator=generator)
         picked = ctx.data.select(self.rows[index].to(ctx.data.x.device))
         batch = Batch(picked.x, picked.mask, None if cond is None else cond.to(picked.x.device))
-        return Anchored.draw(DenoisingRows.draw(batch, ctx.model.diffusion, generator), ctx, self.anchor, generator)
+        rows = DenoisingRows.draw(batch, ctx.model.diffusion, generator, min_timestep=self.min_timestep)
+        return Anchored.draw(rows, ctx, self.anchor, generator)
 
     def row_losses(self, ctx: TrainingContext, rows: Anchored[DenoisingRows]) -> tuple[torch.Tensor, dict[str, float]]:
         return rows.plus_anchor(rows.rows.losses(ctx.model), ctx.model), {"ess": effective_sample_size(self.weights[0])}
@@ -65,6 +70,8 @@ class DataPayoffConfig(AlgorithmConfig):
     name: Literal["rgdm-data"] = "rgdm-data"
     anchor: Anchor = 0.0
     scored_size: ScoredSize = None
+    min_timestep: int = Field(1, ge=1, description="fit the weighted rows at t from this on (1: every t); the "
+                              "anchor's rows keep every t")
 
     def build(self, total_steps: int, num_targets: int) -> DataPayoff:
-        return DataPayoff(self.temperature, self.anchor, self.scored_size)
+        return DataPayoff(self.temperature, self.anchor, self.scored_size, self.min_timestep)

@@ -18,9 +18,12 @@ from rgdm.diffusion.self_conditioning import hinted_for_training
 
 
 def draw_training_noise(diffusion: GaussianDiffusion, x: Sample, mask: torch.Tensor | None,
-                        generator: torch.Generator) -> tuple[torch.Tensor, Sample]:
-    """Times ``t`` uniform in 1..T, then standard noise on the sample space, for every row of ``x``."""
-    t = torch.randint(1, diffusion.timesteps + 1, (x.shape[0],), generator=generator,
+                        generator: torch.Generator, min_timestep: int = 1) -> tuple[torch.Tensor, Sample]:
+    """Times ``t`` uniform in ``min_timestep``..T (1..T by default), then standard noise on the sample
+    space, for every row of ``x``."""
+    if not 1 <= min_timestep <= diffusion.timesteps:
+        raise ValueError(f"min_timestep must be in 1..{diffusion.timesteps}, got {min_timestep}")
+    t = torch.randint(min_timestep, diffusion.timesteps + 1, (x.shape[0],), generator=generator,
                       device=generator.device).to(x.device)
     return t, diffusion.noise_like(x, mask, generator)
 
