@@ -381,6 +381,21 @@ def test_ddim_sample_counts_strided_evaluations() -> None:
     torch.testing.assert_close(net.last_t, torch.full((4,), 10 / 50))
 
 
+def test_sample_from_a_noisy_state_denoises_from_its_time() -> None:
+    diffusion = make_diffusion("cosine", 50)
+    model = EpsModel(ZeroNet(), diffusion)
+    noisy = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    out = sample(model, noisy, start=20, steps=4, generator=torch.Generator().manual_seed(1), record=True)
+    assert out.trajectory is not None
+    assert out.trajectory.timesteps == [20, 15, 10, 5, 0]
+    torch.testing.assert_close(out.trajectory.states[0], noisy, rtol=0, atol=0)
+    assert model.evaluations == 4 * 4
+    with pytest.raises(ValueError, match="start"):
+        sample(model, noisy, start=51)
+    with pytest.raises(ValueError, match="start"):
+        sample(model, (4, 3), start=10)
+
+
 def test_sample_with_mask_keeps_padding_zero() -> None:
     diffusion = make_diffusion("cosine", 10)
     model = EpsModel(ZeroNet(), diffusion)

@@ -15,14 +15,13 @@ Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 from pathlib import Path
 
 import torch
 
 from rgdm.benchmarks.curves import checkpoint_model
-from rgdm.diffusion.sampling import StepContext, ancestral_transition
+from rgdm.diffusion.sampling import sample
 from rgdm.engine import load_trained
 from rgdm.engine.builder import seeded_generator
 
@@ -44,24 +43,15 @@ def main() -> None:
     scored = scorer(pool.x, pool.mask, None)
     best = torch.where(scored.valid, scored.values, torch.tensor(float("-inf"))).topk(args.n).indices
     batch = pool.select(best)
-    diffusion, eps_model = model.diffusion, model.eps_model
+    diffusion = model.diffusion
     result = {}
-    with torch.no_grad():
-        for start in STARTS:
-            x = diffusion.q_sample(batch.x, torch.full((args.n,), start),
+    for start in STARTS:
+        noisy = diffusion.q_sample(batch.x, torch.full((args.n,), start),
                                    diffusion.noise_like(batch.x, batch.mask, generator))
-            grid = torch.linspace(start, 0, start // 10 + 1).round().long().tolist()
-            eps = None
-            for t_int, s_int in itertools.pairwise(grid):
-                t, s = torch.full((args.n,), t_int), torch.full((args.n,), s_int)
-                if eps is None:
-                    eps = eps_model(x, t, None, batch.mask)
-                step = diffusion.reverse_step(x, t, s, eps, 1.0)
-                moved = ancestral_transition(StepContext(eps_model, x, t, s, step, None, batch.mask, generator))
-                x, eps = moved.x, moved.eps
-            out = scorer(x, batch.mask, None)
-            result[start] = {"mean_reward_valid": float(out.values[out.valid].mean()),
-                             "valid": float(out.valid.float().mean())}
+        x = sample(model.eps_model, noisy, start=start, steps=start // 10, mask=batch.mask, generator=generator).x0
+        out = scorer(x, batch.mask, None)
+        result[start] = {"mean_reward_valid": float(out.values[out.valid].mean()),
+                         "valid": float(out.valid.float().mean())}
     print(json.dumps({"model": args.model, "reward": args.reward, "n": args.n, "pool": args.pool, "seed": args.seed,
                       "data_mean_reward": float(scored.values[best].mean()), "denoised_from": result}))
 

@@ -164,21 +164,30 @@ def sample(
     progress: bool = False,
     device: torch.device | str = "cpu",
     interrupt: Callable[[], bool] | None = None,
+    start: int | None = None,
 ) -> SampleOutput:
     """Run the reverse process from pure noise to ``x_0``.
 
     ``shape`` is the shape of a single-tensor batch, or an all-zero sample to take the shape of
-    (a domain's ``prior_batch(...).x``, which a multi-part sample needs).
+    (a domain's ``prior_batch(...).x``, which a multi-part sample needs). With ``start`` = ``t0``,
+    ``shape`` is instead a noisy state at ``t0`` (``diffusion.q_sample``), denoised from there in ``steps``
+    strides (SDEdit-style partial denoising).
     ``record=True`` keeps every state (DDPO re-scores the steps with ``gaussian_log_prob``);
     ``progress`` shows a progress bar over the steps. ``interrupt`` is asked before every step and
     ``SamplingInterrupted`` raised when it returns true, so a long buffer does not delay a stop.
     """
     diffusion = model.diffusion
-    template = shape if isinstance(shape, torch.Tensor | TensorDict) else torch.zeros(tuple(shape), device=device)
-    x = diffusion.noise_like(template.to(device), mask, generator)
-    trajectory = Trajectory(states=[x], timesteps=[diffusion.timesteps]) if record else None
+    if start is None:
+        template = shape if isinstance(shape, torch.Tensor | TensorDict) else torch.zeros(tuple(shape), device=device)
+        x = diffusion.noise_like(template.to(device), mask, generator)
+    elif isinstance(shape, torch.Tensor | TensorDict) and 1 <= start <= diffusion.timesteps:
+        x = shape.to(device)
+    else:
+        raise ValueError(f"start needs a noisy state and a time in 1..{diffusion.timesteps}, got {start}")
+    first = diffusion.timesteps if start is None else start
+    trajectory = Trajectory(states=[x], timesteps=[first]) if record else None
     eps = None
-    pairs = timestep_pairs(diffusion.timesteps, steps)
+    pairs = timestep_pairs(first, steps)
     for t_int, s_int in tqdm(pairs, desc="sampling", disable=not progress, leave=False):
         if interrupt is not None and interrupt():
             raise SamplingInterrupted(f"sampling stopped at t = {t_int}")
