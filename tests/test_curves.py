@@ -61,6 +61,27 @@ def test_the_learning_curve_can_thin_out_checkpoints_and_keeps_the_last(tmp_path
     assert [p["step"] for p in json.loads(report.read_text())["points"]] == [0, 20, 40, 50]
 
 
+def test_a_model_trained_in_stages_has_one_curve_with_the_hours_added_up(tmp_path):
+    (tmp_path / "first.yaml").write_text(yaml.safe_dump(TINY))
+    assert main(["-q", "train", "--config", str(tmp_path / "first.yaml"), "--out", str(tmp_path / "first")]) == 0
+    assert main(["-q", "export", str(tmp_path / "first"), "--out", str(tmp_path / "first-final")]) == 0
+    second = TINY | {"init": str(tmp_path / "first-final"), "train": TINY["train"] | {"steps": 20}}
+    (tmp_path / "second.yaml").write_text(yaml.safe_dump(second))
+    assert main(["-q", "train", "--config", str(tmp_path / "second.yaml"), "--out", str(tmp_path / "second")]) == 0
+    report = tmp_path / "chain.json"
+    chain = f"{tmp_path / 'first'}:20,{tmp_path / 'second'}"
+    command = ["-q", "bench", "curve", "-n", "20", "--sampling-steps", "5"]
+    assert main([*command, "--run", chain, "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert [(p["stage"], p["step"]) for p in result["points"]] == [
+        ("first", 0), ("first", 10), ("first", 20), ("second", 10), ("second", 20)], "the first run cut at 20"
+    first_hours, second = result["stages"][0]["points"][-1]["training_hours"], result["stages"][1]["points"]
+    assert result["points"][3]["training_hours"] == round(first_hours + second[1]["training_hours"], 3)
+    assert "| second 10 |" in (tmp_path / "chain.md").read_text()
+    assert main([*command, "--run", f"{tmp_path / 'first'}:15", "--json", str(tmp_path / "bad.json")]) != 0, (
+        "a cut at a step with no checkpoint")
+
+
 def test_the_steps_curve_reports_each_step_count_over_seeds(tmp_path):
     report = tmp_path / "steps.json"
     assert main(["-q", "bench", "steps", "--checkpoint", "toy-ring-pretrained", "-n", "30", "--sampling-steps",

@@ -34,7 +34,8 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--compile", action="store_true",
                        help="perf: torch.compile the networks (CUDA only); precision: add compiled bf16 "
                        "(train.compile) to the modes")
-    bench.add_argument("--run", help="curve, precision: the training run folder")
+    bench.add_argument("--run", help="curve, precision: the training run folder; curve: or a model's stages, "
+                       "RUN:STEP,RUN:STEP,RUN (each run started from the one before at its STEP)")
     bench.add_argument("--batches", type=int, default=8, help="precision: batches compared, and steps timed per "
                        "mode")
     bench.add_argument("--every", type=int, default=1, metavar="STEPS",
@@ -93,14 +94,27 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_curves(args: argparse.Namespace) -> None:
-    from rgdm.benchmarks.curves import learning_curve, markdown_table, plot_curve, read_previous, steps_curve
+    from rgdm.benchmarks.curves import (
+        chained_curve,
+        learning_curve,
+        markdown_table,
+        parse_stages,
+        plot_curve,
+        read_previous,
+        steps_curve,
+    )
 
     path = Path(args.json)
     if args.suite == "curve":
         if args.run is None:
             raise UsageError("bench curve needs --run RUN (a training run folder with checkpoints)")
-        result = learning_curve(Path(args.run), args.n, args.sampling_steps[0], previous=read_previous(path),
-                                progress=not args.quiet, every=args.every, reward=args.reward)
+        stages = parse_stages(args.run)
+        if len(stages) == 1 and stages[0][1] is None:
+            result = learning_curve(stages[0][0], args.n, args.sampling_steps[0], previous=read_previous(path),
+                                    progress=not args.quiet, every=args.every, reward=args.reward)
+        else:
+            result = chained_curve(stages, args.n, args.sampling_steps[0], previous=read_previous(path),
+                                   progress=not args.quiet, every=args.every, reward=args.reward)
     else:
         if args.checkpoint is None:
             raise UsageError("bench steps needs --checkpoint NAME|DIR")

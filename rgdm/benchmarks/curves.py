@@ -54,13 +54,15 @@ def checkpoint_model(meta_path: Path, config: RunConfig | None = None) -> Loaded
 
 
 def learning_curve(run_dir: Path, n: int, steps: int, seed: int = 0, previous: dict[str, Any] | None = None,
-                   progress: bool = True, every: int = 1, reward: str | None = None) -> dict[str, Any]:
+                   progress: bool = True, every: int = 1, reward: str | None = None,
+                   until: int | None = None) -> dict[str, Any]:
     """Metrics of every kept checkpoint of ``run_dir`` (EMA weights), with its step and training hours, and
     ``reward``'s mean where one is named (a fine-tune's reward, or an independent measure of it).
 
     Checkpoints already in ``previous`` (an earlier result with the same ``n``, ``steps``, ``seed`` and
     ``reward``) are not sampled again. ``every`` keeps the cost of a long run down: only steps that are multiples
-    of it are sampled, and the last checkpoint always is.
+    of it are sampled, and the last checkpoint always is. ``until`` ends the curve at that step's checkpoint
+    (where a later stage took over), which must exist.
     """
     settings = {"run": str(run_dir), "n": n, "sampling_steps": steps, "seed": seed, "reward": reward}
     done = {}
@@ -68,9 +70,14 @@ def learning_curve(run_dir: Path, n: int, steps: int, seed: int = 0, previous: d
         done = {point["step"]: point for point in previous["points"]}
     config = load_config(run_dir / "config.yaml")
     points = []
-    paths = sorted(checkpoint_paths(run_dir))
+    metas = {path: read_json(path) for path in sorted(checkpoint_paths(run_dir))}
+    if until is not None:
+        metas = {path: meta for path, meta in metas.items() if meta["step"] <= until}
+        if not metas or list(metas.values())[-1]["step"] != until:
+            raise ValueError(f"{run_dir} has no checkpoint at step {until} to end its stage at")
+    paths = list(metas)
     for meta_path in tqdm(paths, desc="checkpoints", disable=not progress):
-        meta = read_json(meta_path)
+        meta = metas[meta_path]
         if meta["step"] % every and meta_path != paths[-1] and meta["step"] not in done:
             continue
         if meta["step"] in done:
@@ -80,6 +87,35 @@ def learning_curve(run_dir: Path, n: int, steps: int, seed: int = 0, previous: d
         points.append({"step": meta["step"], "training_hours": round(meta.get("wall_s", 0.0) / 3600, 3),
                        **sample_metrics(model, n, steps, seed, reward)})
     return {**settings, "points": points}
+
+
+def chained_curve(stages: Sequence[tuple[Path, int | None]], n: int, steps: int, seed: int = 0,
+                  previous: dict[str, Any] | None = None, progress: bool = True, every: int = 1,
+                  reward: str | None = None) -> dict[str, Any]:
+    """The learning curve of a model trained in stages, each run started from the weights of the one before
+    at its ``until`` step (``None``: its last checkpoint): ``learning_curve`` per stage, its hours added to the
+    stages' before, each point named by its ``stage``. A later stage's step 0 is the earlier stage's last
+    point again and is left out. ``previous`` (an earlier chain's result) spares its stages' sampled points."""
+    earlier = {stage["run"]: stage for stage in (previous or {}).get("stages", [])}
+    results, points, hours = [], [], 0.0
+    for index, (run_dir, until) in enumerate(stages):
+        curve = learning_curve(run_dir, n, steps, seed, earlier.get(str(run_dir)), progress, every, reward, until)
+        results.append(curve | {"until": until})
+        points += [point | {"stage": run_dir.name, "training_hours": round(hours + point["training_hours"], 3)}
+                   for point in curve["points"] if not (index and point["step"] == 0)]
+        hours += curve["points"][-1]["training_hours"]
+    chain = ",".join(f"{run_dir}" + (f":{until}" if until is not None else "") for run_dir, until in stages)
+    return {"run": chain, "n": n, "sampling_steps": steps, "seed": seed, "reward": reward, "stages": results,
+            "points": points}
+
+
+def parse_stages(text: str) -> list[tuple[Path, int | None]]:
+    """``RUN[:STEP],RUN[:STEP],...`` (``bench curve --run``) as ``(run folder, until)`` stages."""
+    stages = []
+    for part in text.split(","):
+        run, _, until = part.rpartition(":") if part.rpartition(":")[2].isdigit() else (part, "", "")
+        stages.append((Path(run), int(until) if until else None))
+    return stages
 
 
 def steps_curve(checkpoint: str, n: int, steps: Sequence[int], seeds: int = 3, progress: bool = True,
@@ -115,12 +151,18 @@ def plot_curve(result: dict[str, Any], path: Path) -> Path:
         if points:
             ax.errorbar([p["sampling_steps"] for p in points], [p["summary"][metric]["mean"] for p in points],
                         yerr=[p["summary"][metric]["std"] for p in points], marker="o", capsize=3, label=metric)
+    for stage in result.get("stages", [])[1:]:
+        start = next(p["training_hours"] for p in result["points"] if p["stage"] == Path(stage["run"]).name)
+        ax.axvline(start, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(Path(stage["run"]).name, (start, 0.02), xycoords=("data", "axes fraction"), rotation=90,
+                    fontsize=7, color="grey")
     if learning:
-        ax.set(xlabel="training hours (wall time of the run)", title=f"learning curve: {result['run']}")
+        title = " → ".join(Path(s["run"]).name for s in result["stages"]) if "stages" in result else result["run"]
+        ax.set(xlabel="training hours (wall time of the run)", title=f"learning curve: {title}")
     else:
         ax.set(xscale="log", xlabel="sampling steps (network evaluations per sample)",
                title=f"quality against steps: {result['checkpoint']}")
-    shares = all(line.get_ydata().min() >= 0 and line.get_ydata().max() <= 1 for line in ax.get_lines()
+    shares = all(np.min(line.get_ydata()) >= 0 and np.max(line.get_ydata()) <= 1 for line in ax.get_lines()
                  if len(line.get_ydata()))
     ax.set(ylim=(0, 1.02) if shares else None, ylabel="share" if shares else "share, mean reward")
     ax.grid(alpha=0.3)
@@ -138,7 +180,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     for point in result["points"]:
         values = point if learning else {k: v["mean"] for k, v in point["summary"].items()}
         cells = [f"{values[m]:.3f}" if isinstance(values.get(m), float) else "-" for m in PLOTTED]
-        first = f"{point['step']} | {point['training_hours']:.2f}" if learning else str(point["sampling_steps"])
+        step = f"{point['stage']} {point['step']}" if "stage" in point else str(point.get("step"))
+        first = f"{step} | {point['training_hours']:.2f}" if learning else str(point["sampling_steps"])
         rows.append(f"| {first} | " + " | ".join(cells) + " |")
     head = "| step | hours | " if learning else "| sampling steps | "
     return "\n".join([head + " | ".join(PLOTTED) + " |", "|" + "---|" * (len(PLOTTED) + (2 if learning else 1)),
