@@ -100,7 +100,7 @@ def chained_curve(stages: Sequence[tuple[Path, int | None]], n: int, steps: int,
     results, points, hours = [], [], 0.0
     for index, (run_dir, until) in enumerate(stages):
         curve = learning_curve(run_dir, n, steps, seed, earlier.get(str(run_dir)), progress, every, reward, until)
-        results.append(curve | {"until": until})
+        results.append(curve | {"until": until, "start_hours": round(hours, 3)})
         points += [point | {"stage": run_dir.name, "training_hours": round(hours + point["training_hours"], 3)}
                    for point in curve["points"] if not (index and point["step"] == 0)]
         hours += curve["points"][-1]["training_hours"]
@@ -113,7 +113,9 @@ def parse_stages(text: str) -> list[tuple[Path, int | None]]:
     """``RUN[:STEP],RUN[:STEP],...`` (``bench curve --run``) as ``(run folder, until)`` stages."""
     stages = []
     for part in text.split(","):
-        run, _, until = part.rpartition(":") if part.rpartition(":")[2].isdigit() else (part, "", "")
+        run, colon, until = part.rpartition(":")
+        if not (colon and until.isdigit()):
+            run, until = part, ""
         stages.append((Path(run), int(until) if until else None))
     return stages
 
@@ -152,10 +154,9 @@ def plot_curve(result: dict[str, Any], path: Path) -> Path:
             ax.errorbar([p["sampling_steps"] for p in points], [p["summary"][metric]["mean"] for p in points],
                         yerr=[p["summary"][metric]["std"] for p in points], marker="o", capsize=3, label=metric)
     for stage in result.get("stages", [])[1:]:
-        start = next(p["training_hours"] for p in result["points"] if p["stage"] == Path(stage["run"]).name)
-        ax.axvline(start, color="grey", linestyle=":", linewidth=1)
-        ax.annotate(Path(stage["run"]).name, (start, 0.02), xycoords=("data", "axes fraction"), rotation=90,
-                    fontsize=7, color="grey")
+        ax.axvline(stage["start_hours"], color="grey", linestyle=":", linewidth=1)
+        ax.annotate(Path(stage["run"]).name, (stage["start_hours"], 0.02), xycoords=("data", "axes fraction"),
+                    rotation=90, fontsize=7, color="grey")
     if learning:
         title = " → ".join(Path(s["run"]).name for s in result["stages"]) if "stages" in result else result["run"]
         ax.set(xlabel="training hours (wall time of the run)", title=f"learning curve: {title}")
