@@ -60,7 +60,8 @@ def test_a_config_dumps_only_its_algorithms_keys_and_reloads_the_same(tmp_path):
     config = load_config(None, ["algorithm.name=rgdm-data", "algorithm.scored_size=500", "algorithm.anchor=0.5"])
     assert isinstance(config.algorithm, DataPayoffConfig)
     assert config.algorithm.model_dump() == {"name": "rgdm-data", "targets": None, "temperature": 0.3,
-                                             "anchor": 0.5, "scored_size": 500, "min_timestep": 1}
+                                             "anchor": 0.5, "scored_size": 500, "min_timestep": 1,
+                                             "input_perturbation": 0.0}
     path = tmp_path / "run.yaml"
     path.write_text(dump_config(config))
     assert load_config(path) == config
@@ -69,7 +70,7 @@ def test_a_config_dumps_only_its_algorithms_keys_and_reloads_the_same(tmp_path):
 def test_an_unknown_key_names_the_algorithm_and_its_keys():
     message = config_error(["algorithm.name=rgdm-data", "algorithm.scored=5"])
     assert ("algorithm.scored: unknown key of algorithm 'rgdm-data'; did you mean 'scored_size'? valid keys: "
-            "name, targets, temperature, anchor, scored_size, min_timestep") in message
+            "name, targets, temperature, anchor, scored_size, min_timestep, input_perturbation") in message
 
 
 def test_a_key_only_other_algorithms_take_is_dropped_with_a_warning_naming_them(caplog):
@@ -90,6 +91,8 @@ def test_checks_live_in_the_config_and_reach_the_algorithm():
     assert "algorithm.uncond_prob:" in config_error(["algorithm.name=cfg", "algorithm.uncond_prob=1"])
     perturbed = load_config(None, ["algorithm.name=pretrain", "algorithm.input_perturbation=0.1"]).algorithm
     assert make_algorithm(perturbed, 10, ToyDomain()).input_perturbation == 0.1
+    tilted = load_config(None, ["algorithm.name=rgdm-data", "algorithm.input_perturbation=0.1"]).algorithm
+    assert make_algorithm(tilted, 10, ToyDomain()).input_perturbation == 0.1
     assert "algorithm.input_perturbation:" in config_error(["algorithm.name=pretrain",
                                                             "algorithm.input_perturbation=-0.1"])
     late = load_config(None, ["algorithm.name=rgdm-data", "algorithm.min_timestep=300"]).algorithm

@@ -158,6 +158,20 @@ def test_data_payoff_fits_its_weighted_rows_from_min_timestep_and_its_anchor_at_
         beyond.draw_rows(context, 0, torch.Generator().manual_seed(1))
 
 
+def test_data_payoff_perturbs_its_weighted_rows_inputs_only_when_asked():
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    model = make_model()
+    context = TrainingContext(model=model, ema=model, reference=None, data=Batch(x),
+                              scorer=make_scorer(right_half), batch_size=32, prior=None)
+    plain, perturbed = DataPayoff(temperature=0.5), DataPayoff(temperature=0.5, input_perturbation=0.1)
+    for algorithm in (plain, perturbed):
+        algorithm.setup(context, torch.Generator().manual_seed(0))
+    assert plain.draw_rows(context, 0, torch.Generator().manual_seed(1)).rows.perturbation is None
+    rows = perturbed.draw_rows(context, 0, torch.Generator().manual_seed(1)).rows
+    assert rows.perturbation is not None and rows.perturbation.shape == rows.noise.shape
+    assert 0.05 < float(rows.perturbation.std() / rows.noise.std()) < 0.2, "gamma times a standard noise"
+
+
 def test_data_rows_are_scored_in_chunks_exactly_once_per_target():
     x = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
     model = make_model()

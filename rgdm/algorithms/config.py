@@ -43,6 +43,10 @@ Candidates = Annotated[int, Field(ge=2), AfterValidator(_even)]
 #: The KL anchor's weight ``lambda`` on the plain denoising loss of unweighted data (0: none).
 Anchor = Annotated[float, Field(ge=0, allow_inf_nan=False, description="weight of the KL anchor on unweighted "
                                                                        "data (0: none)")]
+#: Gamma of input perturbation (DDPM-IP, docs/design.md §1.8) in a denoising loss.
+InputPerturbation = Annotated[float, Field(
+    ge=0, allow_inf_nan=False, description="gamma of input perturbation (DDPM-IP): the input is noised by "
+    "eps + gamma xi while the target stays eps, against exposure bias (0: none; the paper's 0.1)")]
 #: How many data rows are scored once (``None``: every row).
 ScoredSize = Annotated[int | None, Field(ge=1, description="data rows scored once (null: all)")]
 

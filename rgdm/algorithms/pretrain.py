@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
 
 from rgdm.algorithms.base import Algorithm, DenoisingRows, TrainingContext
-from rgdm.algorithms.config import AlgorithmConfig
+from rgdm.algorithms.config import AlgorithmConfig, InputPerturbation
 
 
 class Pretrain(Algorithm):
@@ -32,10 +31,7 @@ class PretrainConfig(AlgorithmConfig):
     """``pretrain``: the shared settings (``targets`` trains a conditional model) and input perturbation."""
 
     name: Literal["pretrain"] = "pretrain"
-    input_perturbation: float = Field(
-        0.0, ge=0, allow_inf_nan=False,
-        description="gamma of input perturbation (DDPM-IP): the input is noised by eps + gamma xi while the "
-                    "target stays eps, against exposure bias (0: none; the paper's 0.1)")
+    input_perturbation: InputPerturbation = 0.0
 
     def build(self, total_steps: int, num_targets: int) -> Pretrain:
         return Pretrain(self.input_perturbation)

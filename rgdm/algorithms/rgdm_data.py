@@ -2,7 +2,8 @@
 
 Score the training data once; draw minibatches with probability ``softmax(r / tau)`` (importance
 resampling of the weighted log-likelihood, ``rgdm.algorithms.rgdm``). ``min_timestep`` fits the tilted
-rows only at the noise levels from it on, where a sample's identity is still open (docs/design.md §1.9).
+rows only at the noise levels from it on, where a sample's identity is still open (docs/design.md §1.9);
+``input_perturbation`` keeps a base trained with it (DDPM-IP, §1.8) in its own training condition.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from pydantic import Field
 
 from rgdm.algorithms.base import Algorithm, Anchored, DenoisingRows, TrainingContext, score_data_rows
-from rgdm.algorithms.config import AlgorithmConfig, Anchor, ScoredSize
+from rgdm.algorithms.config import AlgorithmConfig, Anchor, InputPerturbation, ScoredSize
 from rgdm.algorithms.rgdm import effective_sample_size, payoff_weights
 from rgdm.batch import Batch
 
@@ -24,11 +25,12 @@ class DataPayoff(Algorithm):
     name = "rgdm-data"
 
     def __init__(self, temperature: float, anchor: float = 0.0, scored_size: int | None = None,
-                 min_timestep: int = 1) -> None:
+                 min_timestep: int = 1, input_perturbation: float = 0.0) -> None:
         self.temperature = temperature
         self.anchor = anchor
         self.scored_size = scored_size
         self.min_timestep = min_timestep
+        self.input_perturbation = input_perturbation
         self.rows = torch.zeros(0, dtype=torch.long)
         self.weights = torch.zeros(0)
 
@@ -51,7 +53,7 @@ class DataPayoff(Algorithm):
                                                   generator=generator)
         picked = ctx.data.select(self.rows[index].to(ctx.data.x.device))
         batch = Batch(picked.x, picked.mask, None if cond is None else cond.to(picked.x.device))
-        rows = DenoisingRows.draw(batch, ctx.model.diffusion, generator, min_timestep=self.min_timestep)
+        rows = DenoisingRows.draw(batch, ctx.model.diffusion, generator, self.input_perturbation, self.min_timestep)
         return Anchored.draw(rows, ctx, self.anchor, generator)
 
     def row_losses(self, ctx: TrainingContext, rows: Anchored[DenoisingRows]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -72,6 +74,7 @@ class DataPayoffConfig(AlgorithmConfig):
     scored_size: ScoredSize = None
     min_timestep: int = Field(1, ge=1, description="fit the weighted rows at t from this on (1: every t); the "
                               "anchor's rows keep every t")
+    input_perturbation: InputPerturbation = 0.0
 
     def build(self, total_steps: int, num_targets: int) -> DataPayoff:
-        return DataPayoff(self.temperature, self.anchor, self.scored_size, self.min_timestep)
+        return DataPayoff(self.temperature, self.anchor, self.scored_size, self.min_timestep, self.input_perturbation)
