@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+import torch
 import yaml
+from safetensors.torch import load_file
 
+from rgdm.benchmarks.curves import checkpoint_model
 from rgdm.cli import main
 
 TINY = {
@@ -92,3 +95,15 @@ def test_the_steps_curve_reports_each_step_count_over_seeds(tmp_path):
         assert len(point["seeds"]) == 2
         assert point["summary"]["network_evaluations_per_sample"]["mean"] == point["sampling_steps"]
     assert (tmp_path / "steps.png").is_file()
+
+
+def test_a_checkpoint_gives_its_ema_weights_or_with_raw_the_optimisers(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    assert main(["-q", "train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run")]) == 0
+    meta = tmp_path / "run" / "checkpoints" / "step-00000030.json"
+    tensors = load_file(meta.with_suffix(".safetensors"))
+    for raw, prefix in ((False, "ema.module."), (True, "model.")):
+        weights = checkpoint_model(meta, raw=raw).net.state_dict()
+        assert weights and all(torch.equal(v, tensors[prefix + k]) for k, v in weights.items())
+    assert any(not torch.equal(tensors["ema.module." + k[len("model."):]], v)
+               for k, v in tensors.items() if k.startswith("model.")), "30 steps apart, EMA and raw differ"

@@ -1,8 +1,9 @@
 """Metrics of one checkpoint of a run (its EMA weights), as ``rgdm bench curve`` computes them, without
 sampling the run's other checkpoints, or of a model (a shipped name or an exported folder, no STEP).
 
-``--told-whole`` replaces a self-conditioned bond model's fragment inputs by "every molecule is in one
-piece", to see whether the network uses them. ``--eps-scale L`` divides every noise prediction by ``L``
+``--raw`` takes the checkpoint's optimiser weights instead of its EMA. ``--told-whole`` replaces a
+self-conditioned bond model's fragment inputs by "every molecule is in one piece", to see whether the
+network uses them. ``--eps-scale L`` divides every noise prediction by ``L``
 while sampling: epsilon scaling (Ning et al., ICLR 2024), a sampling-time correction of exposure bias.
 
     OMP_NUM_THREADS=1 python benchmarks/diagnostics/checkpoint_metrics.py RUN STEP -n 128 --steps 50 [--told-whole]
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=128)
     parser.add_argument("--steps", type=int, default=50, help="sampling steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--raw", action="store_true", help="the optimiser's weights, not the EMA")
     parser.add_argument("--told-whole", action="store_true")
     parser.add_argument("--eps-scale", type=float, default=1.0)
     parser.add_argument("--reward", help="also the mean of this reward over the samples it scores (e.g. qed)")
@@ -53,14 +55,14 @@ def main() -> None:
     if args.step is None:
         model = load_trained(args.run)
     else:
-        model = checkpoint_model(Path(args.run) / "checkpoints" / f"step-{args.step:08d}.json")
+        model = checkpoint_model(Path(args.run) / "checkpoints" / f"step-{args.step:08d}.json", raw=args.raw)
     if args.eps_scale != 1.0:
         model = dataclasses.replace(model, net=ScaledNoise(model.net, args.eps_scale))
     if args.told_whole:
         graph_network.bonded_together = lambda bonds, mask: mask[:, :, None] & mask[:, None, :]
     metrics = sample_metrics(model, args.n, args.steps, args.seed, args.reward)
     print(json.dumps({"run": str(args.run), "step": args.step, "n": args.n, "sampling_steps": args.steps,
-                      "seed": args.seed, "told_whole": args.told_whole, "eps_scale": args.eps_scale,
+                      "seed": args.seed, "raw": args.raw, "told_whole": args.told_whole, "eps_scale": args.eps_scale,
                       "network_evaluations_per_sample": metrics["network_evaluations_per_sample"],
                       **{key: metrics[key] for key in KEYS},
                       **{key: metrics[key] for key in ("mean_reward", "reward_valid") if key in metrics}}))

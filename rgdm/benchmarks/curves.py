@@ -27,6 +27,7 @@ from rgdm.io import load_tensors, read_json
 #: The metrics the plots show, where the domain reports them.
 PLOTTED = ("validity", "fragmented", "molecule_stability", "atom_stability", "uniqueness", "mean_reward")
 EMA_PREFIX = "ema.module."
+RAW_PREFIX = "model."
 
 
 def sample_metrics(model: LoadedModel, n: int, steps: int, seed: int, reward: str | None = None) -> dict[str, Any]:
@@ -41,15 +42,16 @@ def sample_metrics(model: LoadedModel, n: int, steps: int, seed: int, reward: st
             "network_evaluations_per_sample": (model.eps_model.evaluations - evaluations) / n}
 
 
-def checkpoint_model(meta_path: Path, config: RunConfig | None = None) -> LoadedModel:
-    """The EMA weights of one checkpoint of a run (its ``step-*.json``) as a model; ``config`` is the run's
-    ``config.yaml``, read when not given."""
+def checkpoint_model(meta_path: Path, config: RunConfig | None = None, raw: bool = False) -> LoadedModel:
+    """The EMA weights of one checkpoint of a run (its ``step-*.json``) as a model, or with ``raw`` the
+    optimiser's own weights; ``config`` is the run's ``config.yaml``, read when not given."""
     meta = read_json(meta_path)
     config = config or load_config(meta_path.parent.parent / "config.yaml")
     domain = build_domain(meta.get("domain", config.domain))
     net = domain.build_network(config.network)
     tensors = load_tensors(meta_path.parent / meta["tensors"], meta["sha256"])
-    net.load_state_dict({k[len(EMA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)})
+    prefix = RAW_PREFIX if raw else EMA_PREFIX
+    net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     return LoadedModel(domain, make_diffusion(config.diffusion, domain), net.eval(), {})
 
 
