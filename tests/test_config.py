@@ -107,6 +107,7 @@ def test_wrong_type_names_the_field(override: str, field: str) -> None:
      ("train.lr=0", "train.lr"),
      ("train.lr=2", "train.lr"),
      ("train.ema_decay=1", "train.ema_decay"),
+     ("train.warmup_steps=-1", "train.warmup_steps"),
      ("diffusion.timesteps=1", "diffusion.timesteps"),
      ("algorithm.temperature=-0.1", "algorithm.temperature"),
      ("train.grad_clip=0", "train.grad_clip")],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from rgdm.engine import Trainer, TrainingInterrupted, load_config, load_trained
 from rgdm.engine.checkpoint import checkpoint_paths, load_checkpoint
+from rgdm.engine.trainer import learning_rate_schedule
 from rgdm.io import CheckpointError, flatten_state, load_tensors, save_arrays, save_tensors, unflatten_state
 
 TINY = ["domain.name=toy", "domain.train_size=512", "network.width=32", "network.depth=1", "diffusion.timesteps=20",
@@ -65,6 +67,27 @@ def test_optimizer_state_round_trips_through_flat_tensors():
             torch.testing.assert_close(a[key], b[key])
 
 
+@pytest.mark.parametrize("decay", ["none", "cosine"])
+def test_the_rate_warms_up_linearly_then_decays_as_asked(decay):
+    net = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1.0)
+    config = tiny_config("train.steps=20", "train.lr=1.0", "train.warmup_steps=4", f"train.lr_decay={decay}").train
+    schedule = learning_rate_schedule(optimizer, config)
+    rates = []
+    for _ in range(config.steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    warm = [0.25, 0.4375, 0.625, 0.8125]  # torch's LinearLR from lr / 4, at lr from step 4 on
+    after = [1.0 if decay == "none" else 0.5 * (1 + math.cos(math.pi * k / 16)) for k in range(16)]
+    assert rates == pytest.approx(warm + after)
+
+
+def test_a_warm_up_as_long_as_the_run_is_a_clear_error():
+    with pytest.raises(ValueError, match="warmup_steps"):
+        tiny_config("train.steps=20", "train.warmup_steps=20")
+
+
 class Crash(RuntimeError):
     pass
 
@@ -76,13 +99,17 @@ def crash_at(step: int):
     return on_step
 
 
-@pytest.mark.parametrize("algorithm", ["pretrain", "pretrain-perturbed", "rgdm-data", "rgdm-model", "rgdm-stepwise"])
+@pytest.mark.parametrize("algorithm", ["pretrain", "pretrain-perturbed", "rgdm-data", "rgdm-data-warmed-up",
+                                       "rgdm-model", "rgdm-stepwise"])
 def test_resume_after_a_crash_is_bit_exact(pretrained_dir, tmp_path, algorithm):
-    overrides = ["train.steps=12", "train.checkpoint_every=4", "algorithm.name=" + algorithm.removesuffix("-perturbed"),
+    name = algorithm.removesuffix("-perturbed").removesuffix("-warmed-up")
+    overrides = ["train.steps=12", "train.checkpoint_every=4", "algorithm.name=" + name,
                  "algorithm.rounds=3", "algorithm.buffer_size=64", "algorithm.sample_steps=5",
                  "algorithm.scored_size=128"]
     if algorithm == "pretrain-perturbed":
         overrides.append("algorithm.input_perturbation=0.1")
+    if algorithm == "rgdm-data-warmed-up":  # the crash falls after the resumed checkpoint, both in the warm-up
+        overrides += ["train.warmup_steps=6", "train.lr_decay=cosine"]
     if not algorithm.startswith("pretrain"):
         overrides += [f"init={pretrained_dir}", "reward.name=region", "train.batch_size=8"]
     Trainer(tiny_config(*overrides), tmp_path / "straight").fit(progress=False)

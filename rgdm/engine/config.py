@@ -83,6 +83,8 @@ class TrainConfig(Section):
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0, le=1)
     lr_decay: Literal["none", "cosine"] = "none"
+    warmup_steps: int = Field(0, ge=0, description="raise the rate linearly to lr over these first steps (the "
+                              "decay follows them): a fresh optimizer does not jolt a trained model it fine-tunes")
     ema_decay: float = Field(0.999, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0)
     checkpoint_every: int = Field(1000, ge=1)
@@ -94,6 +96,12 @@ class TrainConfig(Section):
                                  "(weights, optimizer and EMA stay fp32)")
     compile: bool = Field(False, description="torch.compile the trained network (dynamic shapes): faster steps "
                           "after a compile of a minute or two; sampling and the EMA stay eager")
+
+    @model_validator(mode="after")
+    def _warmup_within_the_run(self) -> TrainConfig:
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be fewer than steps ({self.steps})")
+        return self
 
 
 class RewardConfig(Section):

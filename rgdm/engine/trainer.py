@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
@@ -36,7 +37,7 @@ from rgdm.engine.builder import (
     trained_with_conditions,
 )
 from rgdm.engine.checkpoint import load_checkpoint, save_checkpoint, save_model
-from rgdm.engine.config import DiffusionConfig, RunConfig, dump_config, parse_config, read_config_file
+from rgdm.engine.config import DiffusionConfig, RunConfig, TrainConfig, dump_config, parse_config, read_config_file
 from rgdm.engine.distributed import (
     DataParallelContext,
     any_process,
@@ -54,6 +55,19 @@ from rgdm.stopping import StopRequests, TrainingInterrupted
 
 StepCallback = Callable[["Trainer", int], None]
 log = logging.getLogger("rgdm.train")
+
+
+def learning_rate_schedule(optimizer: torch.optim.Optimizer, train: TrainConfig) -> LRScheduler | None:
+    """The rate over ``train.steps``: a linear warm-up from ``lr / warmup_steps`` to ``lr``, then a cosine
+    decay to 0 over the remaining steps where ``lr_decay`` asks for it (``None``: a constant rate)."""
+    phases: list[LRScheduler] = []
+    if train.warmup_steps:
+        phases.append(LinearLR(optimizer, start_factor=1 / train.warmup_steps, total_iters=train.warmup_steps))
+    if train.lr_decay == "cosine":
+        phases.append(CosineAnnealingLR(optimizer, T_max=train.steps - train.warmup_steps))
+    if len(phases) < 2:
+        return phases[0] if phases else None
+    return SequentialLR(optimizer, phases, milestones=[train.warmup_steps])
 
 
 def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -105,9 +119,7 @@ class Trainer:
         ledger = RewardCounter(limit=config.reward.budget) if distributed else None
         self.algorithm = make_algorithm(config.algorithm, config.train.steps, self.domain)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.train.lr, weight_decay=0.0)
-        self.scheduler = None
-        if config.train.lr_decay == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.train.steps)
+        self.scheduler = learning_rate_schedule(self.optimizer, config.train)
         self.generator = torch.Generator().manual_seed(config.train.seed)
         data = self.domain.dataset("train").to(self.device)
         trained = self.net if self.shard.world == 1 else DistributedDataParallel(self.net)
