@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from pathlib import Path
 
+from model_arguments import add_model_arguments, model_of
 from torch import nn
 
 import rgdm.domains.molecules.graph_network as graph_network
-from rgdm.benchmarks.curves import checkpoint_model, sample_metrics
-from rgdm.engine import load_trained
+from rgdm.benchmarks.curves import sample_metrics
 
 KEYS = ("validity", "fragmented", "molecule_stability", "atom_stability", "uniqueness")
 
@@ -42,20 +41,13 @@ class ScaledNoise(nn.Module):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="a run folder (with STEP), or a model's name or folder")
-    parser.add_argument("step", type=int, nargs="?")
-    parser.add_argument("-n", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=50, help="sampling steps")
-    parser.add_argument("--seed", type=int, default=0)
+    add_model_arguments(parser, n=128, steps=50)
     parser.add_argument("--raw", action="store_true", help="the optimiser's weights, not the EMA")
     parser.add_argument("--told-whole", action="store_true")
     parser.add_argument("--eps-scale", type=float, default=1.0)
     parser.add_argument("--reward", help="also the mean of this reward over the samples it scores (e.g. qed)")
     args = parser.parse_args()
-    if args.step is None:
-        model = load_trained(args.run)
-    else:
-        model = checkpoint_model(Path(args.run) / "checkpoints" / f"step-{args.step:08d}.json", raw=args.raw)
+    model = model_of(args, raw=args.raw)
     if args.eps_scale != 1.0:
         model = dataclasses.replace(model, net=ScaledNoise(model.net, args.eps_scale))
     if args.told_whole:

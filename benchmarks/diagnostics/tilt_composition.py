@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from model_arguments import checkpoint_path
 
 from rgdm.domains import build_domain
 from rgdm.engine import load_config
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    meta_path = Path(args.run) / "checkpoints" / f"step-{args.step:08d}.json"
+    meta_path = checkpoint_path(args.run, args.step)
     meta = read_json(meta_path)
     tensors = load_tensors(meta_path.parent / meta["tensors"], meta["sha256"])
     rows, weights = tensors["algorithm.rows"], tensors["algorithm.weights"][0].double()

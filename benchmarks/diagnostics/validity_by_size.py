@@ -17,30 +17,22 @@ import argparse
 import dataclasses
 import json
 from collections import defaultdict
-from pathlib import Path
 
-from rgdm.benchmarks.curves import checkpoint_model
+from model_arguments import add_model_arguments, checkpoint_path, model_of
+
 from rgdm.domains import build_domain
 from rgdm.domains.molecules.chemistry import chemistry_metrics
-from rgdm.engine import generate, load_trained
+from rgdm.engine import generate
 from rgdm.engine.builder import seeded_generator
 from rgdm.io import read_json
 
 
-def checkpoint_path(run: str, step: int) -> Path:
-    return Path(run) / "checkpoints" / f"step-{step:08d}.json"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="a run folder (with STEP), or a model's name or folder")
-    parser.add_argument("step", type=int, nargs="?")
-    parser.add_argument("-n", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=100, help="sampling steps")
-    parser.add_argument("--seed", type=int, default=0)
+    add_model_arguments(parser, n=1024, steps=100)
     parser.add_argument("--atom-counts-of", metavar="RUN:STEP", help="sample at this checkpoint's p(M)")
     args = parser.parse_args()
-    model = load_trained(args.run) if args.step is None else checkpoint_model(checkpoint_path(args.run, args.step))
+    model = model_of(args)
     if args.atom_counts_of:
         run, step = args.atom_counts_of.rsplit(":", 1)
         counts = read_json(checkpoint_path(run, int(step)))["domain"]["atom_counts"]
