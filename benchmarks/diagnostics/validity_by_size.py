@@ -51,5 +51,6 @@ def main() -> None:
                      for size, row in rows.items()},
     }))
 
+
 if __name__ == "__main__":
     main()
