@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,12 @@ import torch
 from model_arguments import checkpoint_path
 
 from rgdm.domains import build_domain
+from rgdm.domains.molecules.chemistry import Molecule
 from rgdm.engine import load_config
 from rgdm.io import load_tensors, read_json
 
 
-def composition(molecules) -> dict[str, float]:
+def composition(molecules: Sequence[Molecule]) -> dict[str, float]:
     """Mean atoms of each element and bonds of each order per molecule."""
     counts: Counter[str] = Counter()
     for mol in molecules:
