@@ -1,5 +1,5 @@
 """``rgdm bench properties`` at a tiny budget: its JSON, tables and picture, equal label budgets, and a work
-folder that a second call reads back instead of running again."""
+folder that a second call reads back instead of running again, unless its predictors changed."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import pytest
 
 from rgdm.benchmarks import properties
 from rgdm.cli import main
+from rgdm.domains.molecules.properties import PropertyPredictor
 
 TINY = replace(properties.QUICK, labels=16, targets=2, finetune_steps=4, batch_size=8, guide_steps=4, eval_samples=4,
                sampling_steps=3)
 
 
-def test_the_property_bench_spends_equal_labels_and_writes_json_tables_and_a_picture(tmp_path, monkeypatch):
+def test_the_property_bench_spends_equal_labels_writes_its_reports_and_binds_its_predictors(tmp_path, monkeypatch):
     monkeypatch.setattr(properties, "QUICK", TINY)
     report, work = tmp_path / "properties.json", tmp_path / "work"
     assert main(["-q", "bench", "properties", "--quick", "--properties", "alpha", "--json", str(report),
@@ -49,6 +50,17 @@ def test_the_property_bench_spends_equal_labels_and_writes_json_tables_and_a_pic
     monkeypatch.setattr(properties.PropertyCase, "run", never)
     again = properties.run_property_benchmark(quick=True, properties=["alpha"], progress=False, work_dir=work)
     assert again["properties"]["alpha"]["methods"] == alpha["methods"]
+
+    loaded = PropertyPredictor.load
+
+    def retrained(folder):
+        predictor = loaded(folder)
+        predictor.meta["sha256"] = "0" * 64
+        return predictor
+
+    monkeypatch.setattr(PropertyPredictor, "load", staticmethod(retrained))
+    with pytest.raises(ValueError, match=r"holds a property benchmark of other settings \({'predictors'"):
+        properties.run_property_benchmark(quick=True, properties=["alpha"], progress=False, work_dir=work)
 
 
 def test_unknown_properties_and_methods_are_named():

@@ -104,11 +104,11 @@ def finetune(config: RunConfig, run_dir: Path, point: Callable[[LoadedModel, dic
                        trainer.network_evaluations(), trainer.wall_s - measuring)
 
 
-def bound_work_folder(folder: Path, settings: dict[str, Any], suite: str) -> Path:
-    """``folder``, bound to ``settings`` on first use (``benchmark.json``): a benchmark's runs of other settings
+def bound_work_folder(folder: Path, settings: dict[str, Any], suite: str, record: str = "benchmark.json") -> Path:
+    """``folder``, bound to ``settings`` on first use (the JSON ``record``): a benchmark's runs of other settings
     are never mixed in. Settings name the base by its weights' digest: a base re-shipped under the same name is
     another base."""
-    path = folder / "benchmark.json"
+    path = folder / record
     if path.is_file() and read_json(path) != settings:
         raise ValueError(f"{folder} holds a {suite} benchmark of other settings ({read_json(path)}); continue it "
                          "with those, or give another --work-dir")

@@ -109,6 +109,12 @@ class PropertyCase:
         self.model = retarget(base, {"target_property": name})
         self.targets = target_grid(self.model.domain, budget.targets)
 
+    def predictors(self) -> dict[str, Any]:
+        """The property and its rewarding (``a``) and measuring (``b``) predictors by their weights' digests, which a
+        work folder is bound to: runs rewarded or measured by other predictors are never read back."""
+        return {"property": self.name,
+                "predictors": {half: self.model.domain.predictor(half).meta.get("sha256") for half in ("a", "b")}}
+
     def measure(self, model: LoadedModel, seed: int, **generate_args: Any) -> tuple[dict[str, Any], float, int]:
         """``eval_samples`` samples at drawn ``(c, M)``, the same pairs for every method of a seed: their metrics,
         sampling seconds and network evaluations (the guide's included)."""
@@ -190,6 +196,8 @@ def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False
             stack.enter_context(tempfile.TemporaryDirectory(prefix="rgdm-bench-properties-")))
         for name in names:
             case = PropertyCase(task, budget, base, name)
+            if work_dir is not None:
+                bound_work_folder(folder, case.predictors(), "property", record=f"{name}-predictors.json")
             runs: dict[str, list[dict[str, Any]]] = {method: [] for method in chosen}
             for seed in seed_list:
                 for method in chosen:
