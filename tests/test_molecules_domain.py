@@ -284,13 +284,13 @@ def alpha_domain() -> MoleculeDomain:
 
 
 def test_a_hydrogen_free_model_never_gets_a_predictor_of_molecules_with_hydrogens(tmp_path, monkeypatch):
-    """The shipped alpha predictors read molecules with hydrogens; a model without them asks for its own."""
+    """The shipped predictors with hydrogens read molecules with hydrogens; a model without them asks for its own."""
     heavy = build_domain({"name": "molecules", "subset": 300, "hydrogens": False, "target_property": "alpha"})
     shipped = properties.SHIPPED_PREDICTORS
     monkeypatch.setattr(properties, "SHIPPED_PREDICTORS", tmp_path)
     with pytest.raises(CheckpointError, match=r"no predictor qm9-noh-alpha-a .* --no-hydrogens"):
         heavy.predictor("a")
-    shutil.copytree(shipped / "qm9-alpha-a", tmp_path / "qm9-noh-alpha-a")
+    shutil.copytree(shipped / "qm9-all-a", tmp_path / "qm9-noh-alpha-a")
     with pytest.raises(CheckpointError, match="qm9-noh-alpha-a was trained on molecules with hydrogens"):
         heavy.predictor("a")
 

@@ -261,8 +261,9 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
 
     def predictor(self, half: Literal["a", "b"]) -> Any:
         """The shipped predictor of ``target_property`` trained on ``train_a`` (rewards) or ``train_b`` (measures),
-        on molecules encoded as this domain's are: ``qm9-alpha-a`` with hydrogens, ``qm9-noh-alpha-a`` without,
-        or else the multi-task predictor of the same half (``qm9-all-a``, ``qm9-noh-all-a``)."""
+        on molecules encoded as this domain's are: a single-property ``qm9-alpha-a`` (``qm9-noh-alpha-a`` without
+        hydrogens) where one is saved, or else the multi-task predictor of the same half (``qm9-all-a``,
+        ``qm9-noh-all-a``)."""
         from rgdm.domains.molecules.properties import PropertyPredictor
 
         hydrogens = self.options.hydrogens

@@ -99,7 +99,7 @@ class PropertyPredictor:
 
     @classmethod
     def load(cls, folder: str | Path) -> PropertyPredictor:
-        """A saved predictor from its folder, or a shipped one by name (``qm9-alpha-a``). Predictors saved
+        """A saved predictor from its folder, or a shipped one by name (``qm9-all-a``). Predictors saved
         before several properties were possible (``property``, scalar ``mean`` and ``std``) load as one."""
         found = cls.find(folder)
         if found is None:
