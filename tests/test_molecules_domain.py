@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from rgdm.domains.molecules.network import EGNN, EGNNDenoiser, EGNNRegressor
 from rgdm.domains.molecules.properties import PropertyPredictor, point_cloud, train_property_predictor
 from rgdm.engine.builder import make_scorer
 from rgdm.engine.config import RewardConfig
+from rgdm.engine.guide import scored_rows
 from rgdm.io import CheckpointError
 from rgdm.rewards import RewardCounter
 from rgdm.stopping import TrainingInterrupted
@@ -404,6 +406,23 @@ def test_scoring_data_against_every_target_predicts_each_molecule_once(alpha_dom
     assert counter.calls == 4 * 50 and predicted_rows == [20, 20, 10], "one prediction per molecule, not per target"
     targets = torch.tensor([70.0, 75.0, 80.0, 85.0])[:, None]
     expected = -(predict(data.select(rows)) - targets).abs() / alpha_domain.property_values.std()
+    torch.testing.assert_close(rewards, expected, atol=1e-4, rtol=1e-5)
+
+
+def test_a_guide_scores_its_rows_against_every_target_predicting_each_molecule_once(alpha_domain):
+    predictor = train_property_predictor(alpha_domain, "alpha", "train_a", steps=2, batch_size=8, progress=False)
+    alpha_domain._predictors["qm9-alpha-a"] = predictor
+    predicted_rows = []
+    predict = predictor.predict
+    predictor.predict = lambda batch, **named: predicted_rows.append(len(batch)) or predict(batch, **named)
+    model = SimpleNamespace(domain=alpha_domain)
+    counter = RewardCounter()
+    targets = [70.0, 80.0, 90.0]
+    scored, rewards = scored_rows(model, make_scorer(RewardConfig(name="property"), alpha_domain, counter), targets,
+                                  30, torch.Generator().manual_seed(0))
+    assert counter.calls == 3 * 30 and predicted_rows == [30], "one prediction per molecule, not per target"
+    assert scored.cond.tolist() == [target for target in targets for _ in range(30)], "copy-major"
+    expected = -(predict(scored) - scored.cond).abs() / alpha_domain.property_values.std()
     torch.testing.assert_close(rewards, expected, atol=1e-4, rtol=1e-5)
 
 

@@ -40,15 +40,16 @@ class Guide:
 
 def scored_rows(model: LoadedModel, scorer: Scorer, targets: list[int] | list[float] | None, rows: int,
                 generator: torch.Generator) -> tuple[Batch, torch.Tensor]:
-    """``rows`` random training rows scored against each target: the batch (targets as ``cond``) and rewards."""
+    """``rows`` random training rows scored against each target: the batch (targets as ``cond``) and rewards.
+    Each row is decoded once and scored against every target at once (``Scorer.score_targets``)."""
     data = model.domain.dataset()
     picked = data.select(torch.randperm(len(data), generator=generator)[: min(rows, len(data))])
     if not targets:
         return picked, scorer(picked.x, picked.mask).values.float().cpu()
     tiled = picked.repeat(len(targets))  # copy-major: copy k is scored against targets[k]
     cond = torch.as_tensor(targets).repeat_interleave(len(picked))  # classes (int64) or values (float32)
-    scored = Batch(tiled.x, tiled.mask, cond)
-    return scored, scorer(scored.x, scored.mask, cond).values.float().cpu()
+    rewards = scorer.score_targets(picked.x, picked.mask, targets).values  # (targets, rows): copy-major flat
+    return Batch(tiled.x, tiled.mask, cond), rewards.float().cpu().reshape(-1)
 
 
 def train_guide(model: LoadedModel, scorer: Scorer, targets: list[int] | list[float] | None, *, rows: int, steps: int,
