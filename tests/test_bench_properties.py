@@ -14,7 +14,7 @@ from rgdm.cli import main
 from rgdm.domains.molecules.properties import PropertyPredictor
 
 TINY = replace(properties.QUICK, labels=16, targets=2, finetune_steps=4, batch_size=8, guide_steps=4, eval_samples=4,
-               sampling_steps=3)
+               sampling_steps=3, particles=2)
 
 
 def test_the_property_bench_spends_equal_labels_writes_its_reports_and_binds_its_predictors(tmp_path, monkeypatch):
@@ -26,15 +26,22 @@ def test_the_property_bench_spends_equal_labels_writes_its_reports_and_binds_its
     alpha = result["properties"]["alpha"]
     assert list(alpha["methods"]) == list(properties.METHODS)
     assert len(alpha["targets"]) == 2 and alpha["targets"][0] < alpha["targets"][1], "quantiles of alpha"
-    calls = {name: summary["reward_calls"] for name, summary in alpha["methods"].items()}
-    assert calls == {"pretrained": 0, "rgdm-data": 32, "cfg": 32, "classifier-guidance": 32}, \
+    calls = {name: summary["reward_calls"] - summary["sampling_reward_calls"]
+             for name, summary in alpha["methods"].items()}
+    assert calls == {"pretrained": 0, "rgdm-data": 32, "cfg": 32, "classifier-guidance": 32, "rgdm-smc": 32}, \
         "16 labelled molecules x 2 targets each"
+    guided, plain = alpha["methods"]["rgdm-smc"], alpha["methods"]["rgdm-data"]
+    assert guided["sampling_reward_calls"] == 4 * 2 * 3, "4 samples x 2 particles, scored after each of 3 steps"
+    assert plain["sampling_reward_calls"] == 0
+    assert guided["train_s"] == plain["train_s"], "the guided row samples the rgdm-data run, not a new one"
+    assert guided["network_evaluations"] - plain["network_evaluations"] == 4 * 3, "one more particle a sample"
     for summary in alpha["methods"].values():
         assert summary["property_mae"] >= 0 and summary["network_evaluations"] > 0
         assert {"property_mae_valid", "validity", "uniqueness", "train_s", "sample_s", "per_seed"} <= set(summary)
     assert 0 < alpha["reference"]["L-bound"] < alpha["reference"]["#Atoms"] < alpha["reference"]["naive (shuffled)"]
     table = report.with_suffix(".md").read_text()
     assert "| conditional EDM, EDM's table | 2.760 |" in table and "| #Atoms, this pipeline |" in table
+    assert "| rgdm-smc (guided sampling: reward calls while sampling) |" in table
     # qm9-pretrained trained on train_a, the measuring predictor's half train_b unseen: EDM's protocol, said so.
     assert result["base_split"] == "train_a" and result["edm_protocol"] is True
     assert "The base trained on `train_a`: EDM's protocol (the measuring predictor's half `train_b` unseen)" \

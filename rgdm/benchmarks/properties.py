@@ -12,7 +12,10 @@ reward calls:
   conditional model): each ``c`` is paired with the labelled rows of its top reward class;
 * ``classifier-guidance``: the base steered by a noise-aware regressor of ``r(x, c)`` fitted on the same
   rows, at scale ``1 / tau``, so it samples the same pay-off distribution ``p(x) exp(r(x, c) / tau)``;
-* ``pretrained``: the base sampled plainly, blind to ``c``: what a method gains over it is conditioning.
+* ``pretrained``: the base sampled plainly, blind to ``c``: what a method gains over it is conditioning;
+* ``rgdm-smc``, the guided row, reported apart from the plainly sampled methods: the ``rgdm-data`` model (the
+  same run) sampled by sequential Monte Carlo onto the same pay-off with ``particles`` per sample, scored by
+  the rewarding predictor, so it spends reward calls at sampling time as well.
 
 Each samples ``eval_samples`` molecules at targets ``c`` drawn from the data with atom counts from
 ``p(M | c)``, and the measuring predictor (``qm9-P-b``, trained on ``train_b``, never a reward) measures
@@ -36,8 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rgdm.algorithms import ClassifierGuidance
-from rgdm.benchmarks.common import bound_work_folder, finetune, kept, mean, over_seeds
+from rgdm.algorithms import ClassifierGuidance, SequentialMonteCarlo
+from rgdm.benchmarks.common import FinetuneRun, bound_work_folder, finetune, kept, mean, over_seeds
 from rgdm.domains.base import pyplot, save_figure
 from rgdm.domains.molecules.data import PROPERTIES
 from rgdm.domains.molecules.domain import MoleculeDomain
@@ -51,7 +54,9 @@ FINETUNE_PRESET = Path(__file__).resolve().parent.parent / "configs" / "finetune
 log = logging.getLogger("rgdm.bench")
 PROPERTY_ORDER = ("mu", "alpha", "Cv", "homo", "lumo", "gap")
 UNITS = {"mu": "D", "alpha": "bohr³", "Cv": "cal/(mol K)", "homo": "meV", "lumo": "meV", "gap": "meV"}
-METHODS = ("pretrained", "rgdm-data", "cfg", "classifier-guidance")
+METHODS = ("pretrained", "rgdm-data", "cfg", "classifier-guidance", "rgdm-smc")
+#: The methods that spend reward calls while sampling: the table sets them apart.
+GUIDED_METHODS = ("rgdm-smc",)
 #: EDM's table (Hoogeboom et al., 2022, Table 3), MAE on QM9 in D, bohr^3, cal/(mol K) and meV.
 PUBLISHED = {
     "naive (shuffled)": {"mu": 1.616, "alpha": 9.01, "Cv": 6.857, "homo": 645, "lumo": 1457, "gap": 1470},
@@ -86,12 +91,13 @@ class PropertyBudget:
     guide_steps: int
     eval_samples: int
     sampling_steps: int
+    particles: int
 
 
 FULL = PropertyBudget(labels=20_000, targets=16, finetune_steps=3000, batch_size=64, lr=3e-4, guide_steps=3000,
-                      eval_samples=1000, sampling_steps=100)
+                      eval_samples=1000, sampling_steps=100, particles=4)
 QUICK = PropertyBudget(labels=64, targets=4, finetune_steps=20, batch_size=16, lr=3e-4, guide_steps=20,
-                       eval_samples=16, sampling_steps=10)
+                       eval_samples=16, sampling_steps=10, particles=2)
 
 
 def target_grid(domain: MoleculeDomain, count: int) -> list[float]:
@@ -128,7 +134,8 @@ class PropertyCase:
         metrics = self.model.domain.quality_metrics(samples, None, None, seeded_generator(0), posebusters=0)
         return metrics, seconds, evaluations
 
-    def fine_tuned(self, algorithm: str, seed: int, run_dir: Path, progress: bool) -> dict[str, Any]:
+    def trained(self, algorithm: str, seed: int, run_dir: Path, progress: bool) -> FinetuneRun:
+        """The method's fine-tune in ``run_dir``: trained, resumed, or (finished) loaded back."""
         budget = self.budget
         config = load_config(FINETUNE_PRESET, [
             f"init={self.task.checkpoint}", f"domain.target_property={self.name}", "reward.name=property",
@@ -136,9 +143,24 @@ class PropertyCase:
             f"algorithm.scored_size={budget.labels}", f"algorithm.targets={self.targets}",
             f"train.steps={budget.finetune_steps}", f"train.batch_size={budget.batch_size}", f"train.lr={budget.lr}",
             f"train.seed={seed}", f"train.checkpoint_every={max(1, budget.finetune_steps // 20)}"])
-        run = finetune(config, run_dir, lambda model, args: (), budget.finetune_steps, progress)
+        return finetune(config, run_dir, lambda model, args: (), budget.finetune_steps, progress)
+
+    def fine_tuned(self, algorithm: str, seed: int, run_dir: Path, progress: bool) -> dict[str, Any]:
+        run = self.trained(algorithm, seed, run_dir, progress)
         metrics, seconds, evaluations = self.measure(run.model, seed, **run.generate_args)
         return {"metrics": metrics, "reward_calls": run.reward_calls, "train_s": run.wall_s, "sample_s": seconds,
+                "network_evaluations": run.network_evaluations + evaluations}
+
+    def guided(self, seed: int, run_dir: Path, progress: bool) -> dict[str, Any]:
+        """The ``rgdm-data`` model of ``run_dir`` sampled by SMC onto its pay-off: the training's costs plus the
+        sampling's reward calls (``sampling_reward_calls``) and particles' network evaluations."""
+        run = self.trained("rgdm-data", seed, run_dir, progress)
+        counter = RewardCounter()
+        smc = SequentialMonteCarlo(run.model.domain.scorer("property", counter), self.budget.particles,
+                                   self.task.temperature)
+        metrics, seconds, evaluations = self.measure(run.model, seed, transition=smc)
+        return {"metrics": metrics, "reward_calls": run.reward_calls + counter.calls,
+                "sampling_reward_calls": counter.calls, "train_s": run.wall_s, "sample_s": seconds,
                 "network_evaluations": run.network_evaluations + evaluations}
 
     def classifier_guidance(self, seed: int, progress: bool) -> dict[str, Any]:
@@ -164,6 +186,8 @@ class PropertyCase:
             return self.plain(seed)
         if method == "classifier-guidance":
             return self.classifier_guidance(seed, progress)
+        if method == "rgdm-smc":
+            return self.guided(seed, folder / f"{self.name}-rgdm-data-seed{seed}", progress)
         return self.fine_tuned(method, seed, folder / f"{self.name}-{method}-seed{seed}", progress)
 
 
@@ -222,6 +246,7 @@ def _summarise(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     summary: dict[str, Any] = over_seeds([run["metrics"] for run in runs], FINAL_METRICS)
     for cost in ("reward_calls", "network_evaluations", "train_s", "sample_s"):
         summary[cost] = mean([run[cost] for run in runs])
+    summary["sampling_reward_calls"] = mean([run.get("sampling_reward_calls", 0) for run in runs])
     return {**summary, "seeds": seeds, "per_seed": runs}
 
 
@@ -251,26 +276,27 @@ def markdown_table(result: dict[str, Any]) -> str:
     for method in methods:
         cells = [_number(result["properties"][n]["methods"][method]["property_mae"],
                          result["properties"][n]["methods"][method]["property_mae_std"]) for n in names]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        label = f"{method} (guided sampling: reward calls while sampling)" if method in GUIDED_METHODS else method
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for row in REFERENCE_ROWS:
         lines.append(f"| {row}, this pipeline | " + " | ".join(_number(result["properties"][n]["reference"][row])
                                                              for n in names) + " |")
     for row, values in PUBLISHED.items():
         lines.append(f"| {row}, EDM's table | " + " | ".join(_number(values[n]) for n in names) + " |")
-    lines += ["", "| property | method | MAE of the valid | validity | uniqueness | reward calls | network evals | "
-                  "train s | sample s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| property | method | MAE of the valid | validity | uniqueness | reward calls | of them while "
+                  "sampling | network evals | train s | sample s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for n in names:
         for method, m in result["properties"][n]["methods"].items():
             lines.append(f"| {n} | {method} | {_number(m['property_mae_valid'], m['property_mae_valid_std'])} | "
                          f"{_number(m['validity'], m['validity_std'])} | {_number(m['uniqueness'])} | "
-                         f"{m['reward_calls']:,.0f} | {m['network_evaluations']:,.0f} | {m['train_s']:.0f} | "
-                         f"{m['sample_s']:.0f} |")
+                         f"{m['reward_calls']:,.0f} | {m.get('sampling_reward_calls', 0):,.0f} | "
+                         f"{m['network_evaluations']:,.0f} | {m['train_s']:.0f} | {m['sample_s']:.0f} |")
     return "\n".join(lines)
 
 
 def plot_errors(result: dict[str, Any], path: Path) -> Path:
-    """One panel per property: this run's MAE per method (bars, with the seeds' spread), this pipeline's
-    #Atoms and L-bound (dashed), and EDM's published conditional EDM (dotted)."""
+    """One panel per property: this run's MAE per method (bars, with the seeds' spread; guided sampling
+    hatched), this pipeline's #Atoms and L-bound (dashed), and EDM's published conditional EDM (dotted)."""
     plt = pyplot()
     names = list(result["properties"])
     columns = min(3, max(1, len(names)))
@@ -281,7 +307,8 @@ def plot_errors(result: dict[str, Any], path: Path) -> Path:
         methods = list(entry["methods"])
         heights = [entry["methods"][m]["property_mae"] or np.nan for m in methods]
         errors = [entry["methods"][m]["property_mae_std"] or 0.0 for m in methods]
-        ax.bar(range(len(methods)), heights, yerr=errors, color=[f"C{i}" for i in range(len(methods))])
+        ax.bar(range(len(methods)), heights, yerr=errors, color=[f"C{i}" for i in range(len(methods))],
+               hatch=["//" if m in GUIDED_METHODS else "" for m in methods])
         ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
         ax.axhline(entry["reference"]["#Atoms"], ls="--", color="grey", label="#Atoms (this pipeline)")
         ax.axhline(entry["reference"]["L-bound"], ls="--", color="black", label="L-bound (this pipeline)")
