@@ -132,7 +132,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
                          temperature=args.temperature, target=args.target, steps=args.steps, eta=args.eta,
                          candidates=args.candidates, particles=args.particles, value=args.value,
                          guidance_start=args.guidance_start, radius=args.radius, guide=args.guide,
-                         cfg_scale=args.cfg_scale, progress=not args.quiet)
+                         cfg_scale=args.cfg_scale, corrector_snr=args.corrector_snr,
+                         corrector_steps=args.corrector_steps, progress=not args.quiet)
     files = write_samples(samples.model, samples.batch, Path(args.out),
                           {"checkpoint": str(args.checkpoint), **samples.meta})
     print(f"wrote {args.n} samples: " + describe_files(files, Path(args.out)))
@@ -350,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exploration radius of gradient steps (default %(default)s)")
     sample.add_argument("--guide", metavar="DIR", help="noise-aware guide of --guidance regressor (rgdm train-guide)")
     sample.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (models trained with cfg)")
+    sample.add_argument("--corrector-snr", type=float, metavar="R",
+                        help="Langevin corrector steps after every step at signal-to-noise ratio R (predictor-"
+                             "corrector sampling; each costs one network evaluation a sample)")
+    sample.add_argument("--corrector-steps", type=int, help="with --corrector-snr: corrector steps after every "
+                        "step (default 1)")
     sample.add_argument("--out", required=True)
     sample.set_defaults(func=cmd_sample)
 

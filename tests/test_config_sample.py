@@ -10,7 +10,7 @@ import pytest
 import rgdm
 from rgdm.algorithms import GradientStep, GreedySelection, SequentialMonteCarlo
 from rgdm.cli import main
-from rgdm.diffusion import ancestral_transition
+from rgdm.diffusion import LangevinCorrector, ancestral_transition
 from rgdm.engine.config import ConfigError, SampleConfig, validated
 from rgdm.engine.generate import make_transition
 from rgdm.rewards import BlackBoxReward, RewardCounter, Scorer
@@ -41,6 +41,9 @@ def test_defaults_and_the_value_estimate_of_the_guidance_that_takes_one():
     ({"guidance": "select", "reward": "r", "candidates": 3}, "candidates must be even"),
     ({"n": 0}, r"n: Input should be greater than or equal to 1 \(got 0\)"),
     ({"particles": 1, "guidanse": "smc"}, "guidanse: unknown key; did you mean 'guidance'?"),
+    ({"corrector_steps": 2}, "corrector steps need a corrector signal-to-noise ratio"),
+    ({"guidance": "smc", "reward": "r", "corrector_snr": 0.2}, "a corrector applies to the other samplers"),
+    ({"corrector_snr": 0}, r"corrector_snr: Input should be greater than 0"),
 ])
 def test_options_the_guidance_does_not_take_are_clear_errors(options: dict[str, Any], match: str):
     with pytest.raises(ConfigError, match=match) as info:
@@ -56,6 +59,10 @@ def test_the_config_builds_its_sampler():
     assert isinstance(smc, SequentialMonteCarlo) and (smc.particles, smc.start, smc.value) == (4, 5, "exact")
     gradient = make_transition(SampleConfig(guidance="gradient", reward="r", radius=0.2), scorer())
     assert isinstance(gradient, GradientStep) and gradient.radius == 0.2
+    corrected = make_transition(SampleConfig(guidance="select", reward="r", corrector_snr=0.3, corrector_steps=2),
+                                scorer())
+    assert isinstance(corrected, LangevinCorrector) and (corrected.snr, corrected.steps) == (0.3, 2)
+    assert isinstance(corrected.inner, GreedySelection), "the corrector follows the guided step"
 
 
 def test_sample_records_its_config_in_its_meta_and_sample_json(tmp_path):
@@ -71,6 +78,12 @@ def test_sample_records_its_config_in_its_meta_and_sample_json(tmp_path):
     assert SampleConfig.model_validate({key: written[key] for key in SampleConfig.model_fields}) == SampleConfig(
         n=3, steps=2, seed=4)
     assert written["checkpoint"] == "toy-ring-pretrained"
+    corrected = tmp_path / "corrected"
+    assert main(["-q", "sample", "--checkpoint", "toy-ring-pretrained", "-n", "3", "--steps", "2",
+                 "--corrector-snr", "0.2", "--corrector-steps", "2", "--out", str(corrected)]) == 0
+    written = json.loads((corrected / "sample.json").read_text())
+    assert (written["corrector_snr"], written["corrector_steps"]) == (0.2, 2)
+    assert written["network_evaluations"] == 3 * (2 + 2), "two corrector steps after the first of two steps"
 
 
 def test_rgdm_sample_names_an_option_its_guidance_does_not_take(tmp_path, capsys):

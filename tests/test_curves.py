@@ -95,6 +95,15 @@ def test_the_steps_curve_reports_each_step_count_over_seeds(tmp_path):
         assert len(point["seeds"]) == 2
         assert point["summary"]["network_evaluations_per_sample"]["mean"] == point["sampling_steps"]
     assert (tmp_path / "steps.png").is_file()
+    assert "| 5 | 5 |" in report.with_suffix(".md").read_text()
+    corrected = tmp_path / "corrected.json"
+    assert main(["-q", "bench", "steps", "--checkpoint", "toy-ring-pretrained", "-n", "30", "--sampling-steps",
+                 "5", "--seeds", "1", "--corrector-snr", "0.2", "--corrector-steps", "2", "--json",
+                 str(corrected)]) == 0
+    result = json.loads(corrected.read_text())
+    assert result["corrector"] == {"snr": 0.2, "steps": 2}
+    assert result["points"][0]["summary"]["network_evaluations_per_sample"]["mean"] == 5 + 2 * 4
+    assert "| 5 | 13 |" in corrected.with_suffix(".md").read_text()
 
 
 def test_a_checkpoint_gives_its_ema_weights_or_with_raw_the_optimisers(tmp_path):

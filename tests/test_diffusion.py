@@ -18,6 +18,7 @@ from torch import nn
 from rgdm.diffusion import (
     EpsModel,
     GaussianDiffusion,
+    LangevinCorrector,
     NoiseSchedule,
     sample,
     timestep_pairs,
@@ -466,6 +467,31 @@ def test_exact_eps_sampling_reproduces_gaussian(
     assert abs(exp_mean - mu) < 1e-3
     assert abs(x.mean().item() - exp_mean) < 4 * exp_std / math.sqrt(n)
     assert abs(x.std().item() - exp_std) < 4 * exp_std / math.sqrt(2 * n)
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear"])
+def test_langevin_correctors_undo_the_few_step_samplers_shrinkage_with_the_exact_eps(name: str) -> None:
+    """Ten ancestral steps shrink N(mu, s^2) data's spread; corrector steps towards each level's marginal
+    restore at least a third of it and keep the mean, and each costs one evaluation (none after the last step)."""
+    mu, s, n, steps = 1.5, 0.5, 4000, 10
+    diffusion = make_diffusion(name, 100)
+    spreads = {}
+    for snr in (None, 0.3):
+        model = EpsModel(GaussianEpsNet(diffusion.schedule, mu, s), diffusion)
+        transition = {} if snr is None else {"transition": LangevinCorrector(snr, steps=2)}
+        x = sample(model, (n, 1), steps=steps, generator=torch.Generator().manual_seed(0), **transition).x0
+        x = x.to(F64).flatten()
+        assert abs(x.mean().item() - mu) < 0.01 * mu
+        spreads[snr] = x.std().item()
+        assert model.evaluations == n * (steps if snr is None else steps + 2 * (steps - 1))
+    assert spreads[None] < 0.9 * s, "the plain sampler's shrinkage this test is about"
+    assert abs(spreads[0.3] - s) < 2 / 3 * abs(spreads[None] - s)
+
+
+def test_a_corrector_needs_a_positive_snr_and_a_step() -> None:
+    for snr, steps in ((0.0, 1), (0.1, 0)):
+        with pytest.raises(ValueError, match="a corrector needs snr > 0 and at least one step"):
+            LangevinCorrector(snr, steps)
 
 
 class CountingNet(torch.nn.Module):

@@ -32,6 +32,7 @@ from rgdm.diffusion import (
     EpsModel,
     GaussianDiffusion,
     HintProjection,
+    LangevinCorrector,
     NoiseSchedule,
     denoising_loss,
     noise_error,
@@ -163,8 +164,10 @@ def test_a_step_log_probability_is_the_sum_of_the_parts_log_probabilities():
     torch.testing.assert_close(total, expected)
 
 
-def test_reverse_steps_keep_samples_on_the_sample_space():
-    out = sample(make_model(), zeros(), steps=10, mask=MASK, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("corrector", [None, LangevinCorrector(0.3)])
+def test_reverse_steps_keep_samples_on_the_sample_space(corrector):
+    transition = {} if corrector is None else {"transition": corrector}
+    out = sample(make_model(), zeros(), steps=10, mask=MASK, generator=torch.Generator().manual_seed(0), **transition)
     assert isinstance(out.x0, TensorDict)
     bonds = out.x0["bonds"]
     torch.testing.assert_close(bonds, bonds.transpose(1, 2))

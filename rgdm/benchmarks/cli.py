@@ -58,6 +58,10 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("-n", type=int, default=200, help="curve, steps: samples per point")
     bench.add_argument("--sampling-steps", type=lambda text: [int(v) for v in text.split(",")], default=[100],
                        help="curve: sampling steps (default 100); steps: comma-separated counts, e.g. 25,50,100")
+    bench.add_argument("--corrector-snr", type=float, metavar="R", help="steps: each step followed by Langevin "
+                       "corrector steps at signal-to-noise ratio R (as rgdm sample --corrector-snr)")
+    bench.add_argument("--corrector-steps", type=int, default=1, help="steps: corrector steps after every step "
+                       "(with --corrector-snr; default %(default)s)")
     bench.set_defaults(func=cmd_bench)
 
 
@@ -103,6 +107,7 @@ def cmd_bench_curves(args: argparse.Namespace) -> None:
         read_previous,
         steps_curve,
     )
+    from rgdm.diffusion import LangevinCorrector
 
     path = Path(args.json)
     if args.suite == "curve":
@@ -118,8 +123,9 @@ def cmd_bench_curves(args: argparse.Namespace) -> None:
     else:
         if args.checkpoint is None:
             raise UsageError("bench steps needs --checkpoint NAME|DIR")
+        corrector = None if args.corrector_snr is None else LangevinCorrector(args.corrector_snr, args.corrector_steps)
         result = steps_curve(args.checkpoint, args.n, args.sampling_steps, seeds=args.seeds or 3,
-                             progress=not args.quiet, reward=args.reward)
+                             progress=not args.quiet, reward=args.reward, corrector=corrector)
     write_report(path, result, markdown_table(result))
     print(f"plot in {plot_curve(result, path.with_suffix('.png'))}")
 

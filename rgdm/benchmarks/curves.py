@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from rgdm.diffusion import LangevinCorrector, ancestral_transition
 from rgdm.domains import build_domain
 from rgdm.engine.builder import LoadedModel, load_trained, make_diffusion, seeded_generator
 from rgdm.engine.checkpoint import checkpoint_paths
@@ -30,12 +31,14 @@ EMA_PREFIX = "ema.module."
 RAW_PREFIX = "model."
 
 
-def sample_metrics(model: LoadedModel, n: int, steps: int, seed: int, reward: str | None = None) -> dict[str, Any]:
-    """Sample ``n`` with ``steps`` sampling steps and seed ``seed``; the domain's metrics (with ``reward``'s
-    mean, when one is named) and the budget."""
+def sample_metrics(model: LoadedModel, n: int, steps: int, seed: int, reward: str | None = None,
+                   corrector: LangevinCorrector | None = None) -> dict[str, Any]:
+    """Sample ``n`` with ``steps`` sampling steps (each followed by the ``corrector``'s, where given) and seed
+    ``seed``; the domain's metrics (with ``reward``'s mean, when one is named) and the budget."""
     started = time.perf_counter()
     evaluations = model.eps_model.evaluations
-    samples = generate(model, n, seeded_generator(seed), steps=steps)
+    samples = generate(model, n, seeded_generator(seed), steps=steps,
+                       transition=ancestral_transition if corrector is None else corrector)
     wall_s = time.perf_counter() - started
     metrics = model.domain.evaluate(samples, reward, None, seeded_generator(seed))
     return {**metrics, "sampling_wall_s": round(wall_s, 1),
@@ -123,17 +126,19 @@ def parse_stages(text: str) -> list[tuple[Path, int | None]]:
 
 
 def steps_curve(checkpoint: str, n: int, steps: Sequence[int], seeds: int = 3, progress: bool = True,
-                reward: str | None = None) -> dict[str, Any]:
-    """Metrics of ``checkpoint`` (and ``reward``'s mean, where named) at each number of sampling steps, per
-    seed and as mean and spread."""
+                reward: str | None = None, corrector: LangevinCorrector | None = None) -> dict[str, Any]:
+    """Metrics of ``checkpoint`` (and ``reward``'s mean, where named) at each number of sampling steps, each
+    step followed by the ``corrector``'s where one is given, per seed and as mean and spread."""
     model = load_trained(checkpoint)
     points = []
     for count in tqdm(steps, desc="step counts", disable=not progress):
-        runs = [sample_metrics(model, n, count, seed, reward) for seed in range(seeds)]
+        runs = [sample_metrics(model, n, count, seed, reward, corrector) for seed in range(seeds)]
         summary = {key: {"mean": float(np.mean([r[key] for r in runs])), "std": float(np.std([r[key] for r in runs]))}
                    for key in runs[0] if isinstance(runs[0][key], int | float) and not isinstance(runs[0][key], bool)}
         points.append({"sampling_steps": count, "seeds": runs, "summary": summary})
-    return {"checkpoint": checkpoint, "n": n, "seeds": seeds, "reward": reward, "points": points}
+    return {"checkpoint": checkpoint, "n": n, "seeds": seeds, "reward": reward,
+            "corrector": None if corrector is None else {"snr": corrector.snr, "steps": corrector.steps},
+            "points": points}
 
 
 def plot_curve(result: dict[str, Any], path: Path) -> Path:
@@ -153,7 +158,8 @@ def plot_curve(result: dict[str, Any], path: Path) -> Path:
             continue
         points = [p for p in result["points"] if metric in p["summary"]]
         if points:
-            ax.errorbar([p["sampling_steps"] for p in points], [p["summary"][metric]["mean"] for p in points],
+            ax.errorbar([p["summary"]["network_evaluations_per_sample"]["mean"] for p in points],
+                        [p["summary"][metric]["mean"] for p in points],
                         yerr=[p["summary"][metric]["std"] for p in points], marker="o", capsize=3, label=metric)
     for stage in result.get("stages", [])[1:]:
         ax.axvline(stage["start_hours"], color="grey", linestyle=":", linewidth=1)
@@ -163,8 +169,10 @@ def plot_curve(result: dict[str, Any], path: Path) -> Path:
         title = " → ".join(Path(s["run"]).name for s in result["stages"]) if "stages" in result else result["run"]
         ax.set(xlabel="training hours (wall time of the run)", title=f"learning curve: {title}")
     else:
-        ax.set(xscale="log", xlabel="sampling steps (network evaluations per sample)",
-               title=f"quality against steps: {result['checkpoint']}")
+        corrector = result.get("corrector")
+        sampler = "" if corrector is None else f", {corrector['steps']} corrector step(s) at snr {corrector['snr']}"
+        ax.set(xscale="log", xlabel="network evaluations per sample",
+               title=f"quality against steps: {result['checkpoint']}{sampler}")
     shares = all(np.min(line.get_ydata()) >= 0 and np.max(line.get_ydata()) <= 1 for line in ax.get_lines()
                  if len(line.get_ydata()))
     ax.set(ylim=(0, 1.02) if shares else None, ylabel="share" if shares else "share, mean reward")
@@ -184,11 +192,11 @@ def markdown_table(result: dict[str, Any]) -> str:
         values = point if learning else {k: v["mean"] for k, v in point["summary"].items()}
         cells = [f"{values[m]:.3f}" if isinstance(values.get(m), float) else "-" for m in PLOTTED]
         step = f"{point['stage']} {point['step']}" if "stage" in point else str(point.get("step"))
-        first = f"{step} | {point['training_hours']:.2f}" if learning else str(point["sampling_steps"])
+        first = (f"{step} | {point['training_hours']:.2f}" if learning else
+                 f"{point['sampling_steps']} | {values['network_evaluations_per_sample']:.0f}")
         rows.append(f"| {first} | " + " | ".join(cells) + " |")
-    head = "| step | hours | " if learning else "| sampling steps | "
-    return "\n".join([head + " | ".join(PLOTTED) + " |", "|" + "---|" * (len(PLOTTED) + (2 if learning else 1)),
-                      *rows])
+    head = "| step | hours | " if learning else "| sampling steps | network evaluations per sample | "
+    return "\n".join([head + " | ".join(PLOTTED) + " |", "|" + "---|" * (len(PLOTTED) + 2), *rows])
 
 
 def read_previous(path: Path) -> dict[str, Any] | None:

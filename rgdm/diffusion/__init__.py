@@ -11,6 +11,7 @@ from rgdm.diffusion.process import (
 )
 from rgdm.diffusion.sampling import (
     EpsModel,
+    LangevinCorrector,
     SampleOutput,
     SamplingInterrupted,
     StepContext,
@@ -27,6 +28,7 @@ __all__ = [
     "EpsModel",
     "GaussianDiffusion",
     "HintProjection",
+    "LangevinCorrector",
     "NoiseSchedule",
     "Part",
     "ReverseStep",

@@ -198,6 +198,11 @@ class SampleConfig(Section):
     guide: str | None = Field(None, description="regressor: the guide's folder (rgdm train-guide)")
     cfg_scale: float | None = Field(None, ge=0, allow_inf_nan=False,
                                     description="classifier-free guidance scale (models fine-tuned with cfg)")
+    corrector_snr: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                        description="Langevin corrector steps after every step, at this "
+                                                    "signal-to-noise ratio (predictor-corrector sampling)")
+    corrector_steps: int | None = Field(None, ge=1, description="corrector steps after every step (with "
+                                                                "corrector_snr; default 1)")
 
     @model_validator(mode="after")
     def _guidance_takes_its_options(self) -> SampleConfig:
@@ -219,6 +224,13 @@ class SampleConfig(Section):
         if self.temperature == 0 and guidance in ("smc", "gradient", "regressor"):
             raise ValueError(f"guidance {guidance!r} divides by the temperature; only select takes 0 (the best "
                              "candidate)")
+        if self.corrector_steps is not None and self.corrector_snr is None:
+            raise ValueError("corrector steps need a corrector signal-to-noise ratio (corrector_snr)")
+        if self.corrector_snr is not None and guidance == "smc":
+            raise ValueError("smc moves its particles by their own transitions; a corrector applies to the other "
+                             "samplers")
+        if self.corrector_snr is not None and self.corrector_steps is None:
+            self.corrector_steps = 1
         if guidance in candidate_guidance and self.value is None:
             self.value = "exact"
         return self

@@ -8,7 +8,7 @@ import torch
 
 from rgdm.algorithms import GradientStep, GreedySelection, GuidedEpsModel, SequentialMonteCarlo
 from rgdm.batch import Batch
-from rgdm.diffusion import Transition, ancestral_transition, sample
+from rgdm.diffusion import LangevinCorrector, Transition, ancestral_transition, sample
 from rgdm.domains.base import SupportsTargets
 from rgdm.engine.builder import LoadedModel
 from rgdm.engine.config import SampleConfig
@@ -22,10 +22,18 @@ Sampler = Transition | SequentialMonteCarlo
 def make_transition(config: SampleConfig, scorer: Scorer | None = None, guide: Guide | None = None) -> Sampler:
     """The sampler of ``config.guidance``: plain, greedy selection among ``candidates``, sequential Monte Carlo
     over ``particles`` per sample (both from ``guidance_start`` on, valued by ``value``), a reward gradient
-    within ``radius``, or classifier guidance by a noise-aware ``guide`` at scale ``1 / temperature``.
+    within ``radius``, or classifier guidance by a noise-aware ``guide`` at scale ``1 / temperature``; with
+    ``corrector_snr``, each step followed by ``corrector_steps`` Langevin corrector steps.
 
     ``SampleConfig`` has checked that the guidance takes its options (and set ``value`` where it applies);
     ``scorer`` (the config's reward) and ``guide`` (loaded from ``config.guide``) are the objects it names."""
+    transition = _guided_transition(config, scorer, guide)
+    if config.corrector_snr is None or config.corrector_steps is None:
+        return transition
+    return LangevinCorrector(config.corrector_snr, config.corrector_steps, transition)
+
+
+def _guided_transition(config: SampleConfig, scorer: Scorer | None, guide: Guide | None) -> Sampler:
     if config.guidance == "none":
         return ancestral_transition
     if config.guidance == "regressor":
