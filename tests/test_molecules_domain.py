@@ -391,12 +391,19 @@ def test_the_train_predictor_command_of_the_molecules_domain_saves_a_predictor(t
     assert predictor.meta["domain"]["hydrogens"] is False and predictor.meta["domain"]["subset"] == 100
 
 
-def test_scoring_data_against_every_target_predicts_each_molecule_once(alpha_domain):
+def counted_rewarding_predictor(alpha_domain):
+    """A tiny rewarding predictor installed in the domain, counting the rows of every prediction: its own
+    ``predict`` (uncounted) and the list of row counts."""
     predictor = train_property_predictor(alpha_domain, "alpha", "train_a", steps=2, batch_size=8, progress=False)
     alpha_domain._predictors["qm9-alpha-a"] = predictor
     predicted_rows = []
     predict = predictor.predict
     predictor.predict = lambda batch, **named: predicted_rows.append(len(batch)) or predict(batch, **named)
+    return predict, predicted_rows
+
+
+def test_scoring_data_against_every_target_predicts_each_molecule_once(alpha_domain):
+    predict, predicted_rows = counted_rewarding_predictor(alpha_domain)
     data = alpha_domain.dataset().select(slice(0, 50))
     counter = RewardCounter()
     context = TrainingContext(model=None, ema=None, reference=None, data=data, batch_size=8, prior=None,
@@ -410,11 +417,7 @@ def test_scoring_data_against_every_target_predicts_each_molecule_once(alpha_dom
 
 
 def test_a_guide_scores_its_rows_against_every_target_predicting_each_molecule_once(alpha_domain):
-    predictor = train_property_predictor(alpha_domain, "alpha", "train_a", steps=2, batch_size=8, progress=False)
-    alpha_domain._predictors["qm9-alpha-a"] = predictor
-    predicted_rows = []
-    predict = predictor.predict
-    predictor.predict = lambda batch, **named: predicted_rows.append(len(batch)) or predict(batch, **named)
+    predict, predicted_rows = counted_rewarding_predictor(alpha_domain)
     model = SimpleNamespace(domain=alpha_domain)
     counter = RewardCounter()
     targets = [70.0, 80.0, 90.0]
