@@ -54,9 +54,19 @@ def test_the_property_bench_spends_equal_labels_writes_its_reports_and_binds_its
     def never(*args, **kwargs):
         raise AssertionError("a finished run is read back, not run again")
 
+    # A benchmark stopped while sampling by classifier guidance reads its kept guide back instead of fitting it.
+    (work / "alpha-classifier-guidance-seed0.json").unlink()
+    monkeypatch.setattr(properties, "train_guide", never)
+    resumed = properties.run_property_benchmark(quick=True, properties=["alpha"], progress=False, work_dir=work)
+    guided_first = alpha["methods"]["classifier-guidance"]
+    guided_again = resumed["properties"]["alpha"]["methods"]["classifier-guidance"]
+    assert guided_again["property_mae"] == guided_first["property_mae"]
+    assert guided_again["reward_calls"] == guided_first["reward_calls"] == 32
+    assert guided_again["train_s"] == guided_first["train_s"], "the kept guide's own training time"
+
     monkeypatch.setattr(properties.PropertyCase, "run", never)
     again = properties.run_property_benchmark(quick=True, properties=["alpha"], progress=False, work_dir=work)
-    assert again["properties"]["alpha"]["methods"] == alpha["methods"]
+    assert again["properties"]["alpha"]["methods"] == resumed["properties"]["alpha"]["methods"]
 
     loaded = PropertyPredictor.load
 

@@ -39,14 +39,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from rgdm.algorithms import ClassifierGuidance, SequentialMonteCarlo
+from rgdm.algorithms import SequentialMonteCarlo
 from rgdm.benchmarks.common import FinetuneRun, bound_work_folder, finetune, kept, mean, over_seeds
 from rgdm.domains.base import pyplot, save_figure
 from rgdm.domains.molecules.data import PROPERTIES
 from rgdm.domains.molecules.domain import MoleculeDomain
 from rgdm.engine import generate, load_config, load_trained
 from rgdm.engine.builder import LoadedModel, retarget, seeded_generator
-from rgdm.engine.guide import train_guide
+from rgdm.engine.guide import META as GUIDE_META
+from rgdm.engine.guide import Guide, load_guide, save_guide, train_guide
+from rgdm.io import read_json
 from rgdm.rewards import RewardCounter
 from rgdm.stopping import TrainingInterrupted
 
@@ -163,18 +165,26 @@ class PropertyCase:
                 "sampling_reward_calls": counter.calls, "train_s": run.wall_s, "sample_s": seconds,
                 "network_evaluations": run.network_evaluations + evaluations}
 
-    def classifier_guidance(self, seed: int, progress: bool) -> dict[str, Any]:
-        counter = RewardCounter()
-        scorer = self.model.domain.scorer("property", counter)
-        start = time.perf_counter()
-        regressor, _ = train_guide(self.model, scorer, self.targets, rows=self.budget.labels,
-                                   steps=self.budget.guide_steps, batch_size=self.budget.batch_size, lr=1e-3,
-                                   seed=seed, progress=progress)
-        trained = time.perf_counter() - start
-        guidance = ClassifierGuidance(regressor, scale=1.0 / self.task.temperature)
+    def classifier_guidance(self, seed: int, guide_dir: Path, progress: bool) -> dict[str, Any]:
+        """The base steered by a guide fitted on the labelled rows; the guide is kept in ``guide_dir`` and read back
+        from there, so a benchmark stopped while sampling does not fit it again."""
+        if (guide_dir / GUIDE_META).is_file():
+            guide = load_guide(guide_dir, self.model)
+            meta = read_json(guide_dir / GUIDE_META)
+        else:
+            counter = RewardCounter()
+            start = time.perf_counter()
+            regressor, meta = train_guide(self.model, self.model.domain.scorer("property", counter), self.targets,
+                                          rows=self.budget.labels, steps=self.budget.guide_steps,
+                                          batch_size=self.budget.batch_size, lr=1e-3, seed=seed, progress=progress)
+            meta |= {"reward_calls": counter.calls, "train_s": time.perf_counter() - start}
+            save_guide(guide_dir, regressor, meta)
+            guide = Guide(regressor)
+        guidance = guide.transition(self.task.temperature)
         metrics, seconds, evaluations = self.measure(self.model, seed, transition=guidance)
-        return {"metrics": metrics, "reward_calls": counter.calls, "train_s": trained, "sample_s": seconds,
-                "network_evaluations": evaluations + self.budget.guide_steps * self.budget.batch_size}
+        guide_evaluations = self.budget.guide_steps * self.budget.batch_size
+        return {"metrics": metrics, "reward_calls": meta["reward_calls"], "train_s": meta["train_s"],
+                "sample_s": seconds, "network_evaluations": evaluations + guide_evaluations}
 
     def plain(self, seed: int) -> dict[str, Any]:
         metrics, seconds, evaluations = self.measure(self.model, seed)
@@ -185,7 +195,7 @@ class PropertyCase:
         if method == "pretrained":
             return self.plain(seed)
         if method == "classifier-guidance":
-            return self.classifier_guidance(seed, progress)
+            return self.classifier_guidance(seed, folder / f"{self.name}-{method}-seed{seed}", progress)
         if method == "rgdm-smc":
             return self.guided(seed, folder / f"{self.name}-rgdm-data-seed{seed}", progress)
         return self.fine_tuned(method, seed, folder / f"{self.name}-{method}-seed{seed}", progress)
