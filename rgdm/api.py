@@ -148,7 +148,8 @@ def sample(model: LoadedModel | str | Path, n: int, *, reward: str | None = None
            steps: int | None = None, eta: float | None = None, candidates: int | None = None,
            particles: int | None = None, value: ValueEstimate | None = None, guidance_start: int | None = None,
            radius: float | None = None, guide: str | Path | None = None, cfg_scale: float | None = None,
-           corrector_snr: float | None = None, corrector_steps: int | None = None, progress: bool = False) -> Samples:
+           corrector_snr: float | None = None, corrector_steps: int | None = None, corrector_start: int | None = None,
+           progress: bool = False) -> Samples:
     """``n`` samples of a model (loaded, or a shipped name or folder), plain or reward-guided, as
     ``rgdm sample`` draws them.
 
@@ -161,14 +162,15 @@ def sample(model: LoadedModel | str | Path, n: int, *, reward: str | None = None
     values drawn from the data) for a conditional model;
     ``steps`` DDIM steps (default: every step, DDPM) with ``eta``; ``cfg_scale`` classifier-free guidance
     of a model fine-tuned with ``cfg``. ``guidance_start`` and ``value`` tune ``select`` and ``smc``.
-    ``corrector_snr`` adds ``corrector_steps`` Langevin corrector steps after every step (predictor-corrector).
+    ``corrector_snr`` adds ``corrector_steps`` Langevin corrector steps after every step (predictor-corrector),
+    or after those landing at diffusion time ``corrector_start`` or below.
     The samples' ``meta`` is the config (with the target resolved) and what the draw cost.
     """
     options = {"n": n, "seed": seed, "target": target, "steps": steps, "eta": eta, "guidance": guidance,
                "reward": reward, "temperature": temperature, "candidates": candidates, "particles": particles,
                "value": value, "guidance_start": guidance_start, "radius": radius,
                "guide": None if guide is None else str(guide), "cfg_scale": cfg_scale,
-               "corrector_snr": corrector_snr, "corrector_steps": corrector_steps}
+               "corrector_snr": corrector_snr, "corrector_steps": corrector_steps, "corrector_start": corrector_start}
     config = validated(SampleConfig, {key: option for key, option in options.items() if option is not None},
                        "sampling options")
     model = load(model) if isinstance(model, str | Path) else model

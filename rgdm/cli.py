@@ -133,7 +133,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
                          candidates=args.candidates, particles=args.particles, value=args.value,
                          guidance_start=args.guidance_start, radius=args.radius, guide=args.guide,
                          cfg_scale=args.cfg_scale, corrector_snr=args.corrector_snr,
-                         corrector_steps=args.corrector_steps, progress=not args.quiet)
+                         corrector_steps=args.corrector_steps, corrector_start=args.corrector_start,
+                         progress=not args.quiet)
     files = write_samples(samples.model, samples.batch, Path(args.out),
                           {"checkpoint": str(args.checkpoint), **samples.meta})
     print(f"wrote {args.n} samples: " + describe_files(files, Path(args.out)))
@@ -356,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "corrector sampling; each costs one network evaluation a sample)")
     sample.add_argument("--corrector-steps", type=int, help="with --corrector-snr: corrector steps after every "
                         "step (default 1)")
+    sample.add_argument("--corrector-start", type=int, metavar="T",
+                        help="with --corrector-snr: correct only the steps landing at diffusion time <= T (of the "
+                             "model's timesteps), where the budget does most (default: every step)")
     sample.add_argument("--out", required=True)
     sample.set_defaults(func=cmd_sample)
 

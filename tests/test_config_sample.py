@@ -41,7 +41,9 @@ def test_defaults_and_the_value_estimate_of_the_guidance_that_takes_one():
     ({"guidance": "select", "reward": "r", "candidates": 3}, "candidates must be even"),
     ({"n": 0}, r"n: Input should be greater than or equal to 1 \(got 0\)"),
     ({"particles": 1, "guidanse": "smc"}, "guidanse: unknown key; did you mean 'guidance'?"),
-    ({"corrector_steps": 2}, "corrector steps need a corrector signal-to-noise ratio"),
+    ({"corrector_steps": 2}, "corrector steps and start need a corrector signal-to-noise ratio"),
+    ({"corrector_start": 500}, "corrector steps and start need a corrector signal-to-noise ratio"),
+    ({"corrector_snr": 0.3, "corrector_start": 0}, r"corrector_start: Input should be greater than or equal to 1"),
     ({"guidance": "smc", "reward": "r", "corrector_snr": 0.2}, "a corrector applies to the other samplers"),
     ({"corrector_snr": 0}, r"corrector_snr: Input should be greater than 0"),
 ])
@@ -59,9 +61,10 @@ def test_the_config_builds_its_sampler():
     assert isinstance(smc, SequentialMonteCarlo) and (smc.particles, smc.start, smc.value) == (4, 5, "exact")
     gradient = make_transition(SampleConfig(guidance="gradient", reward="r", radius=0.2), scorer())
     assert isinstance(gradient, GradientStep) and gradient.radius == 0.2
-    corrected = make_transition(SampleConfig(guidance="select", reward="r", corrector_snr=0.3, corrector_steps=2),
-                                scorer())
-    assert isinstance(corrected, LangevinCorrector) and (corrected.snr, corrected.steps) == (0.3, 2)
+    corrected = make_transition(SampleConfig(guidance="select", reward="r", corrector_snr=0.3, corrector_steps=2,
+                                             corrector_start=500), scorer())
+    assert isinstance(corrected, LangevinCorrector)
+    assert (corrected.snr, corrected.steps, corrected.start) == (0.3, 2, 500)
     assert isinstance(corrected.inner, GreedySelection), "the corrector follows the guided step"
 
 
@@ -84,6 +87,12 @@ def test_sample_records_its_config_in_its_meta_and_sample_json(tmp_path):
     written = json.loads((corrected / "sample.json").read_text())
     assert (written["corrector_snr"], written["corrector_steps"]) == (0.2, 2)
     assert written["network_evaluations"] == 3 * (2 + 2), "two corrector steps after the first of two steps"
+    late = tmp_path / "late"
+    assert main(["-q", "sample", "--checkpoint", "toy-ring-pretrained", "-n", "3", "--steps", "5",
+                 "--corrector-snr", "0.2", "--corrector-start", "500", "--out", str(late)]) == 0
+    written = json.loads((late / "sample.json").read_text())
+    assert written["corrector_start"] == 500
+    assert written["network_evaluations"] == 3 * (5 + 2), "of the steps landing at 800..0, 400 and 200 are corrected"
 
 
 def test_rgdm_sample_names_an_option_its_guidance_does_not_take(tmp_path, capsys):

@@ -101,7 +101,7 @@ def test_the_steps_curve_reports_each_step_count_over_seeds(tmp_path):
                  "5", "--seeds", "1", "--corrector-snr", "0.2", "--corrector-steps", "2", "--json",
                  str(corrected)]) == 0
     result = json.loads(corrected.read_text())
-    assert result["corrector"] == {"snr": 0.2, "steps": 2}
+    assert result["corrector"] == {"snr": 0.2, "steps": 2, "start": None}
     assert result["points"][0]["summary"]["network_evaluations_per_sample"]["mean"] == 5 + 2 * 4
     assert "| 5 | 13 |" in corrected.with_suffix(".md").read_text()
 

@@ -488,10 +488,21 @@ def test_langevin_correctors_undo_the_few_step_samplers_shrinkage_with_the_exact
     assert abs(spreads[0.3] - s) < 2 / 3 * abs(spreads[None] - s)
 
 
-def test_a_corrector_needs_a_positive_snr_and_a_step() -> None:
+def test_a_corrector_with_a_start_corrects_only_the_steps_landing_at_or_below_it() -> None:
+    diffusion = make_diffusion("cosine", 100)
+    model = EpsModel(GaussianEpsNet(diffusion.schedule, 1.5, 0.5), diffusion)
+    corrector = LangevinCorrector(0.3, steps=2, start=50)
+    sample(model, (8, 1), steps=10, generator=torch.Generator().manual_seed(0), transition=corrector)
+    assert [t for t in range(0, 101, 10) if corrector.corrects(t)] == [10, 20, 30, 40, 50]
+    assert model.evaluations == 8 * (10 + 2 * 5), "ten steps, and two corrector steps after those landing at 50..10"
+
+
+def test_a_corrector_needs_a_positive_snr_a_step_and_a_start_in_time() -> None:
     for snr, steps in ((0.0, 1), (0.1, 0)):
         with pytest.raises(ValueError, match="a corrector needs snr > 0 and at least one step"):
             LangevinCorrector(snr, steps)
+    with pytest.raises(ValueError, match="a corrector's start is a diffusion time >= 1, got 0"):
+        LangevinCorrector(0.3, start=0)
 
 
 class CountingNet(torch.nn.Module):

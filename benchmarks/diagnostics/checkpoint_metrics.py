@@ -51,18 +51,21 @@ def main() -> None:
     parser.add_argument("--reward", help="also the mean of this reward over the samples it scores (e.g. qed)")
     parser.add_argument("--corrector-snr", type=float)
     parser.add_argument("--corrector-steps", type=int, default=1)
+    parser.add_argument("--corrector-start", type=int)
     args = parser.parse_args()
     model = model_of(args, raw=args.raw)
     if args.eps_scale != 1.0:
         model = dataclasses.replace(model, net=ScaledNoise(model.net, args.eps_scale))
     if args.told_whole:
         graph_network.bonded_together = lambda bonds, mask: mask[:, :, None] & mask[:, None, :]
-    corrector = None if args.corrector_snr is None else LangevinCorrector(args.corrector_snr, args.corrector_steps)
+    corrector = None if args.corrector_snr is None else LangevinCorrector(args.corrector_snr, args.corrector_steps,
+                                                                          start=args.corrector_start)
     metrics = sample_metrics(model, args.n, args.steps, args.seed, args.reward, corrector)
     print(json.dumps({"run": str(args.run), "step": args.step, "n": args.n, "sampling_steps": args.steps,
                       "seed": args.seed, "raw": args.raw, "told_whole": args.told_whole, "eps_scale": args.eps_scale,
                       "corrector_snr": args.corrector_snr,
                       "corrector_steps": None if corrector is None else args.corrector_steps,
+                      "corrector_start": None if corrector is None else args.corrector_start,
                       "network_evaluations_per_sample": metrics["network_evaluations_per_sample"],
                       **{key: metrics[key] for key in KEYS},
                       **{key: metrics[key] for key in ("mean_reward", "reward_valid") if key in metrics}}))

@@ -62,6 +62,8 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
                        "corrector steps at signal-to-noise ratio R (as rgdm sample --corrector-snr)")
     bench.add_argument("--corrector-steps", type=int, default=1, help="steps: corrector steps after every step "
                        "(with --corrector-snr; default %(default)s)")
+    bench.add_argument("--corrector-start", type=int, metavar="T", help="steps: correct only the steps landing at "
+                       "diffusion time <= T (as rgdm sample --corrector-start)")
     bench.set_defaults(func=cmd_bench)
 
 
@@ -123,7 +125,8 @@ def cmd_bench_curves(args: argparse.Namespace) -> None:
     else:
         if args.checkpoint is None:
             raise UsageError("bench steps needs --checkpoint NAME|DIR")
-        corrector = None if args.corrector_snr is None else LangevinCorrector(args.corrector_snr, args.corrector_steps)
+        corrector = None if args.corrector_snr is None else LangevinCorrector(
+            args.corrector_snr, args.corrector_steps, start=args.corrector_start)
         result = steps_curve(args.checkpoint, args.n, args.sampling_steps, seeds=args.seeds or 3,
                              progress=not args.quiet, reward=args.reward, corrector=corrector)
     write_report(path, result, markdown_table(result))

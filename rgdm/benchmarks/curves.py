@@ -137,7 +137,8 @@ def steps_curve(checkpoint: str, n: int, steps: Sequence[int], seeds: int = 3, p
                    for key in runs[0] if isinstance(runs[0][key], int | float) and not isinstance(runs[0][key], bool)}
         points.append({"sampling_steps": count, "seeds": runs, "summary": summary})
     return {"checkpoint": checkpoint, "n": n, "seeds": seeds, "reward": reward,
-            "corrector": None if corrector is None else {"snr": corrector.snr, "steps": corrector.steps},
+            "corrector": None if corrector is None else {"snr": corrector.snr, "steps": corrector.steps,
+                                                         "start": corrector.start},
             "points": points}
 
 
@@ -171,6 +172,8 @@ def plot_curve(result: dict[str, Any], path: Path) -> Path:
     else:
         corrector = result.get("corrector")
         sampler = "" if corrector is None else f", {corrector['steps']} corrector step(s) at snr {corrector['snr']}"
+        if corrector is not None and corrector.get("start") is not None:
+            sampler += f" from t = {corrector['start']}"
         ax.set(xscale="log", xlabel="network evaluations per sample",
                title=f"quality against steps: {result['checkpoint']}{sampler}")
     shares = all(np.min(line.get_ydata()) >= 0 and np.max(line.get_ydata()) <= 1 for line in ax.get_lines()

@@ -133,23 +133,32 @@ class LangevinCorrector:
     (``sigma_s = sqrt(1 - abar_s)``) and the size ``delta = 2 (snr |z| / |score|)^2``, their signal-to-noise
     rule, with both norms averaged over the batch's rows (one row's ratio is heavy-tailed: a small
     sample's score can be near zero); ``z`` is the process's own noise (masked, projected, edges mirrored). Each step
-    costs one network evaluation and is a Gaussian given the state it starts from; none runs at ``s = 0``.
+    costs one network evaluation and is a Gaussian given the state it starts from; none runs at ``s = 0``,
+    nor, with ``start``, after the steps landing above diffusion time ``start`` (the budget goes where the
+    sample's structure is settled: for molecules, their connectivity below t = 500).
     Trajectories record the corrected states only, so policy gradients (DDPO) keep the plain transition.
     """
 
     snr: float
     steps: int = 1
     inner: Transition = ancestral_transition
+    start: int | None = None
 
     def __post_init__(self) -> None:
         if not self.snr > 0 or self.steps < 1:
             raise ValueError(f"a corrector needs snr > 0 and at least one step, got snr {self.snr}, "
                              f"steps {self.steps}")
+        if self.start is not None and self.start < 1:
+            raise ValueError(f"a corrector's start is a diffusion time >= 1, got {self.start}")
+
+    def corrects(self, level: int) -> bool:
+        """Whether a step landing at diffusion time ``level`` is followed by corrector steps."""
+        return level > 0 and (self.start is None or level <= self.start)
 
     def __call__(self, ctx: StepContext) -> TransitionResult:
         x = self.inner(ctx).x
         level = int(ctx.s[0])
-        if level == 0:
+        if not self.corrects(level):
             return TransitionResult(x)
         diffusion = ctx.model.diffusion
         sigma = float((1 - diffusion.schedule.alpha_bar[level]).sqrt())

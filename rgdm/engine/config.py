@@ -203,6 +203,8 @@ class SampleConfig(Section):
                                                     "signal-to-noise ratio (predictor-corrector sampling)")
     corrector_steps: int | None = Field(None, ge=1, description="corrector steps after every step (with "
                                                                 "corrector_snr; default 1)")
+    corrector_start: int | None = Field(None, ge=1, description="with corrector_snr: correct only the steps "
+                                                                "landing at diffusion time <= this")
 
     @model_validator(mode="after")
     def _guidance_takes_its_options(self) -> SampleConfig:
@@ -224,8 +226,8 @@ class SampleConfig(Section):
         if self.temperature == 0 and guidance in ("smc", "gradient", "regressor"):
             raise ValueError(f"guidance {guidance!r} divides by the temperature; only select takes 0 (the best "
                              "candidate)")
-        if self.corrector_steps is not None and self.corrector_snr is None:
-            raise ValueError("corrector steps need a corrector signal-to-noise ratio (corrector_snr)")
+        if (self.corrector_steps is not None or self.corrector_start is not None) and self.corrector_snr is None:
+            raise ValueError("corrector steps and start need a corrector signal-to-noise ratio (corrector_snr)")
         if self.corrector_snr is not None and guidance == "smc":
             raise ValueError("smc moves its particles by their own transitions; a corrector applies to the other "
                              "samplers")

@@ -23,14 +23,15 @@ def make_transition(config: SampleConfig, scorer: Scorer | None = None, guide: G
     """The sampler of ``config.guidance``: plain, greedy selection among ``candidates``, sequential Monte Carlo
     over ``particles`` per sample (both from ``guidance_start`` on, valued by ``value``), a reward gradient
     within ``radius``, or classifier guidance by a noise-aware ``guide`` at scale ``1 / temperature``; with
-    ``corrector_snr``, each step followed by ``corrector_steps`` Langevin corrector steps.
+    ``corrector_snr``, each step (landing at or below ``corrector_start``) followed by ``corrector_steps``
+    Langevin corrector steps.
 
     ``SampleConfig`` has checked that the guidance takes its options (and set ``value`` where it applies);
     ``scorer`` (the config's reward) and ``guide`` (loaded from ``config.guide``) are the objects it names."""
     transition = _guided_transition(config, scorer, guide)
     if config.corrector_snr is None or config.corrector_steps is None:
         return transition
-    return LangevinCorrector(config.corrector_snr, config.corrector_steps, transition)
+    return LangevinCorrector(config.corrector_snr, config.corrector_steps, transition, config.corrector_start)
 
 
 def _guided_transition(config: SampleConfig, scorer: Scorer | None, guide: Guide | None) -> Sampler:
