@@ -171,9 +171,9 @@ def plot_curve(result: dict[str, Any], path: Path) -> Path:
         ax.set(xlabel="training hours (wall time of the run)", title=f"learning curve: {title}")
     else:
         corrector = result.get("corrector")
-        sampler = "" if corrector is None else f", {corrector['steps']} corrector step(s) at snr {corrector['snr']}"
+        sampler = "" if corrector is None else f"\n{corrector['steps']} corrector step(s) at snr {corrector['snr']}"
         if corrector is not None and corrector.get("start") is not None:
-            sampler += f" from t = {corrector['start']}"
+            sampler += f" after each step landing at t <= {corrector['start']}"
         ax.set(xscale="log", xlabel="network evaluations per sample",
                title=f"quality against steps: {result['checkpoint']}{sampler}")
     shares = all(np.min(line.get_ydata()) >= 0 and np.max(line.get_ydata()) <= 1 for line in ax.get_lines()
