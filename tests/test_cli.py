@@ -100,6 +100,8 @@ def test_resume_continues_an_interrupted_finetune(finetuned, tmp_path):
     (["evaluate", "nowhere"], "nowhere is not a folder"),
     (["evaluate"], "give one of the two"),
     (["evaluate", "--data", "nosplit", "--checkpoint", "qm9-noh-pretrained"], "no data split 'nosplit'"),
+    (["bench", "steps", "--checkpoint", "toy-ring-pretrained", "--corrector-start", "500", "--json", "X.json"],
+     "--corrector-start needs --corrector-snr"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_code_2(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

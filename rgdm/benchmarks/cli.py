@@ -125,6 +125,8 @@ def cmd_bench_curves(args: argparse.Namespace) -> None:
     else:
         if args.checkpoint is None:
             raise UsageError("bench steps needs --checkpoint NAME|DIR")
+        if args.corrector_start is not None and args.corrector_snr is None:
+            raise UsageError("--corrector-start needs --corrector-snr R (the corrector it starts)")
         corrector = None if args.corrector_snr is None else LangevinCorrector(
             args.corrector_snr, args.corrector_steps, start=args.corrector_start)
         result = steps_curve(args.checkpoint, args.n, args.sampling_steps, seeds=args.seeds or 3,

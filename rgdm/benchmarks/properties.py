@@ -48,7 +48,6 @@ from rgdm.engine import generate, load_config, load_trained
 from rgdm.engine.builder import LoadedModel, retarget, seeded_generator
 from rgdm.engine.guide import META as GUIDE_META
 from rgdm.engine.guide import Guide, load_guide, save_guide, train_guide
-from rgdm.io import read_json
 from rgdm.rewards import RewardCounter
 from rgdm.stopping import TrainingInterrupted
 
@@ -170,7 +169,6 @@ class PropertyCase:
         from there, so a benchmark stopped while sampling does not fit it again."""
         if (guide_dir / GUIDE_META).is_file():
             guide = load_guide(guide_dir, self.model)
-            meta = read_json(guide_dir / GUIDE_META)
         else:
             counter = RewardCounter()
             start = time.perf_counter()
@@ -179,11 +177,11 @@ class PropertyCase:
                                           batch_size=self.budget.batch_size, lr=1e-3, seed=seed, progress=progress)
             meta |= {"reward_calls": counter.calls, "train_s": time.perf_counter() - start}
             save_guide(guide_dir, regressor, meta)
-            guide = Guide(regressor)
+            guide = Guide(regressor, meta=meta)
         guidance = guide.transition(self.task.temperature)
         metrics, seconds, evaluations = self.measure(self.model, seed, transition=guidance)
         guide_evaluations = self.budget.guide_steps * self.budget.batch_size
-        return {"metrics": metrics, "reward_calls": meta["reward_calls"], "train_s": meta["train_s"],
+        return {"metrics": metrics, "reward_calls": guide.meta["reward_calls"], "train_s": guide.meta["train_s"],
                 "sample_s": seconds, "network_evaluations": evaluations + guide_evaluations}
 
     def plain(self, seed: int) -> dict[str, Any]:

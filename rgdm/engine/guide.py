@@ -10,7 +10,7 @@ are a budget like RGDM's), and steers the fixed model at sampling time with ``gr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,11 @@ WEIGHTS, META = "guide.safetensors", "guide.json"
 
 @dataclass
 class Guide:
-    """A loaded guide: its network and, for a classifier, the targets its logits stand for."""
+    """A loaded guide: its network, for a classifier the targets its logits stand for, and its ``guide.json``."""
 
     network: nn.Module
     classes: list[int] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def transition(self, temperature: float) -> ClassifierGuidance:
         return ClassifierGuidance(self.network, scale=1.0 / temperature, classes=self.classes)
@@ -109,4 +110,4 @@ def load_guide(folder: str | Path, model: LoadedModel) -> Guide:
         regressor.load_state_dict(load_tensors(folder / WEIGHTS, meta["sha256"]))
     except RuntimeError as error:
         raise CheckpointError(f"weights in {folder} do not fit the regressor its {META} describes: {error}") from None
-    return Guide(regressor.eval(), classes)
+    return Guide(regressor.eval(), classes, meta)
