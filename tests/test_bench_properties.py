@@ -85,3 +85,18 @@ def test_unknown_properties_and_methods_are_named():
         properties.run_property_benchmark(quick=True, properties=["energy"])
     with pytest.raises(ValueError, match=r"unknown method \['dpo'\]"):
         properties.run_property_benchmark(quick=True, methods=["dpo"])
+
+
+def test_train_steps_sets_every_trained_method_s_steps_and_binds_the_work_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(properties, "QUICK", TINY)
+    work = tmp_path / "work"
+    result = properties.run_property_benchmark(quick=True, properties=["alpha"], methods=["rgdm-data"],
+                                               progress=False, work_dir=work, train_steps=3)
+    assert result["budget"]["finetune_steps"] == result["budget"]["guide_steps"] == 3
+    assert sorted(p.name for p in (work / "alpha-rgdm-data-seed0" / "checkpoints").glob("*.json"))[-1] \
+        == "step-00000003.json", "the fine-tune ran the given steps, not the budget's 4"
+    with pytest.raises(ValueError, match="holds a property benchmark of other settings"):
+        properties.run_property_benchmark(quick=True, properties=["alpha"], methods=["rgdm-data"],
+                                          progress=False, work_dir=work)
+    with pytest.raises(ValueError, match="train_steps must be at least 1, got 0"):
+        properties.run_property_benchmark(quick=True, properties=["alpha"], train_steps=0)

@@ -52,6 +52,8 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--no-posebusters", action="store_true", help="molecules: skip PoseBusters (slow)")
     bench.add_argument("--reward-calls", type=int, help="molecules: each method's reward-call budget instead of "
                        "12,288 (128 with --quick), for an expensive reward such as xtb-strain")
+    bench.add_argument("--train-steps", type=int, help="properties: fine-tune and guide steps of every trained method "
+                       "instead of 3,000 (20 with --quick); a work folder is bound to its steps")
     bench.add_argument("--work-dir", type=Path, help="molecules, properties: keep every run here; the same command "
                        "again continues a stopped benchmark: finished runs are read back, a stopped fine-tune resumes "
                        "from its newest checkpoint (default: a temporary folder)")
@@ -168,7 +170,7 @@ def cmd_bench_properties(args: argparse.Namespace) -> None:
                                     quick=args.quick, seeds=args.seeds,
                                     properties=args.properties.split(",") if args.properties else None,
                                     methods=args.methods.split(",") if args.methods else None,
-                                    progress=not args.quiet, work_dir=args.work_dir)
+                                    progress=not args.quiet, work_dir=args.work_dir, train_steps=args.train_steps)
     path = Path(args.json)
     write_report(path, result, markdown_table(result))
     print(f"errors per property in {plot_errors(result, path.with_suffix('.png'))}")

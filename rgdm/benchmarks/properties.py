@@ -32,7 +32,7 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -201,12 +201,18 @@ class PropertyCase:
 
 def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False, seeds: int | None = None,
                            properties: list[str] | None = None, methods: list[str] | None = None,
-                           progress: bool = True, work_dir: Path | None = None) -> dict[str, Any]:
+                           progress: bool = True, work_dir: Path | None = None,
+                           train_steps: int | None = None) -> dict[str, Any]:
     """Every method (or ``methods``) for every property (or ``properties``) and seed: the JSON of the
     benchmark. ``work_dir`` keeps every run, and the same call continues a stopped benchmark (finished runs
-    are read back, a stopped fine-tune resumes from its checkpoint)."""
+    are read back, a stopped fine-tune resumes from its checkpoint). ``train_steps`` replaces the budget's
+    fine-tune and guide steps alike, so the trained methods still get equal compute."""
     task = task or PropertyTask()
     budget = QUICK if quick else FULL
+    if train_steps is not None:
+        if train_steps < 1:
+            raise ValueError(f"train_steps must be at least 1, got {train_steps}")
+        budget = replace(budget, finetune_steps=train_steps, guide_steps=train_steps)
     names = list(properties or PROPERTY_ORDER)
     for options, known, kind in ((names, PROPERTIES, "property"), (methods or [], METHODS, "method")):
         unknown = sorted(set(options) - set(known))
