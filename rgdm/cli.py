@@ -120,7 +120,7 @@ def cmd_train_guide(args: argparse.Namespace) -> None:
     scorer = make_scorer(RewardConfig(name=args.reward), model.domain, counter)
     regressor, meta = train_guide(model, scorer, targets, rows=args.rows, steps=args.steps,
                                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, objective=args.objective,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet, folder=Path(args.out))
     folder = save_guide(Path(args.out), regressor, {**meta, "checkpoint": args.checkpoint, "reward": args.reward})
     print(f"guide for {args.checkpoint}: {counter.calls} reward calls, {args.steps} steps, final {args.objective} "
           f"loss {meta['final_loss']:.4f}; saved to {folder}. Sample with: rgdm sample --checkpoint "
@@ -393,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     guide.add_argument("--batch-size", type=int, default=32)
     guide.add_argument("--lr", type=float, default=1e-3)
     guide.add_argument("--seed", type=int, default=0)
-    guide.add_argument("--out", required=True)
+    guide.add_argument("--out", required=True, help="the guide's folder; the fit checkpoints there, and the same "
+                       "command continues a stopped fit")
     guide.set_defaults(func=cmd_train_guide)
 
     demo_command = commands.add_parser("demo", help="the main job on the embedded default: toy ring RGDM")

@@ -96,6 +96,52 @@ def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, to
         raise CheckpointError(f"{path} is not a readable safetensors file ({error})") from None
 
 
+STATE_TENSORS, STATE_META = "training-state.safetensors", "training-state.json"
+
+
+def save_training_state(folder: Path, step: int, run: dict[str, Any], net: torch.nn.Module,
+                        optimizer: torch.optim.Optimizer, generator: torch.Generator, schedule: Any = None,
+                        extra: dict[str, Any] | None = None) -> None:
+    """A hand-written training loop's state at ``step`` in ``folder``: weights, optimiser moments and the
+    random state in safetensors, then the JSON that seals them, with ``run`` (the settings a resume must
+    share), the schedule's state and ``extra`` (JSON the loop keeps, such as its losses)."""
+    tensors = {f"net.{key}": value for key, value in net.state_dict().items()}
+    layout = flatten_state("optimizer", optimizer.state_dict(), tensors)
+    tensors["generator"] = generator.get_state()
+    digest = save_tensors(folder / STATE_TENSORS, tensors)
+    write_json(folder / STATE_META, {"step": step, "run": run, "optimizer": layout, "sha256": digest,
+                                     "schedule": None if schedule is None else schedule.state_dict(),
+                                     "extra": extra or {}})
+
+
+def load_training_state(folder: Path, run: dict[str, Any], keys: tuple[str, ...], net: torch.nn.Module,
+                        optimizer: torch.optim.Optimizer, generator: torch.Generator, schedule: Any = None
+                        ) -> tuple[int, dict[str, Any]]:
+    """The step a state saved in ``folder`` reached and its ``extra``, restored into the objects; ``(0, {})``
+    without one. A state whose ``run`` differs in ``keys`` belongs to another run and is refused."""
+    if not (folder / STATE_META).is_file():
+        return 0, {}
+    state = read_json(folder / STATE_META)
+    run = json.loads(json.dumps(run))  # as the saved state reads it back: tuples as lists
+    differs = [key for key in keys if state["run"].get(key) != run.get(key)]
+    if differs:
+        raise CheckpointError(f"{folder} holds the training state of another run (it differs in "
+                              f"{', '.join(differs)}); choose another folder or repeat that run's settings")
+    tensors = load_tensors(folder / STATE_TENSORS, state["sha256"])
+    net.load_state_dict({key[len("net."):]: value for key, value in tensors.items() if key.startswith("net.")})
+    optimizer.load_state_dict(unflatten_state(state["optimizer"], tensors))  # it moves moments to the weights
+    if schedule is not None:
+        schedule.load_state_dict(state["schedule"])
+    generator.set_state(tensors["generator"])
+    return int(state["step"]), state.get("extra", {})
+
+
+def clear_training_state(folder: Path) -> None:
+    """Remove a finished training's state from ``folder``."""
+    for name in (STATE_TENSORS, STATE_META):
+        (folder / name).unlink(missing_ok=True)
+
+
 def flatten_state(prefix: str, state: Any, tensors: dict[str, torch.Tensor]) -> Any:
     """Move every tensor of a nested state (dicts, lists) into ``tensors``; return the JSON rest."""
     if isinstance(state, torch.Tensor):

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
+import torch
 
+from rgdm.algorithms import classifier_guidance
 from rgdm.cli import main
 from rgdm.engine import load_trained
-from rgdm.engine.guide import load_guide
+from rgdm.engine.guide import load_guide, save_guide, train_guide
+from rgdm.io import CheckpointError
+from rgdm.rewards import RewardCounter
+from rgdm.stopping import TrainingInterrupted
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +94,36 @@ def test_classifier_guide_mistakes_are_named(classifier_guide, tmp_path, capsys)
     assert main(["-q", "sample", "--checkpoint", "toy-ring-pretrained", "-n", "2", "--steps", "2", "--guidance",
                  "regressor", "--guide", str(classifier_guide), "--out", str(tmp_path / "x")]) == 2
     assert "sample with --target" in capsys.readouterr().err
+
+
+def test_a_stopped_guide_fit_continues_bit_for_bit_and_the_kept_guide_drops_its_state(tmp_path, monkeypatch):
+    model = load_trained("toy-ring-pretrained")
+    settings = {"rows": 64, "steps": 6, "batch_size": 16, "lr": 1e-3, "seed": 0, "progress": False}
+
+    def fit(folder: Path | None, **changed):
+        return train_guide(model, model.domain.scorer("region", RewardCounter()), None, folder=folder,
+                           **(settings | changed))
+
+    straight, straight_meta = fit(None)
+
+    class SignalledAtStepTwo(classifier_guidance.tqdm):
+        def __iter__(self):
+            for step in super().__iter__():
+                if step == 2:
+                    os.kill(os.getpid(), signal.SIGINT)
+                yield step
+
+    folder = tmp_path / "guide"
+    monkeypatch.setattr(classifier_guidance, "tqdm", SignalledAtStepTwo)
+    with pytest.raises(TrainingInterrupted, match="at step 3; the guide's state is saved in"):
+        fit(folder)
+    monkeypatch.undo()
+    assert json.loads((folder / "training-state.json").read_text())["step"] == 3
+    with pytest.raises(CheckpointError, match="differs in lr"):
+        fit(folder, lr=1e-2)
+    resumed, resumed_meta = fit(folder)
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
+    assert resumed_meta == straight_meta, "the same losses, so the same final loss"
+    save_guide(folder, resumed, resumed_meta)
+    assert not (folder / "training-state.json").exists() and load_guide(folder, model).meta["steps"] == 6

@@ -513,13 +513,13 @@ def test_an_interrupted_predictor_training_resumes_bit_for_bit(alpha_domain, tmp
     settings = {"steps": 4, "batch_size": 8, "progress": False, "checkpoint_every": 2}
     straight = train_property_predictor(alpha_domain, "alpha", "train_a", out=tmp_path / "straight", **settings)
 
-    save_state = properties._save_state
+    save_state = properties.save_training_state
 
     def save_then_stop(*args, **named):
         save_state(*args, **named)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(properties, "_save_state", save_then_stop)
+    monkeypatch.setattr(properties, "save_training_state", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         train_property_predictor(alpha_domain, "alpha", "train_a", out=tmp_path / "resumed", **settings)
     monkeypatch.undo()

@@ -19,6 +19,10 @@ where ``p(c | x_t)`` is small, which is where a regressor of the probability its
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -26,6 +30,8 @@ from tqdm.auto import tqdm
 from rgdm.batch import Batch
 from rgdm.diffusion.process import GaussianDiffusion, sample_gradient
 from rgdm.diffusion.sampling import StepContext, TransitionResult
+from rgdm.io import load_training_state, save_training_state
+from rgdm.stopping import StopRequests, TrainingInterrupted
 
 OBJECTIVES = ("mse", "cross-entropy")
 
@@ -41,6 +47,9 @@ def train_regressor(
     generator: torch.Generator,
     progress: bool = False,
     objective: str = "mse",
+    state_folder: Path | None = None,
+    run: dict[str, Any] | None = None,
+    checkpoint_every: int = 500,
 ) -> list[float]:
     """Fit ``regressor(x_t, t / T, cond, mask)`` to the rewards of the clean rows; returns every step's loss.
 
@@ -66,26 +75,49 @@ def train_regressor(
             raise ValueError("cross-entropy needs non-negative rewards (class probabilities); use objective 'mse'")
         rewards = (rewards + 1e-6) / (rewards + 1e-6).sum(dim=1, keepdim=True)
     optimizer = torch.optim.Adam(regressor.parameters(), lr=lr)
+    run = run or {}
+    start, kept = (0, {}) if state_folder is None else load_training_state(
+        state_folder, run, tuple(run), regressor, optimizer, generator)
     was_training = regressor.training
     regressor.train()
-    losses = []
-    for _ in tqdm(range(steps), desc="guide", disable=not progress):
-        index = torch.randint(len(data), (batch_size,), generator=generator, device=generator.device).to(device)
-        batch = data.select(index)
-        t = torch.randint(1, diffusion.timesteps + 1, (batch_size,), generator=generator,
-                          device=generator.device).to(device)
-        xt = diffusion.q_sample(batch.x, t, diffusion.noise_like(batch.x, batch.mask, generator))
-        prediction = regressor(xt, t.to(xt.dtype) / diffusion.timesteps, batch.cond, batch.mask)
-        if objective == "mse":
-            loss = ((prediction - rewards[index]) ** 2).mean()
-        else:
-            loss = -(rewards[index] * torch.log_softmax(prediction, dim=-1)).sum(dim=-1).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
+    losses: list[float] = kept.get("losses", [])
+    stops = StopRequests() if state_folder is not None else contextlib.nullcontext()
+    with stops, tqdm(range(start, steps), desc="guide", disable=not progress, initial=start, total=steps) as bar:
+        for step in bar:
+            losses.append(_regressor_step(regressor, optimizer, diffusion, data, rewards, batch_size, generator,
+                                          objective))
+            if state_folder is None or step + 1 == steps:
+                continue
+            signal = stops.signal
+            if signal is not None or (step + 1) % checkpoint_every == 0:
+                save_training_state(state_folder, step + 1, run, regressor, optimizer, generator,
+                                    extra={"losses": losses})
+            if signal is not None:
+                raise TrainingInterrupted(f"stopped by signal {signal} at step {step + 1}; the guide's state is "
+                                          f"saved in {state_folder}. Rerun the same command to continue")
     regressor.train(was_training)
     return losses
+
+
+def _regressor_step(regressor: nn.Module, optimizer: torch.optim.Optimizer, diffusion: GaussianDiffusion,
+                    data: Batch, rewards: torch.Tensor, batch_size: int, generator: torch.Generator,
+                    objective: str) -> float:
+    """One step of ``train_regressor``: a batch of noised rows, its loss, an optimiser step."""
+    device = data.x.device
+    index = torch.randint(len(data), (batch_size,), generator=generator, device=generator.device).to(device)
+    batch = data.select(index)
+    t = torch.randint(1, diffusion.timesteps + 1, (batch_size,), generator=generator,
+                      device=generator.device).to(device)
+    xt = diffusion.q_sample(batch.x, t, diffusion.noise_like(batch.x, batch.mask, generator))
+    prediction = regressor(xt, t.to(xt.dtype) / diffusion.timesteps, batch.cond, batch.mask)
+    if objective == "mse":
+        loss = ((prediction - rewards[index]) ** 2).mean()
+    else:
+        loss = -(rewards[index] * torch.log_softmax(prediction, dim=-1)).sum(dim=-1).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
 
 
 class ClassifierGuidance:

@@ -166,7 +166,8 @@ class PropertyCase:
 
     def classifier_guidance(self, seed: int, guide_dir: Path, progress: bool) -> dict[str, Any]:
         """The base steered by a guide fitted on the labelled rows; the guide is kept in ``guide_dir`` and read back
-        from there, so a benchmark stopped while sampling does not fit it again."""
+        from there, so a benchmark stopped while sampling does not fit it again, and one stopped while fitting
+        continues the fit from its last checkpoint there."""
         if (guide_dir / GUIDE_META).is_file():
             guide = load_guide(guide_dir, self.model)
         else:
@@ -174,7 +175,8 @@ class PropertyCase:
             start = time.perf_counter()
             regressor, meta = train_guide(self.model, self.model.domain.scorer("property", counter), self.targets,
                                           rows=self.budget.labels, steps=self.budget.guide_steps,
-                                          batch_size=self.budget.batch_size, lr=1e-3, seed=seed, progress=progress)
+                                          batch_size=self.budget.batch_size, lr=1e-3, seed=seed, progress=progress,
+                                          folder=guide_dir)
             meta |= {"reward_calls": counter.calls, "train_s": time.perf_counter() - start}
             save_guide(guide_dir, regressor, meta)
             guide = Guide(regressor, meta=meta)

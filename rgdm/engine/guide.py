@@ -20,7 +20,7 @@ from torch import nn
 from rgdm.algorithms import ClassifierGuidance, train_regressor
 from rgdm.batch import Batch
 from rgdm.engine.builder import LoadedModel
-from rgdm.io import CheckpointError, load_tensors, read_json, save_tensors, write_json
+from rgdm.io import CheckpointError, clear_training_state, load_tensors, read_json, save_tensors, write_json
 from rgdm.rewards.scorer import Scorer
 
 GUIDE_FORMAT = "rgdm-guide/1"
@@ -55,12 +55,13 @@ def scored_rows(model: LoadedModel, scorer: Scorer, targets: list[int] | list[fl
 
 def train_guide(model: LoadedModel, scorer: Scorer, targets: list[int] | list[float] | None, *, rows: int, steps: int,
                 batch_size: int, lr: float, seed: int, objective: str = "mse",
-                progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+                progress: bool = True, folder: Path | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Fit a noise-aware guide on ``rows`` scored training rows (per target).
 
     ``mse`` regresses each (row, target) reward; ``cross-entropy`` fits a classifier over the targets
     with each row's rewards as soft labels. Returns the network and its metadata; reward calls are
-    ``rows * len(targets)``.
+    ``rows * len(targets)``. With ``folder`` (where ``save_guide`` will keep it) the fit checkpoints there
+    and a stopped fit continues where it was (its rows are scored again, the same rows).
     """
     if objective == "cross-entropy" and len(targets or []) < 2:
         raise ValueError("a cross-entropy guide classifies among targets; give --targets with two or more")
@@ -77,19 +78,22 @@ def train_guide(model: LoadedModel, scorer: Scorer, targets: list[int] | list[fl
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         regressor = model.domain.build_regressor(model.meta["network"], outputs)
-    losses = train_regressor(regressor, model.diffusion, data, rewards, steps=steps, batch_size=batch_size,
-                             lr=lr, generator=generator, progress=progress, objective=objective)
-    tail = losses[-max(1, steps // 10):]
     meta = {"network": model.meta["network"], "domain": model.domain.config(), "targets": targets,
             "objective": objective, "reward_calls": rewards.numel(), "rows": rewards.numel() // len(targets or [None]),
-            "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "final_loss": sum(tail) / len(tail)}
-    return regressor.eval(), meta
+            "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed}
+    losses = train_regressor(regressor, model.diffusion, data, rewards, steps=steps, batch_size=batch_size,
+                             lr=lr, generator=generator, progress=progress, objective=objective,
+                             state_folder=folder, run=meta)
+    tail = losses[-max(1, steps // 10):]
+    return regressor.eval(), meta | {"final_loss": sum(tail) / len(tail)}
 
 
 def save_guide(folder: Path, regressor: nn.Module, meta: dict[str, Any]) -> Path:
+    """Keep a fitted guide in ``folder``; the state of its fit there, now finished, is removed."""
     folder.mkdir(parents=True, exist_ok=True)
     digest = save_tensors(folder / WEIGHTS, regressor.state_dict())
     write_json(folder / META, {"format": GUIDE_FORMAT, "weights": WEIGHTS, "sha256": digest, **meta})
+    clear_training_state(folder)
     return folder
 
 

@@ -29,18 +29,19 @@ from rgdm.domains.molecules.chemistry import Molecule
 from rgdm.domains.molecules.data import MAX_ATOMS, PROPERTIES, pad_molecules
 from rgdm.domains.molecules.network import EGNNRegressor
 from rgdm.io import (
+    STATE_META,
     CheckpointError,
-    flatten_state,
+    clear_training_state,
     load_tensors,
+    load_training_state,
     read_json,
     save_tensors,
-    unflatten_state,
+    save_training_state,
     write_json,
 )
 from rgdm.stopping import StopRequests, TrainingInterrupted
 
 WEIGHTS, META = "predictor.safetensors", "predictor.json"
-STATE_TENSORS, STATE_META = "training-state.safetensors", "training-state.json"
 SHIPPED_PREDICTORS = Path(__file__).resolve().parent.parent.parent / "checkpoints" / "predictors"
 #: The test MAE a measuring oracle may have (issue 33): three times the error of EDM's own property
 #: classifiers (its "L-bound"), in the units of ``PROPERTIES`` (D, bohr^3, cal/mol K, meV).
@@ -175,7 +176,7 @@ def train_property_predictor(domain: Any, properties: str | Sequence[str], split
             if out is None or step + 1 == steps:
                 continue
             if stops.signal is not None or (step + 1) % checkpoint_every == 0:
-                _save_state(out, step + 1, meta, net, optimizer, schedule, generator)
+                save_training_state(out, step + 1, meta, net, optimizer, generator, schedule)
             if stops.signal is not None:
                 bar.close()
                 raise TrainingInterrupted(f"stopped by signal {stops.signal} at step {step + 1}; training state "
@@ -186,8 +187,7 @@ def train_property_predictor(domain: Any, properties: str | Sequence[str], split
     predictor.meta["mae_limits"] = {name: MAE_LIMITS[name] for name in names}
     if out is not None:
         predictor.save(out)
-        for name in (STATE_TENSORS, STATE_META):
-            (out / name).unlink(missing_ok=True)
+        clear_training_state(out)
     return predictor
 
 
@@ -199,36 +199,12 @@ def property_errors(predictor: PropertyPredictor, domain: Any, split: str) -> di
             for i, name in enumerate(predictor.properties)}
 
 
-def _save_state(out: Path, step: int, meta: dict[str, Any], net: torch.nn.Module,
-                optimizer: torch.optim.Optimizer, schedule: Any, generator: torch.Generator) -> None:
-    """The training state at ``step``: tensors first, then the JSON that seals them."""
-    tensors = {f"net.{key}": value for key, value in net.state_dict().items()}
-    layout = flatten_state("optimizer", optimizer.state_dict(), tensors)
-    tensors = {key: value.detach().cpu() for key, value in tensors.items()}
-    tensors["generator"] = generator.get_state()
-    digest = save_tensors(out / STATE_TENSORS, tensors)
-    write_json(out / STATE_META, {"step": step, "run": meta, "optimizer": layout,
-                                  "schedule": schedule.state_dict(), "sha256": digest})
-
-
 def _resume(out: Path, meta: dict[str, Any], net: torch.nn.Module, optimizer: torch.optim.Optimizer,
             schedule: Any, generator: torch.Generator) -> int:
     """The step a saved training state in ``out`` reached (0 without one), restored into the objects."""
-    if not (out / STATE_META).is_file():
-        if (out / META).is_file():
-            raise CheckpointError(f"{out} already holds a finished predictor; choose another --out")
-        return 0
-    state = read_json(out / STATE_META)
-    differs = [key for key in _RUN_KEYS if state["run"].get(key) != meta.get(key)]
-    if differs:
-        raise CheckpointError(f"{out} holds the training state of another predictor (it differs in "
-                              f"{', '.join(differs)}); choose another --out or repeat that run's settings")
-    tensors = load_tensors(out / STATE_TENSORS, state["sha256"])
-    net.load_state_dict({key[len("net."):]: value for key, value in tensors.items() if key.startswith("net.")})
-    optimizer.load_state_dict(unflatten_state(state["optimizer"], tensors))  # it moves moments to the weights
-    schedule.load_state_dict(state["schedule"])
-    generator.set_state(tensors["generator"])
-    return int(state["step"])
+    if not (out / STATE_META).is_file() and (out / META).is_file():
+        raise CheckpointError(f"{out} already holds a finished predictor; choose another --out")
+    return load_training_state(out, meta, _RUN_KEYS, net, optimizer, generator, schedule)[0]
 
 
 def encode_molecules(domain: Any, molecules: Sequence[Molecule]) -> tuple[Batch, np.ndarray]:
