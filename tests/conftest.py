@@ -1,5 +1,9 @@
 """Shared test settings."""
 
+import os
+import signal
+from types import ModuleType
+
 import pytest
 import torch
 
@@ -19,3 +23,21 @@ def pretrained_gaussian():
     from toolkit import train_gaussian_model
 
     return train_gaussian_model()
+
+
+@pytest.fixture
+def signal_at_step(monkeypatch):
+    """``signal_at_step(module, step)``: the progress bar of ``module`` (its ``tqdm``) sends this process SIGINT
+    as its loop reaches ``step``, as a stop request from outside would arrive mid-training."""
+
+    def patch(module: ModuleType, step: int) -> None:
+        class Signalling(module.tqdm):
+            def __iter__(self):
+                for item in super().__iter__():
+                    if item == step:
+                        os.kill(os.getpid(), signal.SIGINT)
+                    yield item
+
+        monkeypatch.setattr(module, "tqdm", Signalling)
+
+    return patch

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -96,7 +94,8 @@ def test_classifier_guide_mistakes_are_named(classifier_guide, tmp_path, capsys)
     assert "sample with --target" in capsys.readouterr().err
 
 
-def test_a_stopped_guide_fit_continues_bit_for_bit_and_the_kept_guide_drops_its_state(tmp_path, monkeypatch):
+def test_a_stopped_guide_fit_continues_bit_for_bit_and_the_kept_guide_drops_its_state(tmp_path, monkeypatch,
+                                                                                     signal_at_step):
     model = load_trained("toy-ring-pretrained")
     settings = {"rows": 64, "steps": 6, "batch_size": 16, "lr": 1e-3, "seed": 0, "progress": False}
 
@@ -106,15 +105,8 @@ def test_a_stopped_guide_fit_continues_bit_for_bit_and_the_kept_guide_drops_its_
 
     straight, straight_meta = fit(None)
 
-    class SignalledAtStepTwo(classifier_guidance.tqdm):
-        def __iter__(self):
-            for step in super().__iter__():
-                if step == 2:
-                    os.kill(os.getpid(), signal.SIGINT)
-                yield step
-
     folder = tmp_path / "guide"
-    monkeypatch.setattr(classifier_guidance, "tqdm", SignalledAtStepTwo)
+    signal_at_step(classifier_guidance, 2)
     with pytest.raises(TrainingInterrupted, match="at step 3; the guide's state is saved in"):
         fit(folder)
     monkeypatch.undo()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 from types import SimpleNamespace
@@ -534,19 +533,12 @@ def test_an_interrupted_predictor_training_resumes_bit_for_bit(alpha_domain, tmp
 
 
 def test_a_stop_signal_saves_the_predictor_state_at_its_step_and_the_rerun_finishes_alike(alpha_domain, tmp_path,
-                                                                                          monkeypatch):
+                                                                                          monkeypatch, signal_at_step):
     settings = {"steps": 5, "batch_size": 8, "progress": False, "checkpoint_every": 100}
     straight = train_property_predictor(alpha_domain, "alpha", "train_a", out=tmp_path / "straight", **settings)
     handler_before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
 
-    class SignalledAtStepTwo(properties.tqdm):
-        def __iter__(self):
-            for step in super().__iter__():
-                if step == 2:
-                    os.kill(os.getpid(), signal.SIGINT)
-                yield step
-
-    monkeypatch.setattr(properties, "tqdm", SignalledAtStepTwo)
+    signal_at_step(properties, 2)
     with pytest.raises(TrainingInterrupted, match="at step 3; training state saved in"):
         train_property_predictor(alpha_domain, "alpha", "train_a", out=tmp_path / "resumed", **settings)
     monkeypatch.undo()
