@@ -93,6 +93,7 @@ def test_train_steps_sets_every_trained_method_s_steps_and_binds_the_work_folder
     result = properties.run_property_benchmark(quick=True, properties=["alpha"], methods=["rgdm-data"],
                                                progress=False, work_dir=work, train_steps=3)
     assert result["budget"]["finetune_steps"] == result["budget"]["guide_steps"] == 3
+    assert "3 fine-tune or guide steps of batch 8" in properties.markdown_table(result)
     assert sorted(p.name for p in (work / "alpha-rgdm-data-seed0" / "checkpoints").glob("*.json"))[-1] \
         == "step-00000003.json", "the fine-tune ran the given steps, not the budget's 4"
     with pytest.raises(ValueError, match="holds a property benchmark of other settings"):

@@ -281,7 +281,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     task, budget = result["task"], result["budget"]
     header = "| MAE | " + " | ".join(names) + " |"
     lines = [f"`{task['checkpoint']}`, τ {task['temperature']}; {budget['labels']:,} labelled molecules × "
-             f"{budget['targets']} targets per method; {budget['eval_samples']} samples per method, property and "
+             f"{budget['targets']} targets per method, {budget['finetune_steps']:,} fine-tune or guide steps of batch "
+             f"{budget['batch_size']}; {budget['eval_samples']} samples per method, property and "
              f"seed at {budget['sampling_steps']} steps, seeds {result['seeds']}; MAE by the measuring predictor "
              "over all samples (EDM's measure).", "",
              f"The base trained on `{result['base_split']}`: " + (
