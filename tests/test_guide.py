@@ -110,12 +110,18 @@ def test_a_stopped_guide_fit_continues_bit_for_bit_and_the_kept_guide_drops_its_
     with pytest.raises(TrainingInterrupted, match="at step 3; the guide's state is saved in"):
         fit(folder)
     monkeypatch.undo()
-    assert json.loads((folder / "training-state.json").read_text())["step"] == 3
+    state_path = folder / "training-state.json"
+    state = json.loads(state_path.read_text())
+    assert state["step"] == 3
+    state["extra"]["seconds"] = 1000.0  # as if the first stretch had fitted for 1000 s
+    state_path.write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match="differs in lr"):
         fit(folder, lr=1e-2)
     resumed, resumed_meta = fit(folder)
     for key, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
+    assert 1000 < resumed_meta.pop("train_s") < 1000 + 60, "the earlier stretch's fit counts, once"
+    assert straight_meta.pop("train_s") > 0
     assert resumed_meta == straight_meta, "the same losses, so the same final loss"
     save_guide(folder, resumed, resumed_meta)
     assert not (folder / "training-state.json").exists() and load_guide(folder, model).meta["steps"] == 6

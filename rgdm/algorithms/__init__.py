@@ -3,7 +3,7 @@
 from rgdm.algorithms.base import Algorithm, TrainingContext
 from rgdm.algorithms.best_of_n import best_of_n
 from rgdm.algorithms.cfg import ConditionalFinetune, GuidedEpsModel, reward_classes
-from rgdm.algorithms.classifier_guidance import ClassifierGuidance, train_regressor
+from rgdm.algorithms.classifier_guidance import ClassifierGuidance, RegressorFit, train_regressor
 from rgdm.algorithms.ddpo import DDPO
 from rgdm.algorithms.guided_sampling import GradientStep, GreedySelection
 from rgdm.algorithms.pretrain import Pretrain
@@ -26,6 +26,7 @@ __all__ = [
     "GuidedEpsModel",
     "ModelPayoff",
     "Pretrain",
+    "RegressorFit",
     "SequentialMonteCarlo",
     "StepwiseExploration",
     "TrainingContext",

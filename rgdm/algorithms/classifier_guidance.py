@@ -20,6 +20,8 @@ where ``p(c | x_t)`` is small, which is where a regressor of the probability its
 from __future__ import annotations
 
 import contextlib
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,14 @@ from rgdm.stopping import StopRequests, TrainingInterrupted
 OBJECTIVES = ("mse", "cross-entropy")
 
 
+@dataclass
+class RegressorFit:
+    """What ``train_regressor`` did: every step's loss, and the fit's seconds over all its stretches."""
+
+    losses: list[float]
+    seconds: float
+
+
 def train_regressor(
     regressor: nn.Module,
     diffusion: GaussianDiffusion,
@@ -50,8 +60,9 @@ def train_regressor(
     state_folder: Path | None = None,
     run: dict[str, Any] | None = None,
     checkpoint_every: int = 500,
-) -> list[float]:
-    """Fit ``regressor(x_t, t / T, cond, mask)`` to the rewards of the clean rows; returns every step's loss.
+) -> RegressorFit:
+    """Fit ``regressor(x_t, t / T, cond, mask)`` to the rewards of the clean rows; returns every step's loss and
+    the fit's wall time.
 
     Each step draws ``batch_size`` rows of ``data`` uniformly (with ``data.cond`` as the condition, so
     targeted rewards train a targeted regressor), a uniform ``t`` in ``1..T`` and ``x_t ~ q(x_t | x_0)``.
@@ -81,6 +92,7 @@ def train_regressor(
     was_training = regressor.training
     regressor.train()
     losses: list[float] = kept.get("losses", [])
+    clock = time.perf_counter() - kept.get("seconds", 0.0)  # the earlier stretches' time counts
     stops = StopRequests() if state_folder is not None else contextlib.nullcontext()
     with stops, tqdm(range(start, steps), desc="guide", disable=not progress, initial=start, total=steps) as bar:
         for step in bar:
@@ -91,12 +103,12 @@ def train_regressor(
             signal = stops.signal
             if signal is not None or (step + 1) % checkpoint_every == 0:
                 save_training_state(state_folder, step + 1, run, regressor, optimizer, generator,
-                                    extra={"losses": losses})
+                                    extra={"losses": losses, "seconds": time.perf_counter() - clock})
             if signal is not None:
                 raise TrainingInterrupted(f"stopped by signal {signal} at step {step + 1}; the guide's state is "
                                           f"saved in {state_folder}. Rerun the same command to continue")
     regressor.train(was_training)
-    return losses
+    return RegressorFit(losses, time.perf_counter() - clock)
 
 
 def _regressor_step(regressor: nn.Module, optimizer: torch.optim.Optimizer, diffusion: GaussianDiffusion,

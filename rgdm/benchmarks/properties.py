@@ -172,12 +172,11 @@ class PropertyCase:
             guide = load_guide(guide_dir, self.model)
         else:
             counter = RewardCounter()
-            start = time.perf_counter()
             regressor, meta = train_guide(self.model, self.model.domain.scorer("property", counter), self.targets,
                                           rows=self.budget.labels, steps=self.budget.guide_steps,
                                           batch_size=self.budget.batch_size, lr=1e-3, seed=seed, progress=progress,
                                           folder=guide_dir)
-            meta |= {"reward_calls": counter.calls, "train_s": time.perf_counter() - start}
+            meta["reward_calls"] = counter.calls
             save_guide(guide_dir, regressor, meta)
             guide = Guide(regressor, meta=meta)
         guidance = guide.transition(self.task.temperature)

@@ -10,6 +10,7 @@ are a budget like RGDM's), and steers the fixed model at sampling time with ``gr
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,15 +61,19 @@ def train_guide(model: LoadedModel, scorer: Scorer, targets: list[int] | list[fl
 
     ``mse`` regresses each (row, target) reward; ``cross-entropy`` fits a classifier over the targets
     with each row's rewards as soft labels. Returns the network and its metadata; reward calls are
-    ``rows * len(targets)``. With ``folder`` (where ``save_guide`` will keep it) the fit checkpoints there
-    and a stopped fit continues where it was (its rows are scored again, the same rows).
+    ``rows * len(targets)``; ``train_s`` is the wall time of scoring them and of the fit. With ``folder``
+    (where ``save_guide`` will keep it) the fit checkpoints there and a stopped fit continues where it was:
+    its rows are scored again (the same rows, counted once in ``train_s``), and ``train_s`` counts the fit's
+    every stretch.
     """
     if objective == "cross-entropy" and len(targets or []) < 2:
         raise ValueError("a cross-entropy guide classifies among targets; give --targets with two or more")
     if objective == "cross-entropy" and any(isinstance(target, float) for target in targets or []):
         raise ValueError("a cross-entropy guide classifies among class targets; value targets need the mse guide")
     generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
     data, rewards = scored_rows(model, scorer, targets, rows, generator)
+    scoring = time.perf_counter() - start
     outputs = 1
     if objective == "cross-entropy":
         outputs = len(targets)
@@ -81,11 +86,10 @@ def train_guide(model: LoadedModel, scorer: Scorer, targets: list[int] | list[fl
     meta = {"network": model.meta["network"], "domain": model.domain.config(), "targets": targets,
             "objective": objective, "reward_calls": rewards.numel(), "rows": rewards.numel() // len(targets or [None]),
             "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed}
-    losses = train_regressor(regressor, model.diffusion, data, rewards, steps=steps, batch_size=batch_size,
-                             lr=lr, generator=generator, progress=progress, objective=objective,
-                             state_folder=folder, run=meta)
-    tail = losses[-max(1, steps // 10):]
-    return regressor.eval(), meta | {"final_loss": sum(tail) / len(tail)}
+    fit = train_regressor(regressor, model.diffusion, data, rewards, steps=steps, batch_size=batch_size, lr=lr,
+                          generator=generator, progress=progress, objective=objective, state_folder=folder, run=meta)
+    tail = fit.losses[-max(1, steps // 10):]
+    return regressor.eval(), meta | {"final_loss": sum(tail) / len(tail), "train_s": scoring + fit.seconds}
 
 
 def save_guide(folder: Path, regressor: nn.Module, meta: dict[str, Any]) -> Path:
