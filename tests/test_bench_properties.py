@@ -101,3 +101,28 @@ def test_train_steps_sets_every_trained_method_s_steps_and_binds_the_work_folder
                                           progress=False, work_dir=work)
     with pytest.raises(ValueError, match="train_steps must be at least 1, got 0"):
         properties.run_property_benchmark(quick=True, properties=["alpha"], train_steps=0)
+
+
+def test_fine_tunes_train_in_the_chosen_precision_the_report_says_so_and_the_folder_is_bound(tmp_path, monkeypatch):
+    monkeypatch.setattr(properties, "QUICK", TINY)
+    work, report = tmp_path / "work", tmp_path / "bf16.json"
+    assert main(["-q", "bench", "properties", "--quick", "--properties", "alpha", "--methods", "rgdm-data",
+                 "--bf16", "--json", str(report), "--work-dir", str(work)]) == 0
+    result = json.loads(report.read_text())
+    assert result["execution"] == {"precision": "bf16", "compile": False}
+    assert "steps of batch 8 (fine-tunes in bf16);" in report.with_suffix(".md").read_text()
+    trained = (work / "alpha-rgdm-data-seed0" / "config.yaml").read_text()
+    assert "precision: bf16" in trained and "compile: false" in trained
+    with pytest.raises(ValueError, match="holds a property benchmark of other settings"):
+        properties.run_property_benchmark(quick=True, properties=["alpha"], methods=["rgdm-data"], progress=False,
+                                          work_dir=work)
+    # Compiling is the Trainer's train.compile (tests/test_precision.py); the case hands it on with the precision.
+    base = properties.load_trained("qm9-pretrained")
+    case = properties.PropertyCase(properties.PropertyTask(), TINY, base, "alpha",
+                                   properties.FinetuneExecution("bf16", compile=True))
+    config = case.finetune_config("cfg", seed=0)
+    assert (config.train.precision, config.train.compile) == ("bf16", True)
+    default = properties.PropertyCase(properties.PropertyTask(), TINY, base, "alpha").finetune_config("cfg", 0)
+    assert (default.train.precision, default.train.compile) == ("fp32", False)
+    assert properties.markdown_table(result | {"execution": {"precision": "bf16", "compile": True}}).count(
+        "(fine-tunes in bf16, compiled)") == 1

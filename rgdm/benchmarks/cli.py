@@ -30,10 +30,11 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--jobs", type=int, default=1, help="2: run the two tasks side by side, one thread each")
     bench.add_argument("--domains", help="perf: comma-separated subset of toy,molecules,shapes")
     bench.add_argument("--device", default="cpu", help="perf: cpu or cuda[:N]")
-    bench.add_argument("--bf16", action="store_true", help="perf: bf16 autocast of the networks")
+    bench.add_argument("--bf16", action="store_true", help="perf: bf16 autocast of the networks; properties: the "
+                       "fine-tunes train in bf16 (train.precision)")
     bench.add_argument("--compile", action="store_true",
                        help="perf: torch.compile the networks (CUDA only); precision: add compiled bf16 "
-                       "(train.compile) to the modes")
+                       "(train.compile) to the modes; properties: the fine-tunes train compiled (train.compile)")
     bench.add_argument("--run", help="curve, precision: the training run folder; curve: or a model's stages, "
                        "RUN:STEP,RUN:STEP,RUN (each run started from the one before at its STEP)")
     bench.add_argument("--batches", type=int, default=8, help="precision: batches compared, and steps timed per "
@@ -163,14 +164,21 @@ def cmd_bench_molecules(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_properties(args: argparse.Namespace) -> None:
-    from rgdm.benchmarks.properties import PropertyTask, markdown_table, plot_errors, run_property_benchmark
+    from rgdm.benchmarks.properties import (
+        FinetuneExecution,
+        PropertyTask,
+        markdown_table,
+        plot_errors,
+        run_property_benchmark,
+    )
 
     given = {"checkpoint": args.checkpoint, "temperature": args.temperature}
     result = run_property_benchmark(PropertyTask(**{k: v for k, v in given.items() if v is not None}),
                                     quick=args.quick, seeds=args.seeds,
                                     properties=args.properties.split(",") if args.properties else None,
                                     methods=args.methods.split(",") if args.methods else None,
-                                    progress=not args.quiet, work_dir=args.work_dir, train_steps=args.train_steps)
+                                    progress=not args.quiet, work_dir=args.work_dir, train_steps=args.train_steps,
+                                    execution=FinetuneExecution("bf16" if args.bf16 else "fp32", args.compile))
     path = Path(args.json)
     write_report(path, result, markdown_table(result))
     print(f"errors per property in {plot_errors(result, path.with_suffix('.png'))}")
