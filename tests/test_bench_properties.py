@@ -87,35 +87,27 @@ def test_unknown_properties_and_methods_are_named():
         properties.run_property_benchmark(quick=True, methods=["dpo"])
 
 
-def test_train_steps_sets_every_trained_method_s_steps_and_binds_the_work_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(properties, "QUICK", TINY)
-    work = tmp_path / "work"
-    result = properties.run_property_benchmark(quick=True, properties=["alpha"], methods=["rgdm-data"],
-                                               progress=False, work_dir=work, train_steps=3)
-    assert result["budget"]["finetune_steps"] == result["budget"]["guide_steps"] == 3
-    assert "3 fine-tune or guide steps of batch 8" in properties.markdown_table(result)
-    assert sorted(p.name for p in (work / "alpha-rgdm-data-seed0" / "checkpoints").glob("*.json"))[-1] \
-        == "step-00000003.json", "the fine-tune ran the given steps, not the budget's 4"
-    with pytest.raises(ValueError, match="holds a property benchmark of other settings"):
-        properties.run_property_benchmark(quick=True, properties=["alpha"], methods=["rgdm-data"],
-                                          progress=False, work_dir=work)
-    with pytest.raises(ValueError, match="train_steps must be at least 1, got 0"):
-        properties.run_property_benchmark(quick=True, properties=["alpha"], train_steps=0)
-
-
-def test_fine_tunes_train_in_the_chosen_precision_the_report_says_so_and_the_folder_is_bound(tmp_path, monkeypatch):
+def test_train_steps_and_precision_set_every_fine_tune_s_steps_and_are_bound_in_the_work_folder(tmp_path,
+                                                                                                 monkeypatch):
     monkeypatch.setattr(properties, "QUICK", TINY)
     work, report = tmp_path / "work", tmp_path / "bf16.json"
     assert main(["-q", "bench", "properties", "--quick", "--properties", "alpha", "--methods", "rgdm-data",
-                 "--bf16", "--json", str(report), "--work-dir", str(work)]) == 0
+                 "--train-steps", "3", "--bf16", "--json", str(report), "--work-dir", str(work)]) == 0
     result = json.loads(report.read_text())
+    assert result["budget"]["finetune_steps"] == result["budget"]["guide_steps"] == 3
     assert result["execution"] == {"precision": "bf16", "compile": False}
-    assert "steps of batch 8 (fine-tunes in bf16);" in report.with_suffix(".md").read_text()
-    trained = (work / "alpha-rgdm-data-seed0" / "config.yaml").read_text()
+    assert "3 fine-tune or guide steps of batch 8 (fine-tunes in bf16);" in report.with_suffix(".md").read_text()
+    run = work / "alpha-rgdm-data-seed0"
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.json"))[-1] == "step-00000003.json", \
+        "the fine-tune ran the given steps, not the budget's 4"
+    trained = (run / "config.yaml").read_text()
     assert "precision: bf16" in trained and "compile: false" in trained
-    with pytest.raises(ValueError, match="holds a property benchmark of other settings"):
-        properties.run_property_benchmark(quick=True, properties=["alpha"], methods=["rgdm-data"], progress=False,
-                                          work_dir=work)
+    for other in ({"train_steps": 3}, {"train_steps": 4, "execution": properties.FinetuneExecution("bf16")}):
+        with pytest.raises(ValueError, match="holds a property benchmark of other settings"):
+            properties.run_property_benchmark(quick=True, properties=["alpha"], methods=["rgdm-data"],
+                                              progress=False, work_dir=work, **other)
+    with pytest.raises(ValueError, match="train_steps must be at least 1, got 0"):
+        properties.run_property_benchmark(quick=True, properties=["alpha"], train_steps=0)
     # Compiling is the Trainer's train.compile (tests/test_precision.py); the case hands it on with the precision.
     base = properties.load_trained("qm9-pretrained")
     case = properties.PropertyCase(properties.PropertyTask(), TINY, base, "alpha",
