@@ -87,27 +87,39 @@ def test_unknown_properties_and_methods_are_named():
         properties.run_property_benchmark(quick=True, methods=["dpo"])
 
 
-def test_train_steps_and_precision_set_every_fine_tune_s_steps_and_are_bound_in_the_work_folder(tmp_path,
-                                                                                                 monkeypatch):
+def test_steps_precision_and_curve_points_shape_every_fine_tune_and_are_bound_in_the_work_folder(tmp_path,
+                                                                                                  monkeypatch):
     monkeypatch.setattr(properties, "QUICK", TINY)
     work, report = tmp_path / "work", tmp_path / "bf16.json"
     assert main(["-q", "bench", "properties", "--quick", "--properties", "alpha", "--methods", "rgdm-data",
-                 "--train-steps", "3", "--bf16", "--json", str(report), "--work-dir", str(work)]) == 0
+                 "--train-steps", "3", "--bf16", "--curve-points", "3", "--json", str(report),
+                 "--work-dir", str(work)]) == 0
     result = json.loads(report.read_text())
     assert result["budget"]["finetune_steps"] == result["budget"]["guide_steps"] == 3
     assert result["execution"] == {"precision": "bf16", "compile": False}
-    assert "3 fine-tune or guide steps of batch 8 (fine-tunes in bf16);" in report.with_suffix(".md").read_text()
+    table = report.with_suffix(".md").read_text()
+    assert "3 fine-tune or guide steps of batch 8 (fine-tunes in bf16);" in table
+    summary = result["properties"]["alpha"]["methods"]["rgdm-data"]
+    assert [point["step"] for point in summary["curve"]] == [1, 2, 3]
+    assert summary["curve"][-1]["property_mae"] == summary["property_mae"], "the final measure's samples"
+    assert summary["curve"][0]["property_mae"] != summary["property_mae"], "the model at step 1 is another"
+    assert "| alpha | rgdm-data | " in table.split("MAE over all samples along the fine-tunes")[1]
+    height, width, _ = plt_image.imread(tmp_path / "bf16-steps.png").shape
+    assert width > 0 and height > 0
     run = work / "alpha-rgdm-data-seed0"
     assert sorted(p.name for p in (run / "checkpoints").glob("*.json"))[-1] == "step-00000003.json", \
         "the fine-tune ran the given steps, not the budget's 4"
     trained = (run / "config.yaml").read_text()
     assert "precision: bf16" in trained and "compile: false" in trained
-    for other in ({"train_steps": 3}, {"train_steps": 4, "execution": properties.FinetuneExecution("bf16")}):
+    bound = {"train_steps": 3, "execution": properties.FinetuneExecution("bf16"), "curve_points": 3}
+    for name, value in (("train_steps", 4), ("execution", properties.FinetuneExecution()), ("curve_points", 0)):
         with pytest.raises(ValueError, match="holds a property benchmark of other settings"):
             properties.run_property_benchmark(quick=True, properties=["alpha"], methods=["rgdm-data"],
-                                              progress=False, work_dir=work, **other)
+                                              progress=False, work_dir=work, **(bound | {name: value}))
     with pytest.raises(ValueError, match="train_steps must be at least 1, got 0"):
         properties.run_property_benchmark(quick=True, properties=["alpha"], train_steps=0)
+    with pytest.raises(ValueError, match=r"curve_points must be in 0..4 \(the fine-tune steps\), got 5"):
+        properties.run_property_benchmark(quick=True, properties=["alpha"], curve_points=5)
     # Compiling is the Trainer's train.compile (tests/test_precision.py); the case hands it on with the precision.
     base = properties.load_trained("qm9-pretrained")
     case = properties.PropertyCase(properties.PropertyTask(), TINY, base, "alpha",

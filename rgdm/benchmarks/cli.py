@@ -53,6 +53,8 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--no-posebusters", action="store_true", help="molecules: skip PoseBusters (slow)")
     bench.add_argument("--reward-calls", type=int, help="molecules: each method's reward-call budget instead of "
                        "12,288 (128 with --quick), for an expensive reward such as xtb-strain")
+    bench.add_argument("--curve-points", type=int, default=0, help="properties: also measure each fine-tune this "
+                       "many times along the way (MAE against steps, on the final measure's samples)")
     bench.add_argument("--train-steps", type=int, help="properties: fine-tune and guide steps of every trained method "
                        "instead of 3,000 (20 with --quick); a work folder is bound to its steps")
     bench.add_argument("--work-dir", type=Path, help="molecules, properties: keep every run here; the same command "
@@ -168,6 +170,7 @@ def cmd_bench_properties(args: argparse.Namespace) -> None:
         FinetuneExecution,
         PropertyTask,
         markdown_table,
+        plot_curves,
         plot_errors,
         run_property_benchmark,
     )
@@ -178,10 +181,14 @@ def cmd_bench_properties(args: argparse.Namespace) -> None:
                                     properties=args.properties.split(",") if args.properties else None,
                                     methods=args.methods.split(",") if args.methods else None,
                                     progress=not args.quiet, work_dir=args.work_dir, train_steps=args.train_steps,
-                                    execution=FinetuneExecution("bf16" if args.bf16 else "fp32", args.compile))
+                                    execution=FinetuneExecution("bf16" if args.bf16 else "fp32", args.compile),
+                                    curve_points=args.curve_points)
     path = Path(args.json)
     write_report(path, result, markdown_table(result))
     print(f"errors per property in {plot_errors(result, path.with_suffix('.png'))}")
+    curves = plot_curves(result, path.with_name(f"{path.stem}-steps.png"))
+    if curves is not None:
+        print(f"errors against fine-tune steps in {curves}")
 
 
 def cmd_bench_perf(args: argparse.Namespace) -> None:

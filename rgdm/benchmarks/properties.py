@@ -71,6 +71,8 @@ PUBLISHED = {
 REFERENCE_ROWS = {"naive (shuffled)": "edm_naive_mae", "#Atoms": "edm_atoms_mae", "L-bound": "edm_lbound_mae"}
 #: The final table's metrics per method, mean ± spread over seeds.
 FINAL_METRICS = ("property_mae", "property_mae_valid", "validity", "uniqueness")
+#: What ``--curve-points`` measures along a fine-tune.
+CURVE_METRICS = ("property_mae", "property_mae_valid", "validity")
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,9 @@ class PropertyCase:
     """One property: the base on that property's domain, its targets, and the measure of samples."""
 
     def __init__(self, task: PropertyTask, budget: PropertyBudget, base: LoadedModel, name: str,
-                 execution: FinetuneExecution = FinetuneExecution()) -> None:
+                 execution: FinetuneExecution = FinetuneExecution(), curve_points: int = 0) -> None:
         self.task, self.budget, self.name, self.execution = task, budget, name, execution
+        self.curve_points = curve_points
         self.model = retarget(base, {"target_property": name})
         self.targets = target_grid(self.model.domain, budget.targets)
 
@@ -161,16 +164,36 @@ class PropertyCase:
             f"train.seed={seed}", f"train.checkpoint_every={max(1, budget.finetune_steps // 20)}",
             *self.execution.overrides()])
 
+    def curve_steps(self) -> list[int]:
+        """The fine-tune steps measured along the way: every ``finetune_steps // curve_points``, and the last."""
+        steps = self.budget.finetune_steps
+        if not self.curve_points:
+            return [steps]
+        every = steps // self.curve_points
+        return sorted({*range(every, steps + 1, every), steps})
+
+    def curve_point(self, model: LoadedModel, seed: int, **generate_args: Any) -> tuple[float | None, ...]:
+        metrics = self.measure(model, seed, **generate_args)[0]
+        return tuple(metrics[key] for key in CURVE_METRICS)
+
     def trained(self, algorithm: str, seed: int, run_dir: Path, progress: bool) -> FinetuneRun:
-        """The method's fine-tune in ``run_dir``: trained, resumed, or (finished) loaded back."""
-        return finetune(self.finetune_config(algorithm, seed), run_dir, lambda model, args: (),
-                        self.budget.finetune_steps, progress)
+        """The method's fine-tune in ``run_dir``: trained, resumed, or (finished) loaded back; with
+        ``curve_points``, measured at ``curve_steps`` on the final measure's samples (the clock stops)."""
+        steps = self.curve_steps()
+        def point(model: LoadedModel, args: dict[str, Any]) -> tuple[float | None, ...]:
+            return self.curve_point(model, seed, **args) if self.curve_points else ()
+
+        return finetune(self.finetune_config(algorithm, seed), run_dir, point, steps[0], progress)
 
     def fine_tuned(self, algorithm: str, seed: int, run_dir: Path, progress: bool) -> dict[str, Any]:
         run = self.trained(algorithm, seed, run_dir, progress)
         metrics, seconds, evaluations = self.measure(run.model, seed, **run.generate_args)
-        return {"metrics": metrics, "reward_calls": run.reward_calls, "train_s": run.wall_s, "sample_s": seconds,
-                "network_evaluations": run.network_evaluations + evaluations}
+        result = {"metrics": metrics, "reward_calls": run.reward_calls, "train_s": run.wall_s, "sample_s": seconds,
+                  "network_evaluations": run.network_evaluations + evaluations}
+        if self.curve_points:
+            result["curve"] = [{"step": step, **dict(zip(CURVE_METRICS, point[1:], strict=True))}
+                               for step, point in zip(self.curve_steps(), run.curve, strict=True)]
+        return result
 
     def guided(self, seed: int, run_dir: Path, progress: bool) -> dict[str, Any]:
         """The ``rgdm-data`` model of ``run_dir`` sampled by SMC onto its pay-off: the training's costs plus the
@@ -223,19 +246,23 @@ class PropertyCase:
 def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False, seeds: int | None = None,
                            properties: list[str] | None = None, methods: list[str] | None = None,
                            progress: bool = True, work_dir: Path | None = None,
-                           train_steps: int | None = None,
-                           execution: FinetuneExecution = FinetuneExecution()) -> dict[str, Any]:
+                           train_steps: int | None = None, execution: FinetuneExecution = FinetuneExecution(),
+                           curve_points: int = 0) -> dict[str, Any]:
     """Every method (or ``methods``) for every property (or ``properties``) and seed: the JSON of the
     benchmark. ``work_dir`` keeps every run, and the same call continues a stopped benchmark (finished runs
     are read back, a stopped fine-tune resumes from its checkpoint). ``train_steps`` replaces the budget's
     fine-tune and guide steps alike, so the trained methods still get equal compute. ``execution``: how the
-    fine-tunes run (the same for every method)."""
+    fine-tunes run (the same for every method). ``curve_points``: each fine-tune is also measured that many
+    times along the way (MAE against steps), on the final measure's samples."""
     task = task or PropertyTask()
     budget = QUICK if quick else FULL
     if train_steps is not None:
         if train_steps < 1:
             raise ValueError(f"train_steps must be at least 1, got {train_steps}")
         budget = replace(budget, finetune_steps=train_steps, guide_steps=train_steps)
+    if not 0 <= curve_points <= budget.finetune_steps:
+        raise ValueError(f"curve_points must be in 0..{budget.finetune_steps} (the fine-tune steps), "
+                         f"got {curve_points}")
     names = list(properties or PROPERTY_ORDER)
     for options, known, kind in ((names, PROPERTIES, "property"), (methods or [], METHODS, "method")):
         unknown = sorted(set(options) - set(known))
@@ -255,10 +282,12 @@ def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False
         settings = {"task": asdict(task), "budget": asdict(budget), "base_sha256": base.meta.get("sha256")}
         if execution != FinetuneExecution():
             settings["execution"] = asdict(execution)  # folders of fp32, eager fine-tunes predate the key
+        if curve_points:
+            settings["curve_points"] = curve_points  # a run measured once has no curve to continue
         folder = bound_work_folder(work_dir, settings, "property") if work_dir is not None else Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="rgdm-bench-properties-")))
         for name in names:
-            case = PropertyCase(task, budget, base, name, execution)
+            case = PropertyCase(task, budget, base, name, execution, curve_points)
             if work_dir is not None:
                 bound_work_folder(folder, case.predictors(), "property", record=f"{name}-predictors.json")
             runs: dict[str, list[dict[str, Any]]] = {method: [] for method in chosen}
@@ -278,7 +307,7 @@ def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False
                              "methods": {method: _summarise(method_runs, seed_list)
                                          for method, method_runs in runs.items()}}
     return {"task": asdict(task), "quick": quick, "budget": asdict(budget), "execution": asdict(execution),
-            "seeds": seed_list,
+            "curve_points": curve_points, "seeds": seed_list,
             "base_split": base_split, "edm_protocol": base_split == "train_a", "properties": results}
 
 
@@ -287,6 +316,9 @@ def _summarise(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     for cost in ("reward_calls", "network_evaluations", "train_s", "sample_s"):
         summary[cost] = mean([run[cost] for run in runs])
     summary["sampling_reward_calls"] = mean([run.get("sampling_reward_calls", 0) for run in runs])
+    if runs and all("curve" in run for run in runs):
+        summary["curve"] = [{"step": points[0]["step"], **over_seeds(points, CURVE_METRICS)}
+                            for points in zip(*(run["curve"] for run in runs), strict=True)]
     return {**summary, "seeds": seeds, "per_seed": runs}
 
 
@@ -340,7 +372,23 @@ def markdown_table(result: dict[str, Any]) -> str:
                          f"{_number(m['validity'], m['validity_std'])} | {_number(m['uniqueness'])} | "
                          f"{m['reward_calls']:,.0f} | {m.get('sampling_reward_calls', 0):,.0f} | "
                          f"{m['network_evaluations']:,.0f} | {m['train_s']:.0f} | {m['sample_s']:.0f} |")
-    return "\n".join(lines)
+    return "\n".join(lines + _curve_table(result))
+
+
+def _curve_table(result: dict[str, Any]) -> list[str]:
+    """MAE over all samples along each fine-tune measured with ``curve_points`` (none without)."""
+    curves = [(n, method, m["curve"]) for n, entry in result["properties"].items()
+              for method, m in entry["methods"].items() if "curve" in m]
+    if not curves:
+        return []
+    steps = [point["step"] for point in curves[0][2]]
+    lines = ["", "MAE over all samples along the fine-tunes (the final measure's samples):", "",
+             "| property | method | " + " | ".join(f"step {step:,}" for step in steps) + " |",
+             "|---|---|" + "---|" * len(steps)]
+    for name, method, curve in curves:
+        lines.append(f"| {name} | {method} | " + " | ".join(_number(point["property_mae"], point["property_mae_std"])
+                                                           for point in curve) + " |")
+    return lines
 
 
 def plot_errors(result: dict[str, Any], path: Path) -> Path:
@@ -365,6 +413,31 @@ def plot_errors(result: dict[str, Any], path: Path) -> Path:
         ax.set(title=name, ylabel="MAE")
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_curves(result: dict[str, Any], path: Path) -> Path | None:
+    """One panel per property with curves: each fine-tune's MAE against its steps (the seeds' spread shaded),
+    beside this pipeline's #Atoms (dashed); None when no fine-tune was measured along the way."""
+    names = [n for n, entry in result["properties"].items() if any("curve" in m for m in entry["methods"].values())]
+    if not names:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=True):
+        entry = result["properties"][name]
+        for index, (method, m) in enumerate(entry["methods"].items()):
+            if "curve" not in m:
+                continue
+            steps = np.array([point["step"] for point in m["curve"]])
+            mae = np.array([point["property_mae"] for point in m["curve"]], dtype=float)
+            std = np.array([point["property_mae_std"] or 0.0 for point in m["curve"]], dtype=float)
+            ax.plot(steps, mae, marker="o", color=f"C{index}", label=method)
+            ax.fill_between(steps, mae - std, mae + std, color=f"C{index}", alpha=0.2)
+        ax.axhline(entry["reference"]["#Atoms"], ls="--", color="grey", label="#Atoms (this pipeline)")
+        ax.set(title=name, xlabel="fine-tune steps", ylabel=f"MAE ({entry['unit']})")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path)
