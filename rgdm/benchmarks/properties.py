@@ -172,18 +172,17 @@ class PropertyCase:
         every = steps // self.curve_points
         return sorted({*range(every, steps + 1, every), steps})
 
-    def curve_point(self, model: LoadedModel, seed: int, **generate_args: Any) -> tuple[float | None, ...]:
-        metrics = self.measure(model, seed, **generate_args)[0]
-        return tuple(metrics[key] for key in CURVE_METRICS)
-
     def trained(self, algorithm: str, seed: int, run_dir: Path, progress: bool) -> FinetuneRun:
         """The method's fine-tune in ``run_dir``: trained, resumed, or (finished) loaded back; with
         ``curve_points``, measured at ``curve_steps`` on the final measure's samples (the clock stops)."""
-        steps = self.curve_steps()
-        def point(model: LoadedModel, args: dict[str, Any]) -> tuple[float | None, ...]:
-            return self.curve_point(model, seed, **args) if self.curve_points else ()
 
-        return finetune(self.finetune_config(algorithm, seed), run_dir, point, steps[0], progress)
+        def point(model: LoadedModel, args: dict[str, Any]) -> tuple[float | None, ...]:
+            if not self.curve_points:
+                return ()
+            metrics = self.measure(model, seed, **args)[0]
+            return tuple(metrics[key] for key in CURVE_METRICS)
+
+        return finetune(self.finetune_config(algorithm, seed), run_dir, point, self.curve_steps()[0], progress)
 
     def fine_tuned(self, algorithm: str, seed: int, run_dir: Path, progress: bool) -> dict[str, Any]:
         run = self.trained(algorithm, seed, run_dir, progress)
