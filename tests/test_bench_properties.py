@@ -12,6 +12,7 @@ import pytest
 from rgdm.benchmarks import properties
 from rgdm.cli import main
 from rgdm.domains.molecules.properties import PropertyPredictor
+from rgdm.io import load_tensors
 
 TINY = replace(properties.QUICK, labels=16, targets=2, finetune_steps=4, batch_size=8, guide_steps=4, eval_samples=4,
                sampling_steps=3, particles=2)
@@ -42,6 +43,7 @@ def test_the_property_bench_spends_equal_labels_writes_its_reports_and_binds_its
     table = report.with_suffix(".md").read_text()
     assert "| conditional EDM, EDM's table | 2.760 |" in table and "| #Atoms, this pipeline |" in table
     assert "| rgdm-smc (guided sampling: reward calls while sampling) |" in table
+    assert "CFG pairs each target with the top 1/8 of its rows;" in table, "the model's classes by default"
     # qm9-pretrained trained on train_a, the measuring predictor's half train_b unseen: EDM's protocol, said so.
     assert result["base_split"] == "train_a" and result["edm_protocol"] is True
     assert "The base trained on `train_a`: EDM's protocol (the measuring predictor's half `train_b` unseen)" \
@@ -87,18 +89,21 @@ def test_unknown_properties_and_methods_are_named():
         properties.run_property_benchmark(quick=True, methods=["dpo"])
 
 
-def test_steps_precision_and_curve_points_shape_every_fine_tune_and_are_bound_in_the_work_folder(tmp_path,
-                                                                                                  monkeypatch):
+def test_steps_precision_curve_points_and_the_peer_s_classes_shape_the_fine_tunes_and_are_bound(tmp_path,
+                                                                                                 monkeypatch):
     monkeypatch.setattr(properties, "QUICK", TINY)
     work, report = tmp_path / "work", tmp_path / "bf16.json"
-    assert main(["-q", "bench", "properties", "--quick", "--properties", "alpha", "--methods", "rgdm-data",
-                 "--train-steps", "3", "--bf16", "--curve-points", "3", "--json", str(report),
+    assert main(["-q", "bench", "properties", "--quick", "--properties", "alpha", "--methods", "rgdm-data,cfg",
+                 "--train-steps", "3", "--bf16", "--curve-points", "3", "--cfg-classes", "4", "--json", str(report),
                  "--work-dir", str(work)]) == 0
     result = json.loads(report.read_text())
     assert result["budget"]["finetune_steps"] == result["budget"]["guide_steps"] == 3
     assert result["execution"] == {"precision": "bf16", "compile": False}
     table = report.with_suffix(".md").read_text()
-    assert "3 fine-tune or guide steps of batch 8 (fine-tunes in bf16);" in table
+    assert "3 fine-tune or guide steps of batch 8 (fine-tunes in bf16); CFG pairs each target with the top 1/4 " \
+        "of its rows;" in table
+    peer = load_tensors(work / "alpha-cfg-seed0" / "checkpoints" / "step-00000003.safetensors")
+    assert [int((row == row.max()).sum()) for row in peer["algorithm.labels"]] == [4, 4], "16 rows / 4 classes"
     summary = result["properties"]["alpha"]["methods"]["rgdm-data"]
     assert [point["step"] for point in summary["curve"]] == [1, 2, 3]
     assert summary["curve"][-1]["property_mae"] == summary["property_mae"], "the final measure's samples"
@@ -111,8 +116,9 @@ def test_steps_precision_and_curve_points_shape_every_fine_tune_and_are_bound_in
         "the fine-tune ran the given steps, not the budget's 4"
     trained = (run / "config.yaml").read_text()
     assert "precision: bf16" in trained and "compile: false" in trained
-    bound = {"train_steps": 3, "execution": properties.FinetuneExecution("bf16"), "curve_points": 3}
-    for name, value in (("train_steps", 4), ("execution", properties.FinetuneExecution()), ("curve_points", 0)):
+    bound = {"train_steps": 3, "execution": properties.FinetuneExecution("bf16"), "curve_points": 3, "cfg_classes": 4}
+    for name, value in (("train_steps", 4), ("execution", properties.FinetuneExecution()), ("curve_points", 0),
+                        ("cfg_classes", None)):
         with pytest.raises(ValueError, match="holds a property benchmark of other settings"):
             properties.run_property_benchmark(quick=True, properties=["alpha"], methods=["rgdm-data"],
                                               progress=False, work_dir=work, **(bound | {name: value}))
@@ -120,6 +126,8 @@ def test_steps_precision_and_curve_points_shape_every_fine_tune_and_are_bound_in
         properties.run_property_benchmark(quick=True, properties=["alpha"], train_steps=0)
     with pytest.raises(ValueError, match=r"curve_points must be in 0..4 \(the fine-tune steps\), got 5"):
         properties.run_property_benchmark(quick=True, properties=["alpha"], curve_points=5)
+    with pytest.raises(ValueError, match="cfg_classes must be at least 1, got 0"):
+        properties.run_property_benchmark(quick=True, properties=["alpha"], cfg_classes=0)
     # Compiling is the Trainer's train.compile (tests/test_precision.py); the case hands it on with the precision.
     base = properties.load_trained("qm9-pretrained")
     case = properties.PropertyCase(properties.PropertyTask(), TINY, base, "alpha",

@@ -28,6 +28,11 @@ def sign_matches_target(samples, targets):
     return ((samples[:, 0] > 0).astype(int) == torch.as_tensor(targets).numpy()).astype(float)
 
 
+def toward_target(samples, targets):
+    """The first coordinate, signed by the target (0: the lower the better, 1: the higher)."""
+    return samples[:, 0].astype(float) * (2 * torch.as_tensor(targets).numpy() - 1)
+
+
 # --- reward classes -------------------------------------------------------------------------------
 
 
@@ -120,8 +125,17 @@ def test_cfg_with_targets_conditions_on_the_target_with_its_best_rows():
     assert positive[~null].all()
     assert 0.3 < float(positive[null].float().mean()) < 0.7  # the null token sees all the data
     assert torch.equal(algorithm.sampling_condition(3, torch.tensor([1, 0, 1])), torch.tensor([1, 0, 1]))
-    with pytest.raises(ValueError, match="null token"):
-        ConditionalFinetune(num_classes=2, null_token=1)
+    # Ranking classes are not conditions: with targets there may be more of them than the null token's index,
+    # and each target's top class holds the top 1/num_classes of its rows.
+    finer = ConditionalFinetune(num_classes=8, null_token=3)
+    finer.setup(cfg_context(make_scorer(toward_target), targets=[0, 1]), torch.Generator().manual_seed(0))
+    assert [int((row == row.max()).sum()) for row in finer.labels] == [25, 25], "the top eighth of 200 rows"
+    batch = finer.minibatch(cfg_context(make_scorer(toward_target), targets=[0, 1]), torch.Generator().manual_seed(1))
+    sharp = batch.x[:, 0][batch.cond == 1]
+    assert float(sharp.min()) > 1.0, "the 25 largest of 200 standard normals (the top half would reach 0)"
+    with pytest.raises(ValueError, match=r"the null token 1 collides with the classes 0\.\.1"):
+        ConditionalFinetune(num_classes=2, null_token=1).setup(cfg_context(make_scorer(sign_matches_target)),
+                                                                torch.Generator().manual_seed(0))
 
 
 # --- classifier-free guidance ---------------------------------------------------------------------

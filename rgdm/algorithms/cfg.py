@@ -66,8 +66,6 @@ class ConditionalFinetune(Algorithm):
                  uncond_prob: float = 0.1) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-        if 0 <= null_token < num_classes:
-            raise ValueError(f"the null token {null_token} collides with the classes 0..{num_classes - 1}")
         if not 0.0 <= uncond_prob <= 1.0:
             raise ValueError(f"uncond_prob must be in [0, 1], got {uncond_prob}")
         self.num_classes = num_classes
@@ -90,8 +88,12 @@ class ConditionalFinetune(Algorithm):
         return torch.full((n,), self.top_class, dtype=torch.long)
 
     def setup(self, ctx: TrainingContext, generator: torch.Generator) -> None:
+        """Score the rows and class them. Untargeted, the classes are the condition and must not reach the null
+        token; with targets they only rank each target's rows, so there may be more of them."""
         if ctx.targets and any(isinstance(t, int) and t == self.null_token for t in ctx.targets):
             raise ValueError(f"the null token {self.null_token} is also a conditional target")
+        if not ctx.targets and 0 <= self.null_token < self.num_classes:
+            raise ValueError(f"the null token {self.null_token} collides with the classes 0..{self.num_classes - 1}")
         self.rows, rewards = score_data_rows(ctx, self.name, self.scored_size, generator)
         self.labels = torch.stack([reward_classes(row, self.num_classes) for row in rewards])
         if not ctx.targets and ctx.data.mask is not None:  # sampled at the top class: p(M | top class), as EDM
@@ -133,7 +135,8 @@ class ConditionalFinetune(Algorithm):
 
 class CFGConfig(AlgorithmConfig):
     """``cfg``: classifier-free guidance trained on ``num_classes`` reward classes of ``scored_size`` data rows;
-    the null token is the domain's (``num_targets``), and the classes default to one per domain target."""
+    the null token is the domain's (``num_targets``), and the classes default to one per domain target. With
+    targets, each target is paired with the top ``1 / num_classes`` of its rows."""
 
     name: Literal["cfg"] = "cfg"
     scored_size: ScoredSize = None

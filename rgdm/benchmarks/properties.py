@@ -129,9 +129,10 @@ class PropertyCase:
     """One property: the base on that property's domain, its targets, and the measure of samples."""
 
     def __init__(self, task: PropertyTask, budget: PropertyBudget, base: LoadedModel, name: str,
-                 execution: FinetuneExecution = FinetuneExecution(), curve_points: int = 0) -> None:
+                 execution: FinetuneExecution = FinetuneExecution(), curve_points: int = 0,
+                 cfg_classes: int | None = None) -> None:
         self.task, self.budget, self.name, self.execution = task, budget, name, execution
-        self.curve_points = curve_points
+        self.curve_points, self.cfg_classes = curve_points, cfg_classes
         self.model = retarget(base, {"target_property": name})
         self.targets = target_grid(self.model.domain, budget.targets)
 
@@ -162,7 +163,8 @@ class PropertyCase:
             f"algorithm.scored_size={budget.labels}", f"algorithm.targets={self.targets}",
             f"train.steps={budget.finetune_steps}", f"train.batch_size={budget.batch_size}", f"train.lr={budget.lr}",
             f"train.seed={seed}", f"train.checkpoint_every={max(1, budget.finetune_steps // 20)}",
-            *self.execution.overrides()])
+            *self.execution.overrides(),
+            *([f"algorithm.num_classes={self.cfg_classes}"] if algorithm == "cfg" and self.cfg_classes else [])])
 
     def curve_steps(self) -> list[int]:
         """The fine-tune steps measured along the way: every ``finetune_steps // curve_points``, and the last."""
@@ -246,19 +248,23 @@ def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False
                            properties: list[str] | None = None, methods: list[str] | None = None,
                            progress: bool = True, work_dir: Path | None = None,
                            train_steps: int | None = None, execution: FinetuneExecution = FinetuneExecution(),
-                           curve_points: int = 0) -> dict[str, Any]:
+                           curve_points: int = 0, cfg_classes: int | None = None) -> dict[str, Any]:
     """Every method (or ``methods``) for every property (or ``properties``) and seed: the JSON of the
     benchmark. ``work_dir`` keeps every run, and the same call continues a stopped benchmark (finished runs
     are read back, a stopped fine-tune resumes from its checkpoint). ``train_steps`` replaces the budget's
     fine-tune and guide steps alike, so the trained methods still get equal compute. ``execution``: how the
     fine-tunes run (the same for every method). ``curve_points``: each fine-tune is also measured that many
-    times along the way (MAE against steps), on the final measure's samples."""
+    times along the way (MAE against steps), on the final measure's samples. ``cfg_classes``: the CFG peer
+    pairs each target with the top ``1 / cfg_classes`` of its labelled rows (default: the domain's classes, 8
+    for the shipped models; the number of targets pairs each row with about one target, its nearest)."""
     task = task or PropertyTask()
     budget = QUICK if quick else FULL
     if train_steps is not None:
         if train_steps < 1:
             raise ValueError(f"train_steps must be at least 1, got {train_steps}")
         budget = replace(budget, finetune_steps=train_steps, guide_steps=train_steps)
+    if cfg_classes is not None and cfg_classes < 1:
+        raise ValueError(f"cfg_classes must be at least 1, got {cfg_classes}")
     if not 0 <= curve_points <= budget.finetune_steps:
         raise ValueError(f"curve_points must be in 0..{budget.finetune_steps} (the fine-tune steps), "
                          f"got {curve_points}")
@@ -279,14 +285,13 @@ def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False
     results: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         settings = {"task": asdict(task), "budget": asdict(budget), "base_sha256": base.meta.get("sha256")}
-        if execution != FinetuneExecution():
-            settings["execution"] = asdict(execution)  # folders of fp32, eager fine-tunes predate the key
-        if curve_points:
-            settings["curve_points"] = curve_points  # a run measured once has no curve to continue
+        optional = {"execution": asdict(execution) if execution != FinetuneExecution() else None,
+                    "curve_points": curve_points or None, "cfg_classes": cfg_classes}
+        settings |= {key: value for key, value in optional.items() if value is not None}  # older folders lack them
         folder = bound_work_folder(work_dir, settings, "property") if work_dir is not None else Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="rgdm-bench-properties-")))
         for name in names:
-            case = PropertyCase(task, budget, base, name, execution, curve_points)
+            case = PropertyCase(task, budget, base, name, execution, curve_points, cfg_classes)
             if work_dir is not None:
                 bound_work_folder(folder, case.predictors(), "property", record=f"{name}-predictors.json")
             runs: dict[str, list[dict[str, Any]]] = {method: [] for method in chosen}
@@ -306,7 +311,7 @@ def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False
                              "methods": {method: _summarise(method_runs, seed_list)
                                          for method, method_runs in runs.items()}}
     return {"task": asdict(task), "quick": quick, "budget": asdict(budget), "execution": asdict(execution),
-            "curve_points": curve_points, "seeds": seed_list,
+            "curve_points": curve_points, "cfg_classes": cfg_classes or base.domain.num_targets, "seeds": seed_list,
             "base_split": base_split, "edm_protocol": base_split == "train_a", "properties": results}
 
 
@@ -337,6 +342,12 @@ def _execution_note(result: dict[str, Any]) -> str:
     return f" (fine-tunes in {execution.precision}{', compiled' if execution.compile else ''})"
 
 
+def _peer_note(result: dict[str, Any]) -> str:
+    """Which rows the CFG peer pairs with each target (reports that predate the key do not say)."""
+    classes = result.get("cfg_classes")
+    return f"CFG pairs each target with the top 1/{classes} of its rows; " if classes else ""
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """MAE per property (columns) and method (rows): this run's methods over all samples (EDM's measure),
     this pipeline's reference rows, then EDM's published rows; and the costs and validity per method."""
@@ -345,7 +356,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     header = "| MAE | " + " | ".join(names) + " |"
     lines = [f"`{task['checkpoint']}`, τ {task['temperature']}; {budget['labels']:,} labelled molecules × "
              f"{budget['targets']} targets per method, {budget['finetune_steps']:,} fine-tune or guide steps of "
-             f"batch {budget['batch_size']}{_execution_note(result)}; {budget['eval_samples']} samples per method, "
+             f"batch {budget['batch_size']}{_execution_note(result)}; {_peer_note(result)}"
+             f"{budget['eval_samples']} samples per method, "
              f"property and seed at {budget['sampling_steps']} steps, seeds {result['seeds']}; MAE by the measuring "
              "predictor over all samples (EDM's measure).", "",
              f"The base trained on `{result['base_split']}`: " + (
