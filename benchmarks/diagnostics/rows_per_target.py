@@ -30,7 +30,8 @@ def main() -> None:
         meta = read_json(meta_path)
         tensors = load_tensors(meta_path.parent / meta["tensors"], meta["sha256"])
         if "algorithm.weights" in tensors:
-            kind, sizes = "effective sample size", [effective_sample_size(w.double()) for w in tensors["algorithm.weights"]]
+            weights = tensors["algorithm.weights"].double()
+            kind, sizes = "effective sample size", [effective_sample_size(row) for row in weights]
         elif "algorithm.labels" in tensors:
             labels = tensors["algorithm.labels"]
             kind, sizes = "top class", [float((row == row.max()).sum()) for row in labels]
