@@ -16,7 +16,7 @@ import json
 from model_arguments import checkpoint_path
 
 from rgdm.algorithms.rgdm import effective_sample_size
-from rgdm.io import load_tensors, read_json
+from rgdm.engine.checkpoint import read_checkpoint
 
 
 def main() -> None:
@@ -26,9 +26,7 @@ def main() -> None:
     if len(args.runs) % 2:
         parser.error("give each run folder with its checkpoint step")
     for run, step in zip(args.runs[::2], args.runs[1::2], strict=True):
-        meta_path = checkpoint_path(run, int(step))
-        meta = read_json(meta_path)
-        tensors = load_tensors(meta_path.parent / meta["tensors"], meta["sha256"])
+        tensors = read_checkpoint(checkpoint_path(run, int(step)))[0]
         if "algorithm.weights" in tensors:
             weights = tensors["algorithm.weights"].double()
             kind, sizes = "effective sample size", [effective_sample_size(row) for row in weights]

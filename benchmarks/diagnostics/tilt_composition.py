@@ -21,7 +21,7 @@ from model_arguments import checkpoint_path
 from rgdm.domains import build_domain
 from rgdm.domains.molecules.chemistry import Molecule
 from rgdm.engine import load_config
-from rgdm.io import load_tensors, read_json
+from rgdm.engine.checkpoint import read_checkpoint
 
 
 def composition(molecules: Sequence[Molecule]) -> dict[str, float]:
@@ -41,9 +41,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    meta_path = checkpoint_path(args.run, args.step)
-    meta = read_json(meta_path)
-    tensors = load_tensors(meta_path.parent / meta["tensors"], meta["sha256"])
+    tensors = read_checkpoint(checkpoint_path(args.run, args.step))[0]
     rows, weights = tensors["algorithm.rows"], tensors["algorithm.weights"][0].double()
     domain = build_domain(load_config(Path(args.run) / "config.yaml").domain)
     data = domain.dataset("train")

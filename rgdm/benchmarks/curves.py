@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 from rgdm.diffusion import LangevinCorrector, ancestral_transition
 from rgdm.domains import build_domain
 from rgdm.engine.builder import LoadedModel, load_trained, make_diffusion, seeded_generator
-from rgdm.engine.checkpoint import checkpoint_paths
+from rgdm.engine.checkpoint import checkpoint_paths, read_checkpoint
 from rgdm.engine.config import RunConfig, load_config
 from rgdm.engine.generate import generate
-from rgdm.io import load_tensors, read_json
+from rgdm.io import read_json
 
 #: The metrics the plots show, where the domain reports them.
 PLOTTED = ("validity", "fragmented", "molecule_stability", "atom_stability", "uniqueness", "mean_reward")
@@ -48,11 +48,10 @@ def sample_metrics(model: LoadedModel, n: int, steps: int, seed: int, reward: st
 def checkpoint_model(meta_path: Path, config: RunConfig | None = None, raw: bool = False) -> LoadedModel:
     """The EMA weights of one checkpoint of a run (its ``step-*.json``) as a model, or with ``raw`` the
     optimiser's own weights; ``config`` is the run's ``config.yaml``, read when not given."""
-    meta = read_json(meta_path)
+    tensors, meta = read_checkpoint(meta_path)
     config = config or load_config(meta_path.parent.parent / "config.yaml")
     domain = build_domain(meta.get("domain", config.domain))
     net = domain.build_network(config.network)
-    tensors = load_tensors(meta_path.parent / meta["tensors"], meta["sha256"])
     prefix = RAW_PREFIX if raw else EMA_PREFIX
     net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     return LoadedModel(domain, make_diffusion(config.diffusion, domain), net.eval(), {})

@@ -40,6 +40,12 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
     return stem.with_suffix(".json")
 
 
+def read_checkpoint(meta_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """One checkpoint's tensors (their digest checked) and metadata, from its ``step-*.json``."""
+    meta = read_json(meta_path)
+    return load_tensors(meta_path.parent / meta["tensors"], meta["sha256"]), meta
+
+
 def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The newest intact checkpoint; a corrupt newer one is reported and skipped, never deleted."""
     candidates = checkpoint_paths(run_dir)
@@ -49,8 +55,7 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     problems = []
     for meta_path in candidates:
         try:
-            meta = read_json(meta_path)
-            tensors = load_tensors(meta_path.parent / meta["tensors"], meta["sha256"])
+            tensors, meta = read_checkpoint(meta_path)
         except (CheckpointError, KeyError) as error:
             problems.append(f"{meta_path.name}: {error}")
             log.warning("skipping checkpoint %s: %s", meta_path.name, error)
