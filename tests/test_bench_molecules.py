@@ -62,7 +62,7 @@ def test_a_method_that_asks_for_more_calls_stops_at_the_budget(monkeypatch):
     monkeypatch.setattr(molecules, "QUICK", replace(TINY, posebusters=0))
     greedy = ["algorithm.name=rgdm-model", "algorithm.rounds=2", "algorithm.buffer_size=24",
               "algorithm.sample_steps=5"]
-    monkeypatch.setattr(molecules, "training_methods", lambda budget, timesteps: {"rgdm-model": greedy})
+    monkeypatch.setattr(molecules, "training_methods", lambda *_: {"rgdm-model": greedy})
     result = molecules.run_molecule_benchmark(quick=True, methods=["rgdm-model"], progress=False, reward_calls=40)
     assert result["budget"]["reward_calls"] == 40
     summary = result["methods"]["rgdm-model"]
@@ -73,6 +73,28 @@ def test_a_method_that_asks_for_more_calls_stops_at_the_budget(monkeypatch):
         molecules.run_molecule_benchmark(quick=True, methods=["dpo"])
     with pytest.raises(ValueError, match="reward_calls must be at least 16"):
         molecules.run_molecule_benchmark(quick=True, reward_calls=8)
+
+
+def test_own_sample_buffers_can_be_drawn_by_the_corrector_sampler(tmp_path, monkeypatch, capsys):
+    """``--corrector-snr`` with ``--buffer-steps 4``: each of the 2 rounds' 16 buffer samples takes one
+    corrector step after each of its 3 steps that do not land at 0; the measures stay plain, the report names
+    the buffers' sampler, and the work folder is bound to it."""
+    monkeypatch.setattr(molecules, "QUICK", replace(TINY, posebusters=0))
+    args = ["bench", "molecules", "--quick", "--methods", "rgdm-model", "--buffer-steps", "4"]
+    plain, corrected = tmp_path / "plain.json", tmp_path / "corrected.json"
+    main(["-q", *args, "--json", str(plain)])
+    main(["-q", *args, "--corrector-snr", "0.3", "--work-dir", str(tmp_path / "work"), "--json", str(corrected)])
+    runs = [json.loads(path.read_text())["methods"] for path in (plain, corrected)]
+    evaluations = [methods["rgdm-model"]["network_evaluations"] for methods in runs]
+    assert evaluations[1] - evaluations[0] == 2 * 16 * 3
+    bases = [methods["pretrained"]["per_seed"][0] for methods in runs]
+    assert [(base["metrics"], base["curve"]) for base in bases] == [(bases[0]["metrics"], bases[0]["curve"])] * 2, \
+        "the measures sample plainly"
+    assert "Own-sample buffers (rgdm-model, rwr): 4 steps, those each followed by 1 Langevin corrector step(s) " \
+           "at snr 0.3." in corrected.with_suffix(".md").read_text()
+    assert main(["-q", *args, "--corrector-snr", "0.2", "--work-dir", str(tmp_path / "work"), "--json",
+                 str(corrected)]) == 2
+    assert "holds a molecule benchmark of other settings" in capsys.readouterr().err
 
 
 def test_a_stopped_benchmark_continues_from_its_work_dir_as_if_never_stopped(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from rgdm.algorithms.config import AlgorithmConfig, config_class
 from rgdm.algorithms.ddpo import DDPOConfig
 from rgdm.algorithms.rgdm_data import DataPayoffConfig
 from rgdm.algorithms.rgdm_stepwise import StepwiseConfig
+from rgdm.diffusion import LangevinCorrector, ancestral_transition
 from rgdm.domains.toy import ToyDomain
 from rgdm.engine.builder import make_algorithm
 from rgdm.engine.config import ConfigError, dump_config, load_config, parse_config
@@ -98,6 +99,16 @@ def test_checks_live_in_the_config_and_reach_the_algorithm():
     late = load_config(None, ["algorithm.name=rgdm-data", "algorithm.min_timestep=300"]).algorithm
     assert make_algorithm(late, 10, ToyDomain()).min_timestep == 300
     assert "algorithm.min_timestep:" in config_error(["algorithm.name=rgdm-data", "algorithm.min_timestep=0"])
+
+
+@pytest.mark.parametrize("name", ["rgdm-model", "rwr"])
+def test_own_sample_buffers_take_a_corrector_from_the_config(name):
+    plain = load_config(None, [f"algorithm.name={name}"]).algorithm
+    assert make_algorithm(plain, 10, ToyDomain()).transition is ancestral_transition
+    corrected = load_config(None, [f"algorithm.name={name}", "algorithm.corrector.snr=0.2",
+                                   "algorithm.corrector.steps=2", "algorithm.corrector.start=400"]).algorithm
+    assert make_algorithm(corrected, 10, ToyDomain()).transition == LangevinCorrector(0.2, 2, start=400)
+    assert "algorithm.corrector.snr:" in config_error([f"algorithm.name={name}", "algorithm.corrector.snr=0"])
 
 
 def test_a_plugin_registers_its_own_config_with_its_keys_defaults_and_checks(fresh):

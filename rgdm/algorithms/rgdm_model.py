@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from rgdm.algorithms.base import Algorithm, Anchored, DenoisingRows, TrainingContext
 from rgdm.algorithms.config import AlgorithmConfig, Anchor
 from rgdm.algorithms.rgdm import conditional_payoff_weights, effective_sample_size
 from rgdm.batch import Batch
-from rgdm.diffusion.sampling import sample
+from rgdm.diffusion.sampling import LangevinCorrector, Transition, ancestral_transition, sample
 
 
 class ModelPayoff(Algorithm):
@@ -26,7 +26,8 @@ class ModelPayoff(Algorithm):
     name = "rgdm-model"
 
     def __init__(self, temperature: float, total_steps: int, rounds: int = 4, buffer_size: int = 4096,
-                 sample_steps: int | None = None, anchor: float = 0.0) -> None:
+                 sample_steps: int | None = None, anchor: float = 0.0,
+                 transition: Transition = ancestral_transition) -> None:
         if rounds < 1 or total_steps < rounds:
             raise ValueError(f"rounds must be in 1..steps ({total_steps}), got {rounds}")
         self.temperature = temperature
@@ -35,18 +36,20 @@ class ModelPayoff(Algorithm):
         self.buffer_size = buffer_size
         self.sample_steps = sample_steps
         self.anchor = anchor
+        self.transition = transition
         self.round = -1
         self.buffer = Batch(torch.zeros(0))
         self.weights = torch.zeros(0)
 
     def _refresh(self, ctx: TrainingContext, generator: torch.Generator) -> None:
-        """Sample a buffer from the current (EMA) model, score it and temper its weights.
+        """Sample a buffer from the current (EMA) model (by ``transition``), score it and temper its weights.
 
         Every process samples the same buffer (one seed), so data-parallel runs stay in step.
         """
         prior = ctx.prior(self.buffer_size, generator, ctx.draw_targets(self.buffer_size, generator))
         x = sample(ctx.ema, prior.x, steps=self.sample_steps, cond=prior.cond, mask=prior.mask,
-                   generator=generator, device=prior.x.device, progress=ctx.progress, interrupt=ctx.interrupt).x0
+                   generator=generator, transition=self.transition, device=prior.x.device, progress=ctx.progress,
+                   interrupt=ctx.interrupt).x0
         self.buffer = Batch(x, prior.mask, prior.cond)
         self.weights = self.round_weights(ctx.score(self.name, x, prior.mask, prior.cond), prior.cond)
         if prior.cond is None:  # drawn from the previous round's sizes: the refits compound like the weights
@@ -83,12 +86,33 @@ class ModelPayoff(Algorithm):
         self.weights = tensors["weights"]
 
 
+class BufferCorrector(BaseModel):
+    """Langevin corrector steps after the buffer sampler's steps (predictor-corrector, as ``rgdm sample
+    --corrector-snr``), so that a run fits own samples nearer the model's marginals than its plain sampler
+    draws: fitted to plain samples, a fine-tune learns their errors too (docs/results/molecules.md#xtb)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    snr: float = Field(gt=0, allow_inf_nan=False, description="the corrector's signal-to-noise ratio")
+    steps: int = Field(1, ge=1, description="corrector steps after every step; each costs a network evaluation")
+    start: int | None = Field(None, ge=1, description="correct only the steps landing at diffusion time <= this")
+
+    def transition(self) -> LangevinCorrector:
+        return LangevinCorrector(self.snr, self.steps, start=self.start)
+
+
 class RoundsConfig(AlgorithmConfig):
     """The settings of an algorithm that fits rounds of the model's own samples (``rgdm-model``, ``rwr``)."""
 
     rounds: int = Field(4, ge=1, description="rounds, each on a fresh buffer sampled from the model")
     buffer_size: int = Field(4096, ge=1, description="samples per round; each costs one reward call")
     sample_steps: int | None = Field(None, ge=1, description="sampler steps of a buffer (null: every step)")
+    corrector: BufferCorrector | None = Field(None, description="corrector steps of the buffer sampler (null: "
+                                                                "plain ancestral sampling)")
+
+    def buffer_transition(self) -> Transition:
+        """The transition that samples a buffer: plain, or followed by the ``corrector``'s steps."""
+        return ancestral_transition if self.corrector is None else self.corrector.transition()
 
 
 class ModelPayoffConfig(RoundsConfig):
@@ -99,4 +123,4 @@ class ModelPayoffConfig(RoundsConfig):
 
     def build(self, total_steps: int, num_targets: int) -> ModelPayoff:
         return ModelPayoff(self.temperature, total_steps, self.rounds, self.buffer_size, self.sample_steps,
-                           self.anchor)
+                           self.anchor, self.buffer_transition())

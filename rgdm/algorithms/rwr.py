@@ -16,6 +16,7 @@ import torch
 
 from rgdm.algorithms.rgdm import conditional_payoff_weights
 from rgdm.algorithms.rgdm_model import ModelPayoff, RoundsConfig
+from rgdm.diffusion.sampling import Transition, ancestral_transition
 
 
 class RWR(ModelPayoff):
@@ -27,14 +28,15 @@ class RWR(ModelPayoff):
         rounds: how many times the buffer is resampled from the model and rescored.
         buffer_size: samples per round; each costs one reward call.
         sample_steps: sampler steps for the buffer (``None``: every step of the schedule).
+        transition: the buffer sampler's transition (plain, or with corrector steps).
     """
 
     name = "rwr"
 
     def __init__(self, temperature: float, total_steps: int, rounds: int = 4, buffer_size: int = 4096,
-                 sample_steps: int | None = None) -> None:
+                 sample_steps: int | None = None, transition: Transition = ancestral_transition) -> None:
         super().__init__(temperature, total_steps, rounds=rounds, buffer_size=buffer_size,
-                         sample_steps=sample_steps, anchor=0.0)
+                         sample_steps=sample_steps, anchor=0.0, transition=transition)
 
     def round_weights(self, rewards: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The full temperature every round: ``softmax(r / tau)``, per target if any."""
@@ -47,4 +49,5 @@ class RWRConfig(RoundsConfig):
     name: Literal["rwr"] = "rwr"
 
     def build(self, total_steps: int, num_targets: int) -> RWR:
-        return RWR(self.temperature, total_steps, self.rounds, self.buffer_size, self.sample_steps)
+        return RWR(self.temperature, total_steps, self.rounds, self.buffer_size, self.sample_steps,
+                   self.buffer_transition())

@@ -67,11 +67,15 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--sampling-steps", type=lambda text: [int(v) for v in text.split(",")], default=[100],
                        help="curve: sampling steps (default 100); steps: comma-separated counts, e.g. 25,50,100")
     bench.add_argument("--corrector-snr", type=float, metavar="R", help="steps: each step followed by Langevin "
-                       "corrector steps at signal-to-noise ratio R (as rgdm sample --corrector-snr)")
-    bench.add_argument("--corrector-steps", type=int, default=1, help="steps: corrector steps after every step "
-                       "(with --corrector-snr; default %(default)s)")
-    bench.add_argument("--corrector-start", type=int, metavar="T", help="steps: correct only the steps landing at "
-                       "diffusion time <= T (as rgdm sample --corrector-start)")
+                       "corrector steps at signal-to-noise ratio R (as rgdm sample --corrector-snr); molecules: so "
+                       "are the steps of the own-sample buffers (rgdm-model, rwr), while every measure samples "
+                       "plainly; a work folder is bound to it")
+    bench.add_argument("--corrector-steps", type=int, default=1, help="steps, molecules: corrector steps after "
+                       "every step (with --corrector-snr; default %(default)s)")
+    bench.add_argument("--corrector-start", type=int, metavar="T", help="steps, molecules: correct only the steps "
+                       "landing at diffusion time <= T (as rgdm sample --corrector-start)")
+    bench.add_argument("--buffer-steps", type=int, help="molecules: sampler steps of the own-sample buffers "
+                       "(rgdm-model, rwr) instead of 100 (20 with --quick); a work folder is bound to them")
     bench.set_defaults(func=cmd_bench)
 
 
@@ -133,14 +137,22 @@ def cmd_bench_curves(args: argparse.Namespace) -> None:
     else:
         if args.checkpoint is None:
             raise UsageError("bench steps needs --checkpoint NAME|DIR")
-        if args.corrector_start is not None and args.corrector_snr is None:
-            raise UsageError("--corrector-start needs --corrector-snr R (the corrector it starts)")
-        corrector = None if args.corrector_snr is None else LangevinCorrector(
-            args.corrector_snr, args.corrector_steps, start=args.corrector_start)
+        settings = corrector_settings(args)
+        corrector = None if settings is None else LangevinCorrector(**settings)
         result = steps_curve(args.checkpoint, args.n, args.sampling_steps, seeds=args.seeds or 3,
                              progress=not args.quiet, reward=args.reward, corrector=corrector)
     write_report(path, result, markdown_table(result))
     print(f"plot in {plot_curve(result, path.with_suffix('.png'))}")
+
+
+def corrector_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The corrector that ``--corrector-snr``, ``--corrector-steps`` and ``--corrector-start`` ask for (None:
+    none)."""
+    if args.corrector_start is not None and args.corrector_snr is None:
+        raise UsageError("--corrector-start needs --corrector-snr R (the corrector it starts)")
+    if args.corrector_snr is None:
+        return None
+    return {"snr": args.corrector_snr, "steps": args.corrector_steps, "start": args.corrector_start}
 
 
 def cmd_bench_precision(args: argparse.Namespace) -> None:
@@ -155,14 +167,18 @@ def cmd_bench_precision(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_molecules(args: argparse.Namespace) -> None:
+    from rgdm.algorithms.rgdm_model import BufferCorrector
     from rgdm.benchmarks.molecules import MoleculeTask, markdown_table, plot_curves, run_molecule_benchmark
 
+    settings = corrector_settings(args)
     given = {"checkpoint": args.checkpoint, "reward": args.reward, "temperature": args.temperature,
              "floor": args.floor}
     result = run_molecule_benchmark(MoleculeTask(**{k: v for k, v in given.items() if v is not None}),
                                     quick=args.quick, seeds=args.seeds, posebusters=not args.no_posebusters,
                                     methods=args.methods.split(",") if args.methods else None, progress=not args.quiet,
-                                    work_dir=args.work_dir, reward_calls=args.reward_calls)
+                                    work_dir=args.work_dir, reward_calls=args.reward_calls,
+                                    buffer_steps=args.buffer_steps,
+                                    buffer_corrector=None if settings is None else BufferCorrector(**settings))
     path = Path(args.json)
     write_report(path, result, markdown_table(result))
     print(f"curves in {plot_curves(result, path.with_suffix('.png'))}")

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from rgdm.algorithms.rgdm_model import BufferCorrector
 from rgdm.batch import Batch
 from rgdm.benchmarks.common import bound_work_folder, finetune, kept, mean, over_seeds, sample_with_reward
 from rgdm.domains.base import pyplot, save_figure
@@ -109,12 +110,14 @@ TOLERANCE = 0.02
 CHECKPOINTS = 50
 
 
-def training_methods(budget: Budget, timesteps: int) -> dict[str, list[str]]:
+def training_methods(budget: Budget, timesteps: int, buffer_corrector: BufferCorrector | None = None
+                     ) -> dict[str, list[str]]:
     """Fine-tuning methods as overrides of the ``finetune-molecules`` preset, each set to spend
     ``reward_calls``: RGDM's estimators, then the peers.
 
     rgdm-data and cfg score that many data rows; rgdm-model (with the shipped recipe's anchor 0.5) and rwr
-    sample that many over their rounds; rgdm-stepwise explores the transitions landing at
+    sample that many over their rounds, in ``model_sample_steps`` steps each followed by the
+    ``buffer_corrector``'s, if any; rgdm-stepwise explores the transitions landing at
     ``t <= stepwise_start``, ``candidates`` calls each, for as many steps as the calls last on average (the
     budget stops it if it draws more); ddpo refreshes ``reward_calls / ddpo_trajectories`` times, one update per
     minibatch of (trajectory, step) pairs, at the learning rate of its earlier QM9 run.
@@ -122,6 +125,9 @@ def training_methods(budget: Budget, timesteps: int) -> dict[str, list[str]]:
     calls = budget.reward_calls
     rounds = [f"algorithm.rounds={budget.model_rounds}", f"algorithm.buffer_size={calls // budget.model_rounds}",
               f"algorithm.sample_steps={budget.model_sample_steps}"]
+    if buffer_corrector is not None:
+        rounds += [f"algorithm.corrector.{key}={value}" for key, value in buffer_corrector.model_dump().items()
+                   if value is not None]
     explored = budget.candidates * budget.stepwise_batch * (budget.stepwise_start + 1) / timesteps
     pairs = budget.ddpo_trajectories * (budget.ddpo_sample_steps - 1)
     ddpo_steps = calls // budget.ddpo_trajectories * math.ceil(pairs / budget.ddpo_minibatch)
@@ -254,10 +260,14 @@ def hacking(summary: dict[str, Any], base: dict[str, Any], samples: int) -> list
 
 def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False, seeds: int | None = None,
                            methods: list[str] | None = None, posebusters: bool = True, progress: bool = True,
-                           work_dir: Path | None = None, reward_calls: int | None = None) -> dict[str, Any]:
+                           work_dir: Path | None = None, reward_calls: int | None = None,
+                           buffer_steps: int | None = None, buffer_corrector: BufferCorrector | None = None
+                           ) -> dict[str, Any]:
     """Every method (or ``methods``, the base always with them) for every seed, at the ``QUICK`` or ``FULL``
     budget (with ``reward_calls`` instead of its own, for an expensive reward): the JSON of the benchmark.
-    ``posebusters=False`` skips PoseBusters.
+    ``posebusters=False`` skips PoseBusters. The own-sample methods (rgdm-model, rwr) draw their buffers in
+    ``buffer_steps`` steps instead of the budget's, each followed by the ``buffer_corrector``'s steps if one
+    is given; the measures always sample plainly.
 
     ``work_dir`` keeps every run: a finished (method, seed) is read back from its JSON, and a stopped
     fine-tune resumes from its newest checkpoint, so the same call continues a benchmark that a working
@@ -272,6 +282,8 @@ def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False
             raise ValueError(f"reward_calls must be at least {budget.ddpo_trajectories} (one DDPO refresh), "
                              f"got {reward_calls}")
         budget = replace(budget, reward_calls=reward_calls)
+    if buffer_steps is not None:
+        budget = replace(budget, model_sample_steps=buffer_steps)
     unknown = sorted(set(methods or ()) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown molecule benchmark methods {unknown}; choose among {', '.join(METHODS)}")
@@ -280,12 +292,14 @@ def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False
     if not isinstance(base.domain, MoleculeDomain):
         raise ValueError(f"{task.checkpoint} is a {base.domain.name} model; the molecule benchmark needs a molecule "
                          "model such as qm9-noh-pretrained")
-    trainings = training_methods(budget, base.diffusion.timesteps)
+    trainings = training_methods(budget, base.diffusion.timesteps, buffer_corrector)
     measure = Measure(task, budget, base.domain)
     seed_list = list(range(seeds if seeds is not None else (1 if quick else 3)))
     runs: dict[str, list[MethodRun]] = {name: [] for name in chosen}
     with contextlib.ExitStack() as stack:
         settings = {"task": asdict(task), "budget": asdict(budget), "base_sha256": base.meta.get("sha256")}
+        if buffer_corrector is not None:  # older folders lack it
+            settings["buffer_corrector"] = buffer_corrector.model_dump()
         folder = bound_work_folder(work_dir, settings, "molecule") if work_dir is not None else Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="rgdm-bench-molecules-")))
 
@@ -311,6 +325,7 @@ def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False
         summary["hacking"] = [] if name == BASE else hacking(summary, summaries[BASE],
                                                              budget.eval_samples * len(seed_list))
     return {"task": asdict(task), "quick": quick, "budget": asdict(budget), "seeds": seed_list,
+            "buffer_corrector": None if buffer_corrector is None else buffer_corrector.model_dump(),
             "methods": summaries}
 
 
@@ -349,13 +364,23 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines = [f"`{task['checkpoint']}`, reward `{task['reward']}` (invalid molecules at {task['floor']}), "
              f"τ {task['temperature']}; {budget['eval_samples']} samples per method and seed with "
              f"{budget['sampling_steps']} sampling steps, seeds {result['seeds']}; PoseBusters {posebusters}. "
-             "hacking: a fall beside a rising mean reward.", "",
+             "hacking: a fall beside a rising mean reward.", *_buffer_sampler(result), "",
              f"At equal reward calls ({budget['reward_calls']:,} each; best-of-N spends them at sampling time):", "",
              *rows(equal)]
     if sampling:
         lines += ["", f"Sampling-time methods: their reward calls are spent at sampling time, as many as they take "
                       f"for {budget['eval_samples']} samples (not the budget above):", "", *rows(sampling)]
     return "\n".join(lines)
+
+
+def _buffer_sampler(result: dict[str, Any]) -> list[str]:
+    """The own-sample buffers' sampler, where it is not the measures' plain one."""
+    corrector, steps = result.get("buffer_corrector"), result["budget"]["model_sample_steps"]
+    if corrector is None:
+        return []
+    start = "" if corrector["start"] is None else f" landing at t ≤ {corrector['start']}"
+    return [f"Own-sample buffers (rgdm-model, rwr): {steps} steps, those{start} each followed by "
+            f"{corrector['steps']} Langevin corrector step(s) at snr {corrector['snr']}."]
 
 
 def plot_curves(result: dict[str, Any], path: Path) -> Path:
