@@ -92,6 +92,10 @@ def test_unknown_properties_and_methods_are_named():
 def test_steps_precision_curve_points_and_the_peer_s_classes_shape_the_fine_tunes_and_are_bound(tmp_path,
                                                                                                  monkeypatch):
     monkeypatch.setattr(properties, "QUICK", TINY)
+    measured = properties.PropertyCase.measure
+    measures = []
+    monkeypatch.setattr(properties.PropertyCase, "measure", lambda *args, **kwargs: measures.append(1) or measured(
+        *args, **kwargs))
     work, report = tmp_path / "work", tmp_path / "bf16.json"
     assert main(["-q", "bench", "properties", "--quick", "--properties", "alpha", "--methods", "rgdm-data,cfg",
                  "--train-steps", "3", "--bf16", "--curve-points", "3", "--cfg-classes", "4", "--json", str(report),
@@ -107,6 +111,7 @@ def test_steps_precision_curve_points_and_the_peer_s_classes_shape_the_fine_tune
     summary = result["properties"]["alpha"]["methods"]["rgdm-data"]
     assert [point["step"] for point in summary["curve"]] == [1, 2, 3]
     assert summary["curve"][-1]["property_mae"] == summary["property_mae"], "the final measure's samples"
+    assert len(measures) == 2 * 3, "three points a fine-tune, the last of them its final measure"
     assert summary["curve"][0]["property_mae"] != summary["property_mae"], "the model at step 1 is another"
     assert "| alpha | rgdm-data | " in table.split("MAE over all samples along the fine-tunes")[1]
     height, width, _ = plt_image.imread(tmp_path / "bf16-steps.png").shape

@@ -176,23 +176,24 @@ class PropertyCase:
 
     def trained(self, algorithm: str, seed: int, run_dir: Path, progress: bool) -> FinetuneRun:
         """The method's fine-tune in ``run_dir``: trained, resumed, or (finished) loaded back; with
-        ``curve_points``, measured at ``curve_steps`` on the final measure's samples (the clock stops)."""
+        ``curve_points``, measured (``measure``) at ``curve_steps`` on the final measure's samples (the clock
+        stops)."""
 
-        def point(model: LoadedModel, args: dict[str, Any]) -> tuple[float | None, ...]:
-            if not self.curve_points:
-                return ()
-            metrics = self.measure(model, seed, **args)[0]
-            return tuple(metrics[key] for key in CURVE_METRICS)
+        def point(model: LoadedModel, args: dict[str, Any]) -> tuple[Any, ...]:
+            return self.measure(model, seed, **args) if self.curve_points else ()
 
         return finetune(self.finetune_config(algorithm, seed), run_dir, point, self.curve_steps()[0], progress)
 
     def fine_tuned(self, algorithm: str, seed: int, run_dir: Path, progress: bool) -> dict[str, Any]:
+        """The fine-tune's final measure; with ``curve_points``, its curve, whose last point is that measure
+        (the final model on the same samples), so it is not sampled twice."""
         run = self.trained(algorithm, seed, run_dir, progress)
-        metrics, seconds, evaluations = self.measure(run.model, seed, **run.generate_args)
+        _, metrics, seconds, evaluations = run.curve[-1] if self.curve_points else (
+            None, *self.measure(run.model, seed, **run.generate_args))
         result = {"metrics": metrics, "reward_calls": run.reward_calls, "train_s": run.wall_s, "sample_s": seconds,
                   "network_evaluations": run.network_evaluations + evaluations}
         if self.curve_points:
-            result["curve"] = [{"step": step, **dict(zip(CURVE_METRICS, point[1:], strict=True))}
+            result["curve"] = [{"step": step, **{key: point[1][key] for key in CURVE_METRICS}}
                                for step, point in zip(self.curve_steps(), run.curve, strict=True)]
         return result
 
