@@ -92,9 +92,17 @@ def test_own_sample_buffers_can_be_drawn_by_the_corrector_sampler(tmp_path, monk
         "the measures sample plainly"
     assert "Own-sample buffers (rgdm-model, rwr): 4 steps, those each followed by 1 Langevin corrector step(s) " \
            "at snr 0.3." in corrected.with_suffix(".md").read_text()
-    assert main(["-q", *args, "--corrector-snr", "0.2", "--work-dir", str(tmp_path / "work"), "--json",
-                 str(corrected)]) == 2
-    assert "holds a molecule benchmark of other settings" in capsys.readouterr().err
+    for changed in (["--corrector-snr", "0.2"], ["--corrector-snr", "0.3", "--anchor", "2"]):
+        assert main(["-q", *args, *changed, "--work-dir", str(tmp_path / "work"), "--json", str(corrected)]) == 2
+        assert "holds a molecule benchmark of other settings" in capsys.readouterr().err
+
+
+def test_the_anchor_of_rgdm_model_is_a_setting():
+    overrides = molecules.training_methods(TINY, 1000, anchor=2.0)["rgdm-model"]
+    assert "algorithm.anchor=2.0" in overrides
+    assert "algorithm.anchor=0.5" in molecules.training_methods(TINY, 1000)["rgdm-model"]
+    with pytest.raises(ValueError, match="anchor must be at least 0, got -1"):
+        molecules.run_molecule_benchmark(quick=True, anchor=-1)
 
 
 def test_a_stopped_benchmark_continues_from_its_work_dir_as_if_never_stopped(tmp_path, monkeypatch):

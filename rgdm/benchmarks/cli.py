@@ -74,6 +74,8 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
                        "every step (with --corrector-snr; default %(default)s)")
     bench.add_argument("--corrector-start", type=int, metavar="T", help="steps, molecules: correct only the steps "
                        "landing at diffusion time <= T (as rgdm sample --corrector-start)")
+    bench.add_argument("--anchor", type=float, help="molecules: rgdm-model's KL anchor weight on unweighted data "
+                       "rows instead of 0.5; a work folder is bound to it")
     bench.add_argument("--buffer-steps", type=int, help="molecules: sampler steps of the own-sample buffers "
                        "(rgdm-model, rwr) instead of 100 (20 with --quick); a work folder is bound to them")
     bench.set_defaults(func=cmd_bench)
@@ -171,13 +173,14 @@ def cmd_bench_molecules(args: argparse.Namespace) -> None:
     from rgdm.benchmarks.molecules import MoleculeTask, markdown_table, plot_curves, run_molecule_benchmark
 
     settings = corrector_settings(args)
+    anchor = {} if args.anchor is None else {"anchor": args.anchor}
     given = {"checkpoint": args.checkpoint, "reward": args.reward, "temperature": args.temperature,
              "floor": args.floor}
     result = run_molecule_benchmark(MoleculeTask(**{k: v for k, v in given.items() if v is not None}),
                                     quick=args.quick, seeds=args.seeds, posebusters=not args.no_posebusters,
                                     methods=args.methods.split(",") if args.methods else None, progress=not args.quiet,
                                     work_dir=args.work_dir, reward_calls=args.reward_calls,
-                                    buffer_steps=args.buffer_steps,
+                                    buffer_steps=args.buffer_steps, **anchor,
                                     buffer_corrector=None if settings is None else BufferCorrector(**settings))
     path = Path(args.json)
     write_report(path, result, markdown_table(result))

@@ -110,12 +110,16 @@ TOLERANCE = 0.02
 CHECKPOINTS = 50
 
 
-def training_methods(budget: Budget, timesteps: int, buffer_corrector: BufferCorrector | None = None
-                     ) -> dict[str, list[str]]:
+#: rgdm-model's KL anchor in the benchmark: the shipped recipe's.
+MODEL_ANCHOR = 0.5
+
+
+def training_methods(budget: Budget, timesteps: int, buffer_corrector: BufferCorrector | None = None,
+                     anchor: float = MODEL_ANCHOR) -> dict[str, list[str]]:
     """Fine-tuning methods as overrides of the ``finetune-molecules`` preset, each set to spend
     ``reward_calls``: RGDM's estimators, then the peers.
 
-    rgdm-data and cfg score that many data rows; rgdm-model (with the shipped recipe's anchor 0.5) and rwr
+    rgdm-data and cfg score that many data rows; rgdm-model (with the KL anchor ``anchor``) and rwr
     sample that many over their rounds, in ``model_sample_steps`` steps each followed by the
     ``buffer_corrector``'s, if any; rgdm-stepwise explores the transitions landing at
     ``t <= stepwise_start``, ``candidates`` calls each, for as many steps as the calls last on average (the
@@ -133,7 +137,7 @@ def training_methods(budget: Budget, timesteps: int, buffer_corrector: BufferCor
     ddpo_steps = calls // budget.ddpo_trajectories * math.ceil(pairs / budget.ddpo_minibatch)
     return {
         "rgdm-data": ["algorithm.name=rgdm-data", f"algorithm.scored_size={calls}"],
-        "rgdm-model": ["algorithm.name=rgdm-model", *rounds, "algorithm.anchor=0.5"],
+        "rgdm-model": ["algorithm.name=rgdm-model", *rounds, f"algorithm.anchor={anchor}"],
         "rgdm-stepwise": ["algorithm.name=rgdm-stepwise", f"train.batch_size={budget.stepwise_batch}",
                           f"algorithm.candidates={budget.candidates}",
                           f"algorithm.explore_start={budget.stepwise_start}", f"train.steps={int(calls / explored)}"],
@@ -261,13 +265,13 @@ def hacking(summary: dict[str, Any], base: dict[str, Any], samples: int) -> list
 def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False, seeds: int | None = None,
                            methods: list[str] | None = None, posebusters: bool = True, progress: bool = True,
                            work_dir: Path | None = None, reward_calls: int | None = None,
-                           buffer_steps: int | None = None, buffer_corrector: BufferCorrector | None = None
-                           ) -> dict[str, Any]:
+                           buffer_steps: int | None = None, buffer_corrector: BufferCorrector | None = None,
+                           anchor: float = MODEL_ANCHOR) -> dict[str, Any]:
     """Every method (or ``methods``, the base always with them) for every seed, at the ``QUICK`` or ``FULL``
     budget (with ``reward_calls`` instead of its own, for an expensive reward): the JSON of the benchmark.
     ``posebusters=False`` skips PoseBusters. The own-sample methods (rgdm-model, rwr) draw their buffers in
     ``buffer_steps`` steps instead of the budget's, each followed by the ``buffer_corrector``'s steps if one
-    is given; the measures always sample plainly.
+    is given; the measures always sample plainly. ``anchor`` is rgdm-model's KL anchor weight.
 
     ``work_dir`` keeps every run: a finished (method, seed) is read back from its JSON, and a stopped
     fine-tune resumes from its newest checkpoint, so the same call continues a benchmark that a working
@@ -292,14 +296,18 @@ def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False
     if not isinstance(base.domain, MoleculeDomain):
         raise ValueError(f"{task.checkpoint} is a {base.domain.name} model; the molecule benchmark needs a molecule "
                          "model such as qm9-noh-pretrained")
-    trainings = training_methods(budget, base.diffusion.timesteps, buffer_corrector)
+    if not anchor >= 0:
+        raise ValueError(f"anchor must be at least 0, got {anchor}")
+    trainings = training_methods(budget, base.diffusion.timesteps, buffer_corrector, anchor)
     measure = Measure(task, budget, base.domain)
     seed_list = list(range(seeds if seeds is not None else (1 if quick else 3)))
     runs: dict[str, list[MethodRun]] = {name: [] for name in chosen}
     with contextlib.ExitStack() as stack:
         settings = {"task": asdict(task), "budget": asdict(budget), "base_sha256": base.meta.get("sha256")}
-        if buffer_corrector is not None:  # older folders lack it
+        if buffer_corrector is not None:  # older folders lack these
             settings["buffer_corrector"] = buffer_corrector.model_dump()
+        if anchor != MODEL_ANCHOR:
+            settings["anchor"] = anchor
         folder = bound_work_folder(work_dir, settings, "molecule") if work_dir is not None else Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="rgdm-bench-molecules-")))
 
@@ -325,7 +333,7 @@ def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False
         summary["hacking"] = [] if name == BASE else hacking(summary, summaries[BASE],
                                                              budget.eval_samples * len(seed_list))
     return {"task": asdict(task), "quick": quick, "budget": asdict(budget), "seeds": seed_list,
-            "buffer_corrector": None if buffer_corrector is None else buffer_corrector.model_dump(),
+            "buffer_corrector": None if buffer_corrector is None else buffer_corrector.model_dump(), "anchor": anchor,
             "methods": summaries}
 
 
@@ -364,7 +372,9 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines = [f"`{task['checkpoint']}`, reward `{task['reward']}` (invalid molecules at {task['floor']}), "
              f"τ {task['temperature']}; {budget['eval_samples']} samples per method and seed with "
              f"{budget['sampling_steps']} sampling steps, seeds {result['seeds']}; PoseBusters {posebusters}. "
-             "hacking: a fall beside a rising mean reward.", *_buffer_sampler(result), "",
+             "hacking: a fall beside a rising mean reward. rgdm-model's KL anchor: "
+             f"{result.get('anchor', MODEL_ANCHOR)}.",
+             *_buffer_sampler(result), "",
              f"At equal reward calls ({budget['reward_calls']:,} each; best-of-N spends them at sampling time):", "",
              *rows(equal)]
     if sampling:
