@@ -82,8 +82,9 @@ def test_own_sample_buffers_can_be_drawn_by_the_corrector_sampler(tmp_path, monk
     monkeypatch.setattr(molecules, "QUICK", replace(TINY, posebusters=0))
     args = ["bench", "molecules", "--quick", "--methods", "rgdm-model", "--buffer-steps", "4"]
     plain, corrected = tmp_path / "plain.json", tmp_path / "corrected.json"
-    main(["-q", *args, "--json", str(plain)])
-    main(["-q", *args, "--corrector-snr", "0.3", "--work-dir", str(tmp_path / "work"), "--json", str(corrected)])
+    assert main(["-q", *args, "--json", str(plain)]) == 0
+    assert main(["-q", *args, "--corrector-snr", "0.3", "--work-dir", str(tmp_path / "work"), "--json",
+                 str(corrected)]) == 0
     runs = [json.loads(path.read_text())["methods"] for path in (plain, corrected)]
     evaluations = [methods["rgdm-model"]["network_evaluations"] for methods in runs]
     assert evaluations[1] - evaluations[0] == 2 * 16 * 3
