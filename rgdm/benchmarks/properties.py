@@ -188,8 +188,8 @@ class PropertyCase:
         """The fine-tune's final measure; with ``curve_points``, its curve, whose last point is that measure
         (the final model on the same samples), so it is not sampled twice."""
         run = self.trained(algorithm, seed, run_dir, progress)
-        _, metrics, seconds, evaluations = run.curve[-1] if self.curve_points else (
-            None, *self.measure(run.model, seed, **run.generate_args))
+        metrics, seconds, evaluations = run.curve[-1][1:] if self.curve_points else self.measure(
+            run.model, seed, **run.generate_args)
         result = {"metrics": metrics, "reward_calls": run.reward_calls, "train_s": run.wall_s, "sample_s": seconds,
                   "network_evaluations": run.network_evaluations + evaluations}
         if self.curve_points:
