@@ -13,7 +13,8 @@ from rgdm.engine.registry import shipped_models
 def test_the_shipped_checkpoints_are_the_documented_ones():
     assert set(shipped_models()) >= {"toy-ring-pretrained", "toy-rare-ring-pretrained", "qm9-pretrained",
                                      "qm9-noh-pretrained", "qm9-edm-small", "shapes-pretrained", "shapes-rgdm",
-                                     "airplanes-pretrained", "qm9-noh-rgdm-qed", "qm9-edm-small-rgdm-qed"}
+                                     "airplanes-pretrained", "qm9-noh-rgdm-qed", "qm9-edm-small-rgdm-qed",
+                                     "qm9-noh-rgdm-xtb", "qm9-rgdm-xtb"}
 
 
 @pytest.mark.parametrize("name", shipped_models())
