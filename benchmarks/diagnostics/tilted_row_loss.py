@@ -21,7 +21,8 @@ from rgdm.diffusion.loss import denoising_loss
 from rgdm.engine import load_trained
 from rgdm.engine.builder import seeded_generator
 
-BANDS = ((1, 100), (100, 300), (300, 500), (500, 700), (700, 1001))
+#: Lower edges of the bands of ``t``; the last band runs to the model's T.
+BAND_STARTS = (1, 100, 300, 500, 700)
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
     diffusion = model.diffusion
     result: dict[str, dict[str, float]] = {}
     with torch.no_grad():
-        for lo, hi in BANDS:
+        for lo, hi in zip(BAND_STARTS, (*BAND_STARTS[1:], diffusion.timesteps + 1), strict=True):
             losses = {"favoured": [], "random": []}
             for _ in range(args.draws):
                 t = torch.randint(lo, hi, (args.n,), generator=generator)

@@ -170,17 +170,23 @@ def cmd_bench_precision(args: argparse.Namespace) -> None:
 
 def cmd_bench_molecules(args: argparse.Namespace) -> None:
     from rgdm.algorithms.rgdm_model import BufferCorrector
-    from rgdm.benchmarks.molecules import MoleculeTask, markdown_table, plot_curves, run_molecule_benchmark
+    from rgdm.benchmarks.molecules import (
+        MODEL_ANCHOR,
+        MoleculeTask,
+        markdown_table,
+        plot_curves,
+        run_molecule_benchmark,
+    )
 
     settings = corrector_settings(args)
-    anchor = {} if args.anchor is None else {"anchor": args.anchor}
     given = {"checkpoint": args.checkpoint, "reward": args.reward, "temperature": args.temperature,
              "floor": args.floor}
     result = run_molecule_benchmark(MoleculeTask(**{k: v for k, v in given.items() if v is not None}),
                                     quick=args.quick, seeds=args.seeds, posebusters=not args.no_posebusters,
                                     methods=args.methods.split(",") if args.methods else None, progress=not args.quiet,
                                     work_dir=args.work_dir, reward_calls=args.reward_calls,
-                                    buffer_steps=args.buffer_steps, **anchor,
+                                    buffer_steps=args.buffer_steps,
+                                    anchor=MODEL_ANCHOR if args.anchor is None else args.anchor,
                                     buffer_corrector=None if settings is None else BufferCorrector(**settings))
     path = Path(args.json)
     write_report(path, result, markdown_table(result))
