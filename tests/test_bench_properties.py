@@ -89,7 +89,7 @@ def test_unknown_properties_and_methods_are_named():
         properties.run_property_benchmark(quick=True, methods=["dpo"])
 
 
-def test_steps_precision_curve_points_and_the_peer_s_classes_shape_the_fine_tunes_and_are_bound(tmp_path,
+def test_steps_precision_curve_points_classes_and_condition_rate_shape_the_fine_tunes_and_are_bound(tmp_path,
                                                                                                  monkeypatch):
     monkeypatch.setattr(properties, "QUICK", TINY)
     measured = properties.PropertyCase.measure
@@ -98,14 +98,15 @@ def test_steps_precision_curve_points_and_the_peer_s_classes_shape_the_fine_tune
         *args, **kwargs))
     work, report = tmp_path / "work", tmp_path / "bf16.json"
     assert main(["-q", "bench", "properties", "--quick", "--properties", "alpha", "--methods", "rgdm-data,cfg",
-                 "--train-steps", "3", "--bf16", "--curve-points", "3", "--cfg-classes", "4", "--json", str(report),
+                 "--train-steps", "3", "--bf16", "--curve-points", "3", "--cfg-classes", "4",
+                 "--condition-lr-scale", "10", "--json", str(report),
                  "--work-dir", str(work)]) == 0
     result = json.loads(report.read_text())
     assert result["budget"]["finetune_steps"] == result["budget"]["guide_steps"] == 3
     assert result["execution"] == {"precision": "bf16", "compile": False}
     table = report.with_suffix(".md").read_text()
-    assert "3 fine-tune or guide steps of batch 8 (fine-tunes in bf16); CFG pairs each target with the top 1/4 " \
-        "of its rows;" in table
+    assert "3 fine-tune or guide steps of batch 8 (fine-tunes in bf16); conditioning paths at 10× the rate; CFG " \
+        "pairs each target with the top 1/4 of its rows;" in table
     peer = load_tensors(work / "alpha-cfg-seed0" / "checkpoints" / "step-00000003.safetensors")
     assert [int((row == row.max()).sum()) for row in peer["algorithm.labels"]] == [4, 4], "16 rows / 4 classes"
     summary = result["properties"]["alpha"]["methods"]["rgdm-data"]
@@ -120,10 +121,11 @@ def test_steps_precision_curve_points_and_the_peer_s_classes_shape_the_fine_tune
     assert sorted(p.name for p in (run / "checkpoints").glob("*.json"))[-1] == "step-00000003.json", \
         "the fine-tune ran the given steps, not the budget's 4"
     trained = (run / "config.yaml").read_text()
-    assert "precision: bf16" in trained and "compile: false" in trained
-    bound = {"train_steps": 3, "execution": properties.FinetuneExecution("bf16"), "curve_points": 3, "cfg_classes": 4}
+    assert "precision: bf16" in trained and "compile: false" in trained and "condition_lr_scale: 10.0" in trained
+    bound = {"train_steps": 3, "execution": properties.FinetuneExecution("bf16"), "curve_points": 3, "cfg_classes": 4,
+             "condition_lr_scale": 10.0}
     for name, value in (("train_steps", 4), ("execution", properties.FinetuneExecution()), ("curve_points", 0),
-                        ("cfg_classes", None)):
+                        ("cfg_classes", None), ("condition_lr_scale", 1.0)):
         with pytest.raises(ValueError, match="holds a property benchmark of other settings"):
             properties.run_property_benchmark(quick=True, properties=["alpha"], methods=["rgdm-data"],
                                               progress=False, work_dir=work, **(bound | {name: value}))
@@ -133,6 +135,8 @@ def test_steps_precision_curve_points_and_the_peer_s_classes_shape_the_fine_tune
         properties.run_property_benchmark(quick=True, properties=["alpha"], curve_points=5)
     with pytest.raises(ValueError, match="cfg_classes must be at least 1, got 0"):
         properties.run_property_benchmark(quick=True, properties=["alpha"], cfg_classes=0)
+    with pytest.raises(ValueError, match="condition_lr_scale must be positive, got 0"):
+        properties.run_property_benchmark(quick=True, properties=["alpha"], condition_lr_scale=0)
     # Compiling is the Trainer's train.compile (tests/test_precision.py); the case hands it on with the precision.
     base = properties.load_trained("qm9-pretrained")
     case = properties.PropertyCase(properties.PropertyTask(), TINY, base, "alpha",

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from rgdm.diffusion.conditioning import Conditioning
 from rgdm.engine import Trainer, TrainingInterrupted, load_config, load_trained
 from rgdm.engine.checkpoint import checkpoint_paths, load_checkpoint
-from rgdm.engine.trainer import learning_rate_schedule
+from rgdm.engine.trainer import learning_rate_schedule, parameter_groups
 from rgdm.io import CheckpointError, flatten_state, load_tensors, save_arrays, save_tensors, unflatten_state
 
 TINY = ["domain.name=toy", "domain.train_size=512", "network.width=32", "network.depth=1", "diffusion.timesteps=20",
@@ -83,6 +84,15 @@ def test_the_rate_warms_up_linearly_then_decays_as_asked(decay):
     assert rates == pytest.approx(warm + after)
 
 
+def test_the_conditioning_module_trains_at_its_own_rate():
+    net = torch.nn.ModuleDict({"body": torch.nn.Linear(2, 2), "target": Conditioning(3, 4)})
+    body, conditioning = parameter_groups(net, tiny_config("train.lr=1e-3", "train.condition_lr_scale=10").train)
+    assert "lr" not in body and conditioning["lr"] == pytest.approx(1e-2)
+    assert [id(p) for p in conditioning["params"]] == [id(p) for p in net["target"].parameters()]
+    assert [id(p) for p in body["params"]] == [id(p) for p in net["body"].parameters()]
+    assert len(parameter_groups(net, tiny_config().train)) == 1
+
+
 def test_a_warm_up_as_long_as_the_run_is_a_clear_error():
     with pytest.raises(ValueError, match="warmup_steps"):
         tiny_config("train.steps=20", "train.warmup_steps=20")
@@ -100,9 +110,9 @@ def crash_at(step: int):
 
 
 @pytest.mark.parametrize("algorithm", ["pretrain", "pretrain-perturbed", "rgdm-data", "rgdm-data-warmed-up",
-                                       "rgdm-model", "rgdm-stepwise"])
+                                       "rgdm-data-condition-rate", "rgdm-model", "rgdm-stepwise"])
 def test_resume_after_a_crash_is_bit_exact(pretrained_dir, tmp_path, algorithm):
-    name = algorithm.removesuffix("-perturbed").removesuffix("-warmed-up")
+    name = algorithm.removesuffix("-perturbed").removesuffix("-warmed-up").removesuffix("-condition-rate")
     overrides = ["train.steps=12", "train.checkpoint_every=4", "algorithm.name=" + name,
                  "algorithm.rounds=3", "algorithm.buffer_size=64", "algorithm.sample_steps=5",
                  "algorithm.scored_size=128"]
@@ -110,6 +120,8 @@ def test_resume_after_a_crash_is_bit_exact(pretrained_dir, tmp_path, algorithm):
         overrides.append("algorithm.input_perturbation=0.1")
     if algorithm == "rgdm-data-warmed-up":  # the crash falls after the resumed checkpoint, both in the warm-up
         overrides += ["train.warmup_steps=6", "train.lr_decay=cosine"]
+    if algorithm == "rgdm-data-condition-rate":  # two optimizer groups, each rate resumed
+        overrides += ["train.condition_lr_scale=10", "train.lr_decay=cosine", "algorithm.targets=[0,1]"]
     if not algorithm.startswith("pretrain"):
         overrides += [f"init={pretrained_dir}", "reward.name=region", "train.batch_size=8"]
     Trainer(tiny_config(*overrides), tmp_path / "straight").fit(progress=False)

@@ -56,6 +56,9 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--cfg-classes", type=int, help="properties: the CFG peer pairs each target with the top "
                        "1/K of its labelled rows (default: the model's classes, 8; the number of targets, 16, pairs "
                        "each row with about one target, its nearest); a work folder is bound to it")
+    bench.add_argument("--condition-lr-scale", type=float, default=1.0, help="properties: every fine-tune's "
+                       "conditioning path (target embeddings, value path) trains at this multiple of the rate; a work "
+                       "folder is bound to it")
     bench.add_argument("--curve-points", type=int, default=0, help="properties: also measure each fine-tune this "
                        "many times along the way (MAE against steps, on the final measure's samples)")
     bench.add_argument("--train-steps", type=int, help="properties: fine-tune and guide steps of every trained method "
@@ -210,7 +213,8 @@ def cmd_bench_properties(args: argparse.Namespace) -> None:
                                     methods=args.methods.split(",") if args.methods else None,
                                     progress=not args.quiet, work_dir=args.work_dir, train_steps=args.train_steps,
                                     execution=FinetuneExecution("bf16" if args.bf16 else "fp32", args.compile),
-                                    curve_points=args.curve_points, cfg_classes=args.cfg_classes)
+                                    curve_points=args.curve_points, cfg_classes=args.cfg_classes,
+                                    condition_lr_scale=args.condition_lr_scale)
     path = Path(args.json)
     write_report(path, result, markdown_table(result))
     print(f"errors per property in {plot_errors(result, path.with_suffix('.png'))}")

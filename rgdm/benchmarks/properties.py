@@ -130,9 +130,9 @@ class PropertyCase:
 
     def __init__(self, task: PropertyTask, budget: PropertyBudget, base: LoadedModel, name: str,
                  execution: FinetuneExecution = FinetuneExecution(), curve_points: int = 0,
-                 cfg_classes: int | None = None) -> None:
+                 cfg_classes: int | None = None, condition_lr_scale: float = 1.0) -> None:
         self.task, self.budget, self.name, self.execution = task, budget, name, execution
-        self.curve_points, self.cfg_classes = curve_points, cfg_classes
+        self.curve_points, self.cfg_classes, self.condition_lr_scale = curve_points, cfg_classes, condition_lr_scale
         self.model = retarget(base, {"target_property": name})
         self.targets = target_grid(self.model.domain, budget.targets)
 
@@ -164,7 +164,8 @@ class PropertyCase:
             f"train.steps={budget.finetune_steps}", f"train.batch_size={budget.batch_size}", f"train.lr={budget.lr}",
             f"train.seed={seed}", f"train.checkpoint_every={max(1, budget.finetune_steps // 20)}",
             *self.execution.overrides(),
-            *([f"algorithm.num_classes={self.cfg_classes}"] if algorithm == "cfg" and self.cfg_classes else [])])
+            *([f"algorithm.num_classes={self.cfg_classes}"] if algorithm == "cfg" and self.cfg_classes else []),
+            *([f"train.condition_lr_scale={self.condition_lr_scale}"] if self.condition_lr_scale != 1 else [])])
 
     def curve_steps(self) -> list[int]:
         """The fine-tune steps measured along the way: every ``finetune_steps // curve_points``, and the last."""
@@ -249,7 +250,8 @@ def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False
                            properties: list[str] | None = None, methods: list[str] | None = None,
                            progress: bool = True, work_dir: Path | None = None,
                            train_steps: int | None = None, execution: FinetuneExecution = FinetuneExecution(),
-                           curve_points: int = 0, cfg_classes: int | None = None) -> dict[str, Any]:
+                           curve_points: int = 0, cfg_classes: int | None = None,
+                           condition_lr_scale: float = 1.0) -> dict[str, Any]:
     """Every method (or ``methods``) for every property (or ``properties``) and seed: the JSON of the
     benchmark. ``work_dir`` keeps every run, and the same call continues a stopped benchmark (finished runs
     are read back, a stopped fine-tune resumes from its checkpoint). ``train_steps`` replaces the budget's
@@ -257,7 +259,9 @@ def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False
     fine-tunes run (the same for every method). ``curve_points``: each fine-tune is also measured that many
     times along the way (MAE against steps), on the final measure's samples. ``cfg_classes``: the CFG peer
     pairs each target with the top ``1 / cfg_classes`` of its labelled rows (default: the domain's classes, 8
-    for the shipped models; the number of targets pairs each row with about one target, its nearest)."""
+    for the shipped models; the number of targets pairs each row with about one target, its nearest).
+    ``condition_lr_scale``: every fine-tune's conditioning path trains at that multiple of the rate
+    (``train.condition_lr_scale``), the peer's as RGDM's."""
     task = task or PropertyTask()
     budget = QUICK if quick else FULL
     if train_steps is not None:
@@ -266,6 +270,8 @@ def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False
         budget = replace(budget, finetune_steps=train_steps, guide_steps=train_steps)
     if cfg_classes is not None and cfg_classes < 1:
         raise ValueError(f"cfg_classes must be at least 1, got {cfg_classes}")
+    if not condition_lr_scale > 0:
+        raise ValueError(f"condition_lr_scale must be positive, got {condition_lr_scale}")
     if not 0 <= curve_points <= budget.finetune_steps:
         raise ValueError(f"curve_points must be in 0..{budget.finetune_steps} (the fine-tune steps), "
                          f"got {curve_points}")
@@ -287,12 +293,13 @@ def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False
     with contextlib.ExitStack() as stack:
         settings = {"task": asdict(task), "budget": asdict(budget), "base_sha256": base.meta.get("sha256")}
         optional = {"execution": asdict(execution) if execution != FinetuneExecution() else None,
-                    "curve_points": curve_points or None, "cfg_classes": cfg_classes}
+                    "curve_points": curve_points or None, "cfg_classes": cfg_classes,
+                    "condition_lr_scale": condition_lr_scale if condition_lr_scale != 1 else None}
         settings |= {key: value for key, value in optional.items() if value is not None}  # older folders lack them
         folder = bound_work_folder(work_dir, settings, "property") if work_dir is not None else Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="rgdm-bench-properties-")))
         for name in names:
-            case = PropertyCase(task, budget, base, name, execution, curve_points, cfg_classes)
+            case = PropertyCase(task, budget, base, name, execution, curve_points, cfg_classes, condition_lr_scale)
             if work_dir is not None:
                 bound_work_folder(folder, case.predictors(), "property", record=f"{name}-predictors.json")
             runs: dict[str, list[dict[str, Any]]] = {method: [] for method in chosen}
@@ -312,7 +319,8 @@ def run_property_benchmark(task: PropertyTask | None = None, quick: bool = False
                              "methods": {method: _summarise(method_runs, seed_list)
                                          for method, method_runs in runs.items()}}
     return {"task": asdict(task), "quick": quick, "budget": asdict(budget), "execution": asdict(execution),
-            "curve_points": curve_points, "cfg_classes": cfg_classes or base.domain.num_targets, "seeds": seed_list,
+            "curve_points": curve_points, "cfg_classes": cfg_classes or base.domain.num_targets,
+            "condition_lr_scale": condition_lr_scale, "seeds": seed_list,
             "base_split": base_split, "edm_protocol": base_split == "train_a", "properties": results}
 
 
@@ -343,6 +351,12 @@ def _execution_note(result: dict[str, Any]) -> str:
     return f" (fine-tunes in {execution.precision}{', compiled' if execution.compile else ''})"
 
 
+def _condition_rate_note(result: dict[str, Any]) -> str:
+    """The conditioning path's rate, where not the rest's (reports that predate the key trained it so)."""
+    scale = result.get("condition_lr_scale", 1.0)
+    return "" if scale == 1 else f"conditioning paths at {scale:g}× the rate; "
+
+
 def _peer_note(result: dict[str, Any]) -> str:
     """Which rows the CFG peer pairs with each target (reports that predate the key do not say)."""
     classes = result.get("cfg_classes")
@@ -357,7 +371,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     header = "| MAE | " + " | ".join(names) + " |"
     lines = [f"`{task['checkpoint']}`, τ {task['temperature']}; {budget['labels']:,} labelled molecules × "
              f"{budget['targets']} targets per method, {budget['finetune_steps']:,} fine-tune or guide steps of "
-             f"batch {budget['batch_size']}{_execution_note(result)}; {_peer_note(result)}"
+             f"batch {budget['batch_size']}{_execution_note(result)}; "
+             f"{_condition_rate_note(result)}{_peer_note(result)}"
              f"{budget['eval_samples']} samples per method, "
              f"property and seed at {budget['sampling_steps']} steps, seeds {result['seeds']}; MAE by the measuring "
              "predictor over all samples (EDM's measure).", "",

@@ -85,6 +85,9 @@ class TrainConfig(Section):
     lr_decay: Literal["none", "cosine"] = "none"
     warmup_steps: int = Field(0, ge=0, description="raise the rate linearly to lr over these first steps (the "
                               "decay follows them): a fresh optimizer does not jolt a trained model it fine-tunes")
+    condition_lr_scale: float = Field(1.0, gt=0, allow_inf_nan=False, description="the conditioning module's "
+                                      "rate (target embeddings, value path) as a multiple of lr: a fine-tune's "
+                                      "fresh conditioning path starts at the null token's and is all it must learn")
     ema_decay: float = Field(0.999, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0)
     checkpoint_every: int = Field(1000, ge=1)

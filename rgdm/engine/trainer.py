@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from rgdm.batch import Batch, flatten_parts, unflatten_parts
 from rgdm.diffusion import EpsModel, SamplingInterrupted
+from rgdm.diffusion.conditioning import conditioning_of
 from rgdm.domains import build_domain
 from rgdm.domains.base import SupportsTargets
 from rgdm.engine.builder import (
@@ -68,6 +70,17 @@ def learning_rate_schedule(optimizer: torch.optim.Optimizer, train: TrainConfig)
     if len(phases) < 2:
         return phases[0] if phases else None
     return SequentialLR(optimizer, phases, milestones=[train.warmup_steps])
+
+
+def parameter_groups(net: nn.Module, train: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's groups: every parameter at ``lr``, those of the conditioning module at ``lr *
+    condition_lr_scale`` (one group when the scale is 1 or the network has no conditioning)."""
+    conditioning = conditioning_of(net)
+    if conditioning is None or train.condition_lr_scale == 1:
+        return [{"params": list(net.parameters())}]
+    own = {id(parameter) for parameter in conditioning.parameters()}
+    return [{"params": [parameter for parameter in net.parameters() if id(parameter) not in own]},
+            {"params": list(conditioning.parameters()), "lr": train.lr * train.condition_lr_scale}]
 
 
 def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -118,7 +131,8 @@ class Trainer:
         self.counter = RewardCounter(limit=None if distributed else config.reward.budget)
         ledger = RewardCounter(limit=config.reward.budget) if distributed else None
         self.algorithm = make_algorithm(config.algorithm, config.train.steps, self.domain)
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.train.lr, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.net, config.train), lr=config.train.lr,
+                                           weight_decay=0.0)
         self.scheduler = learning_rate_schedule(self.optimizer, config.train)
         self.generator = torch.Generator().manual_seed(config.train.seed)
         data = self.domain.dataset("train").to(self.device)
