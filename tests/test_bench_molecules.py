@@ -141,6 +141,21 @@ def test_a_stopped_benchmark_continues_from_its_work_dir_as_if_never_stopped(tmp
         molecules.run_molecule_benchmark(quick=True, methods=["ddpo"], work_dir=work)
 
 
+def test_one_seed_of_several_runs_alone_and_is_read_back_with_the_others(tmp_path, monkeypatch):
+    monkeypatch.setattr(molecules, "QUICK", replace(TINY, posebusters=0))
+    work = tmp_path / "work"
+    alone = molecules.run_molecule_benchmark(quick=True, methods=[], progress=False, work_dir=work, only_seed=1)
+    assert alone["seeds"] == [1] and [p.name for p in work.glob("*-seed*.json")] == ["pretrained-seed1.json"]
+    molecules.run_molecule_benchmark(quick=True, methods=[], progress=False, work_dir=work, only_seed=0)
+    monkeypatch.setattr(molecules, "_sample", lambda *args: pytest.fail("a finished seed is sampled again"))
+    both = molecules.run_molecule_benchmark(quick=True, methods=[], progress=False, work_dir=work, seeds=2)
+    assert both["seeds"] == [0, 1]
+    assert both["methods"]["pretrained"]["per_seed"][1] == alone["methods"]["pretrained"]["per_seed"][0]
+    for seeds, seed in ((None, -1), (2, 1)):
+        with pytest.raises(ValueError, match="only_seed is one seed"):
+            molecules.run_molecule_benchmark(quick=True, methods=[], seeds=seeds, only_seed=seed)
+
+
 def _summary(reward: float, validity: float, diversity: float) -> dict[str, float]:
     values = {"mean_reward": reward, "validity": validity, "rdkit_validity": validity, "diversity": diversity}
     return values | {f"{metric}_std": 0.01 for metric in values}

@@ -26,6 +26,8 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--quick", action="store_true",
                        help="smaller budgets (toy: one seed, every method, < 10 min; perf: a few minutes)")
     bench.add_argument("--seeds", type=int, help="seeds per method (default 3, or 1 with --quick)")
+    bench.add_argument("--seed", type=int, help="molecules: run this seed alone (instead of --seeds), so that "
+                       "processes may share a work folder, each with its own seed")
     bench.add_argument("--methods", help="comma-separated subset, e.g. pretrained,rgdm-data")
     bench.add_argument("--jobs", type=int, default=1, help="2: run the two tasks side by side, one thread each")
     bench.add_argument("--domains", help="perf: comma-separated subset of toy,molecules,shapes")
@@ -190,7 +192,8 @@ def cmd_bench_molecules(args: argparse.Namespace) -> None:
                                     work_dir=args.work_dir, reward_calls=args.reward_calls,
                                     buffer_steps=args.buffer_steps,
                                     anchor=MODEL_ANCHOR if args.anchor is None else args.anchor,
-                                    buffer_corrector=None if settings is None else BufferCorrector(**settings))
+                                    buffer_corrector=None if settings is None else BufferCorrector(**settings),
+                                    only_seed=args.seed)
     path = Path(args.json)
     write_report(path, result, markdown_table(result))
     print(f"curves in {plot_curves(result, path.with_suffix('.png'))}")

@@ -266,16 +266,18 @@ def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False
                            methods: list[str] | None = None, posebusters: bool = True, progress: bool = True,
                            work_dir: Path | None = None, reward_calls: int | None = None,
                            buffer_steps: int | None = None, buffer_corrector: BufferCorrector | None = None,
-                           anchor: float = MODEL_ANCHOR) -> dict[str, Any]:
-    """Every method (or ``methods``, the base always with them) for every seed, at the ``QUICK`` or ``FULL``
-    budget (with ``reward_calls`` instead of its own, for an expensive reward): the JSON of the benchmark.
+                           anchor: float = MODEL_ANCHOR, only_seed: int | None = None) -> dict[str, Any]:
+    """Every method (or ``methods``, the base always with them) for every seed (or ``only_seed``), at the
+    ``QUICK`` or ``FULL`` budget (with ``reward_calls`` instead of its own, for an expensive reward): the JSON
+    of the benchmark.
     ``posebusters=False`` skips PoseBusters. The own-sample methods (rgdm-model, rwr) draw their buffers in
     ``buffer_steps`` steps instead of the budget's, each followed by the ``buffer_corrector``'s steps if one
     is given; the measures always sample plainly. ``anchor`` is rgdm-model's KL anchor weight.
 
     ``work_dir`` keeps every run: a finished (method, seed) is read back from its JSON, and a stopped
     fine-tune resumes from its newest checkpoint, so the same call continues a benchmark that a working
-    stretch cut short. Without it the runs live in a temporary folder.
+    stretch cut short. Without it the runs live in a temporary folder. ``only_seed`` runs that seed alone, so
+    that processes may share a work folder, each with its own seed; a later call with every seed reads them back.
     """
     task = task or MoleculeTask()
     budget = QUICK if quick else FULL
@@ -300,7 +302,10 @@ def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False
         raise ValueError(f"anchor must be at least 0, got {anchor}")
     trainings = training_methods(budget, base.diffusion.timesteps, buffer_corrector, anchor)
     measure = Measure(task, budget, base.domain)
-    seed_list = list(range(seeds if seeds is not None else (1 if quick else 3)))
+    if only_seed is not None and (seeds is not None or only_seed < 0):
+        raise ValueError(f"only_seed is one seed, at least 0, given without seeds; got {only_seed} with seeds={seeds}")
+    count = seeds if seeds is not None else (1 if quick else 3)
+    seed_list = [only_seed] if only_seed is not None else list(range(count))
     runs: dict[str, list[MethodRun]] = {name: [] for name in chosen}
     with contextlib.ExitStack() as stack:
         settings = {"task": asdict(task), "budget": asdict(budget), "base_sha256": base.meta.get("sha256")}
