@@ -151,8 +151,8 @@ def test_one_seed_of_several_runs_alone_and_is_read_back_with_the_others(tmp_pat
     both = molecules.run_molecule_benchmark(quick=True, methods=[], progress=False, work_dir=work, seeds=2)
     assert both["seeds"] == [0, 1]
     assert both["methods"]["pretrained"]["per_seed"][1] == alone["methods"]["pretrained"]["per_seed"][0]
-    for seeds, seed in ((None, -1), (2, 1)):
-        with pytest.raises(ValueError, match="only_seed is one seed"):
+    for seeds, seed, message in ((None, -1, "only_seed must be at least 0, got -1"), (2, 1, "not both; got 2 and 1")):
+        with pytest.raises(ValueError, match=message):
             molecules.run_molecule_benchmark(quick=True, methods=[], seeds=seeds, only_seed=seed)
 
 

@@ -302,8 +302,10 @@ def run_molecule_benchmark(task: MoleculeTask | None = None, quick: bool = False
         raise ValueError(f"anchor must be at least 0, got {anchor}")
     trainings = training_methods(budget, base.diffusion.timesteps, buffer_corrector, anchor)
     measure = Measure(task, budget, base.domain)
-    if only_seed is not None and (seeds is not None or only_seed < 0):
-        raise ValueError(f"only_seed is one seed, at least 0, given without seeds; got {only_seed} with seeds={seeds}")
+    if only_seed is not None and seeds is not None:
+        raise ValueError(f"give seeds (a count) or only_seed (one seed), not both; got {seeds} and {only_seed}")
+    if only_seed is not None and only_seed < 0:
+        raise ValueError(f"only_seed must be at least 0, got {only_seed}")
     count = seeds if seeds is not None else (1 if quick else 3)
     seed_list = [only_seed] if only_seed is not None else list(range(count))
     runs: dict[str, list[MethodRun]] = {name: [] for name in chosen}
