@@ -21,7 +21,7 @@ import numpy as np
 
 from rgdm.domains import build_domain
 from rgdm.domains.molecules.data import PROPERTIES
-from rgdm.domains.molecules.domain import _mean_by_atom_count
+from rgdm.domains.molecules.domain import mean_by_atom_count
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
         partner[same] = rng.choice(same, len(same))
     for name in PROPERTIES:
         values = np.asarray(molecules.properties[name], dtype=float)
-        mean_by_size = _mean_by_atom_count(values, sizes)
+        mean_by_size = mean_by_atom_count(values, sizes)
         atoms = np.abs(np.array([mean_by_size[int(size)] for size in sizes]) - values).mean()
         blind = np.abs(values[partner] - values).mean()
         print(json.dumps({"property": name, "split": args.split, "molecules": len(values),

@@ -63,7 +63,7 @@ def main() -> None:
     transition = ancestral_transition if args.corrector_snr is None else LangevinCorrector(
         args.corrector_snr, args.corrector_steps, start=args.corrector_start)
     samples = generate(model, args.n, seeded_generator(args.seed), steps=args.steps, transition=transition)
-    data = model.domain.dataset(model.domain.config().get("split", "train")).select(slice(0, args.data))
+    data = model.domain.dataset("train").select(slice(0, args.data))
     own, own_valid = bond_lengths(model.domain.decode(samples.x, samples.mask))
     reference, _ = bond_lengths(model.domain.decode(data.x, data.mask))
     kinds = {}

@@ -56,7 +56,7 @@ VALUE_BINS = 20
 REFERENCE_MOLECULES = 5000
 
 
-def _mean_by_atom_count(values: np.ndarray, sizes: np.ndarray) -> dict[int, float]:
+def mean_by_atom_count(values: np.ndarray, sizes: np.ndarray) -> dict[int, float]:
     """The mean property value of the molecules of each atom count: EDM's "#Atoms" predictor."""
     return {int(m): float(values[sizes == m].mean()) for m in np.unique(sizes)}
 
@@ -356,7 +356,7 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
         counts = np.array([len(m.atomic_numbers) for m in molecules])
         train = self.molecules("train")
         values, sizes = train.properties[name], train.num_atoms
-        by_size = _mean_by_atom_count(values, sizes)
+        by_size = mean_by_atom_count(values, sizes)
         atoms_guess = np.array([by_size.get(int(m), values.mean()) for m in counts])
         valid = np.array([valid_rdkit(m) is not None for m in molecules]) & np.isfinite(measured)
         return {"property": name, "property_mae": float(np.nanmean(measured)),
@@ -381,7 +381,7 @@ class MoleculeDomain(SupportsTargets, SupportsFiles, Domain):
         predicted = self.predictor("b").predict(point_cloud(self, half.atomic_numbers[rows], half.positions[rows]),
                                                 property_name=name).double().numpy()
         shuffled = values[rows][np.random.default_rng(0).permutation(len(predicted))]
-        by_size = _mean_by_atom_count(values, sizes)
+        by_size = mean_by_atom_count(values, sizes)
         from_size = np.array([by_size[int(m)] for m in sizes[rows]])
         return {"edm_lbound_mae": float(np.abs(predicted - values[rows]).mean()),
                 "edm_naive_mae": float(np.abs(predicted - shuffled).mean()),
